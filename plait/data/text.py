@@ -1,0 +1,67 @@
+"""Byte-level language modelling on a real corpus every Python install ships: its stdlib sources."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import torch
+
+from plait.data.base import Batch, StepData, generator
+from plait.errors import PlaitError
+
+MAX_BYTES = 4 * 2**20  # enough text for CPU runs; reading more only slows start-up
+
+
+def read_corpus(root: str | Path | None = None, max_bytes: int = MAX_BYTES) -> bytes:
+    """Concatenate the ``.py`` files under ``root`` (default: the stdlib), in sorted path order."""
+    base = Path(root) if root else Path(sysconfig.get_paths()["stdlib"])
+    if not base.is_dir():
+        raise PlaitError(f"data.path: {str(base)!r} is not a folder; point it at a folder of .py/.txt files or leave it unset for the stdlib")
+    files = sorted(p for p in base.rglob("*") if p.suffix in (".py", ".txt") and p.is_file() and "site-packages" not in p.parts)
+    chunks, total = [], 0
+    for f in files:
+        try:
+            b = f.read_bytes()
+        except OSError:
+            continue
+        chunks.append(b)
+        total += len(b)
+        if total >= max_bytes:
+            break
+    data = b"".join(chunks)[:max_bytes]
+    return data
+
+
+class ByteText(StepData):
+    """Random windows of seq_len+1 bytes; the last eval_fraction of the corpus is held out."""
+
+    task = "lm"
+
+    def __init__(self, seed: int, seq_len: int, eval_fraction: float, root: str | None = None):
+        super().__init__(seed)
+        raw = read_corpus(root)
+        if len(raw) < 4 * (seq_len + 1):
+            where = root or "the stdlib"
+            raise PlaitError(f"data.path: the corpus in {where!r} has {len(raw)} bytes, too few for data.seq_len={seq_len}; use a folder with more text or a smaller seq_len")
+        corpus = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
+        cut = int(len(corpus) * (1 - eval_fraction))
+        if eval_fraction > 0 and len(corpus) - cut < seq_len + 1:
+            cut = len(corpus) - (seq_len + 1)
+        self.parts = {"train": corpus[:cut]}
+        if eval_fraction > 0:
+            self.parts["eval"] = corpus[cut:]
+        self.splits = tuple(self.parts)
+        self.seq_len = seq_len
+        self.vocab_size = 256
+
+    def sample(self, split: str, step: int, lo: int, hi: int, global_batch: int) -> Batch:
+        text = self.parts[split]
+        T = self.seq_len
+        g = generator(self.seed, f"text-{split}-{step}")
+        offsets = torch.randint(0, len(text) - T - 1 + 1, (global_batch,), generator=g)[lo:hi]
+        win = torch.stack([text[o : o + T + 1] for o in offsets.tolist()])  # (b, T+1)
+        return {"input": win[:, :-1], "target": win[:, 1:]}
+
+    def describe(self) -> str:
+        return f"ByteText({sum(len(p) for p in self.parts.values())} bytes)"

@@ -1,0 +1,106 @@
+"""The common model interface every parallelism is written against.
+
+A plait model is an ``nn.Module`` that also says how it may be cut:
+
+- ``layers``: an ``nn.ModuleDict`` of blocks keyed "0", "1", ... Pipeline stages delete the
+  blocks they do not own; string keys keep every parameter's fully qualified name the same as
+  in the single-process model (torchtitan's trick), so checkpoints and init never depend on
+  the layout. ``pre_modules()`` run before the first block and go with the first stage,
+  ``post_modules()`` after the last and go with the last stage.
+- ``tp_plan()``: module-name pattern -> sharding style name, applied by ``plait.tensor_parallel``.
+- ``loss(output, batch)``: the loss *summed* over samples/tokens; ``count(batch)`` how many.
+  The trainer divides by the global count of the step so micro-batching, DP and PP agree.
+- ``init_weights(seed)``: each parameter's value comes from a generator seeded by (seed,
+  parameter name), drawn at full shape and then sliced to whatever shard this rank holds, so
+  the value never depends on sharding, device or process count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import nn
+
+
+def name_seed(seed: int, name: str) -> int:
+    """A stable 63-bit seed from (seed, parameter name); Python's hash() is salted per process."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _write_full(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a full-shape CPU tensor into ``param``, which may be a DTensor shard."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    with torch.no_grad():
+        if isinstance(param, DTensor):
+            # src_data_rank=None: every rank already holds the full value, so slice locally
+            # instead of scattering from rank 0 (no communication, same result).
+            local = distribute_tensor(
+                full.to(param.dtype), param.device_mesh, param.placements, src_data_rank=None
+            ).to_local()
+            param.to_local().copy_(local)
+        else:
+            param.copy_(full.to(dtype=param.dtype, device=param.device))
+
+
+class PlaitModel(nn.Module):
+    """Base class: subclasses build ``self.layers`` and define ``param_init`` and ``loss``."""
+
+    #: "classification" (inputs -> class logits) or "lm" (tokens -> next-token logits)
+    task: str = "classification"
+    layers: nn.ModuleDict
+
+    # ---- cutting
+    def pre_modules(self) -> list[str]:
+        """Attribute names of modules that run before the first block."""
+        return []
+
+    def post_modules(self) -> list[str]:
+        """Attribute names of modules that run after the last block."""
+        return []
+
+    def tp_plan(self) -> dict[str, str]:
+        """Module-name pattern -> style. Empty: the model refuses tp > 1."""
+        return {}
+
+    # ---- loss
+    def loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy summed over targets; ``output`` is (..., classes) logits."""
+        logits = output.flatten(0, -2)
+        return nn.functional.cross_entropy(logits.float(), batch["target"].flatten(), reduction="sum")
+
+    @staticmethod
+    def count(batch: dict[str, torch.Tensor]) -> int:
+        """Number of terms ``loss`` sums over."""
+        return batch["target"].numel()
+
+    # ---- init
+    def param_init(self, name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+        """Full-shape fp32 CPU value of parameter ``name``. Default: PyTorch's Linear init."""
+        if len(shape) >= 2:
+            bound = 1.0 / math.sqrt(shape[1])
+            return torch.empty(shape).uniform_(-bound, bound, generator=gen)
+        if name.endswith("bias"):
+            return torch.zeros(shape)
+        return torch.ones(shape)  # norm weights
+
+    def init_buffers(self) -> None:
+        """Recompute non-persistent buffers after ``to_empty`` (RoPE tables, BatchNorm stats)."""
+        for mod in self.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.reset_running_stats()
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        for name, p in self.named_parameters():
+            gen = torch.Generator().manual_seed(name_seed(seed, name))
+            _write_full(p, self.param_init(name, p.shape, gen))
+        self.init_buffers()
+
+
+def param_count(model: nn.Module) -> int:
+    """Parameters of the full model (DTensor shards counted at full size)."""
+    return sum(p.numel() for p in model.parameters())

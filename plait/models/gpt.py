@@ -1,0 +1,186 @@
+"""A Llama-style decoder: token embedding, RMSNorm, RoPE, causal SDPA attention with grouped-query
+heads, SwiGLU MLP, untied output head. Read top to bottom like nanoGPT; names follow torchtitan's
+Llama so its TP plan and checkpoints map one to one.
+
+Shapes: B batch, T sequence, D dim, H heads (local heads under TP), K kv heads, E head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plait.models.base import PlaitModel
+
+
+@dataclass(frozen=True)
+class GPTArgs:
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    vocab_size: int
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+# Presets for training on CPU (tiny, small) and for planning (125m .. 405b). The large ones are
+# Llama 3's published shapes (arXiv 2407.21783, table 3); 125m/350m are GPT-3's (arXiv 2005.14165).
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(dim=64, n_layers=8, n_heads=4, n_kv_heads=4, ffn_dim=192, vocab_size=256),
+    "small": dict(dim=256, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=688, vocab_size=256),
+    "125m": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048, vocab_size=32000),
+    "350m": dict(dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, ffn_dim=2816, vocab_size=32000),
+    "1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192, vocab_size=128256),
+    "8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=128256),
+    "70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672, vocab_size=128256),
+    "405b": dict(dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248, vocab_size=128256),
+}
+
+
+def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (T, E/2) for rotary embeddings (Su et al., arXiv 2104.09864)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x: (B, T, H, E) by position-dependent angles."""
+    T = x.shape[1]
+    cos, sin = cos[:T, None, :], sin[:T, None, :]  # (T, 1, E/2)
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each (B, T, H, E/2)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, a: GPTArgs):
+        super().__init__()
+        self.head_dim = a.head_dim
+        self.n_rep = a.n_heads // a.n_kv_heads
+        self.dropout = a.dropout
+        self.wq = nn.Linear(a.dim, a.n_heads * a.head_dim, bias=False)
+        self.wk = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=False)
+        self.wv = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=False)
+        self.wo = nn.Linear(a.n_heads * a.head_dim, a.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        # -1 heads: under tensor parallelism each rank holds only its share of the heads
+        q = self.wq(x).view(B, T, -1, self.head_dim)  # (B, T, H, E)
+        k = self.wk(x).view(B, T, -1, self.head_dim)  # (B, T, K, E)
+        v = self.wv(x).view(B, T, -1, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H|K, T, E)
+        if self.n_rep > 1:  # grouped-query attention: share each kv head across n_rep q heads
+            k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*E)
+        return self.wo(y)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU (Shazeer, arXiv 2002.05202): w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, a: GPTArgs):
+        super().__init__()
+        self.w1 = nn.Linear(a.dim, a.ffn_dim, bias=False)
+        self.w3 = nn.Linear(a.dim, a.ffn_dim, bias=False)
+        self.w2 = nn.Linear(a.ffn_dim, a.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, a: GPTArgs):
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(a.dim, eps=a.norm_eps)
+        self.attention = Attention(a)
+        self.ffn_norm = nn.RMSNorm(a.dim, eps=a.norm_eps)
+        self.feed_forward = FeedForward(a)
+        self.drop = nn.Dropout(a.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attention(self.attention_norm(x), cos, sin))
+        return x + self.drop(self.feed_forward(self.ffn_norm(x)))
+
+
+class GPT(PlaitModel):
+    task = "lm"
+
+    def __init__(self, args: GPTArgs):
+        super().__init__()
+        self.args = args
+        self.vocab_size = args.vocab_size
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(args) for i in range(args.n_layers)})
+        self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        # non-persistent: derived from args, recomputed after to_empty(), never checkpointed
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def pre_modules(self) -> list[str]:
+        return ["tok_embeddings"]
+
+    def post_modules(self) -> list[str]:
+        return ["norm", "output"]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # Modules a pipeline stage does not own are None (see plait.pipeline); the first stage
+        # takes token ids (B, T), the others hidden states (B, T, D).
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        for block in self.layers.values():
+            h = block(h, self.rope_cos, self.rope_sin)
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.output(h) if self.output is not None else h  # (B, T, V) logits
+
+    def tp_plan(self) -> dict[str, str]:
+        # Megatron-LM (arXiv 1909.08053) sec. 3: q/k/v and w1/w3 column-parallel, wo and w2
+        # row-parallel: one all-reduce after attention and one after the MLP, heads split.
+        block = {
+            "attention.wq": "colwise", "attention.wk": "colwise", "attention.wv": "colwise",
+            "attention.wo": "rowwise",
+            "feed_forward.w1": "colwise", "feed_forward.w3": "colwise",
+            "feed_forward.w2": "rowwise",
+            "attention_norm": "sequence_parallel", "ffn_norm": "sequence_parallel",
+        }  # fmt: skip
+        plan = {f"layers.*.{k}": v for k, v in block.items()}
+        plan.update({"tok_embeddings": "vocab_embedding", "norm": "sequence_parallel", "output": "vocab_head"})
+        return plan
+
+    def param_init(self, name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+        if name.endswith("norm.weight"):
+            return torch.ones(shape)
+        if name == "tok_embeddings.weight":
+            return torch.empty(shape).normal_(0.0, 1.0, generator=gen)
+        if name == "output.weight":
+            std = self.args.dim**-0.5
+            return nn.init.trunc_normal_(torch.empty(shape), 0.0, std, -3 * std, 3 * std, generator=gen)
+        std = 0.02
+        if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+            std /= math.sqrt(2 * self.args.n_layers)  # residual-branch scaling (GPT-2)
+        return nn.init.trunc_normal_(torch.empty(shape), 0.0, std, -2 * std, 2 * std, generator=gen)
+
+    def init_buffers(self) -> None:
+        a = self.args
+        cos, sin = rope_tables(a.head_dim, a.max_seq_len, a.rope_theta)
+        self.rope_cos = cos.to(self.rope_cos.device)
+        self.rope_sin = sin.to(self.rope_sin.device)

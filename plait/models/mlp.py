@@ -1,0 +1,65 @@
+"""The seed documents' two multilayer perceptrons.
+
+``seed_mlp`` is the MNIST network of the first seed post: 784-128-64-10, ReLU, trained with
+SGD lr 0.01 and cross-entropy. ``seed_bigmodel`` is its "BigModel": 1000-10000-1000-10 with
+Adam lr 1e-3 on random batches of 32. Both are stacks of :class:`DenseBlock`, one per Linear,
+so a pipeline can cut between any two of them and tensor parallelism can shard each ``fc``.
+Optional BatchNorm and dropout follow the seed's regularisation chapter (weight decay is the
+optimizer's ``weight_decay``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from plait.models.base import PlaitModel
+
+
+class DenseBlock(nn.Module):
+    """Linear, then (hidden blocks only) BatchNorm, ReLU and dropout."""
+
+    def __init__(self, d_in: int, d_out: int, *, last: bool, batchnorm: bool, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(d_in, d_out)
+        self.bn = nn.BatchNorm1d(d_out) if batchnorm and not last else None
+        self.act = nn.Identity() if last else nn.ReLU()
+        self.drop = nn.Dropout(dropout) if dropout > 0 and not last else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.drop(self.act(x))
+
+
+class MLP(PlaitModel):
+    task = "classification"
+
+    def __init__(self, sizes: list[int], *, batchnorm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.sizes = list(sizes)
+        self.in_features, self.num_classes = sizes[0], sizes[-1]
+        n = len(sizes) - 1
+        self.layers = nn.ModuleDict(
+            {
+                str(i): DenseBlock(sizes[i], sizes[i + 1], last=i == n - 1, batchnorm=batchnorm, dropout=dropout)
+                for i in range(n)
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)  # (B, 1, 28, 28) images or (B, D) vectors -> (B, D)
+        for block in self.layers.values():
+            x = block(x)
+        return x  # (B, num_classes) logits
+
+    def tp_plan(self) -> dict[str, str]:
+        # Megatron pairing: first Linear column-parallel, second row-parallel (one all-reduce),
+        # the classifier replicated (it is tiny). BatchNorm between column and row would see
+        # only a shard of the features, which is exactly per-feature, so it stays correct.
+        return {"layers.0.fc": "colwise", "layers.1.fc": "rowwise"}
+
+
+SEED_MLP_SIZES = [784, 128, 64, 10]
+SEED_BIGMODEL_SIZES = [1000, 10000, 1000, 10]
