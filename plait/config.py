@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ Schedule = Literal[
 @dataclass(kw_only=True)
 class ModelConfig:
     name: ModelName = _f("gpt", "Which zoo model to build.")
-    preset: str = _f("tiny", "Size preset (gpt: tiny, small, 125m, 350m, 1b, 8b, 70b; others: default).")
+    preset: str = _f("tiny", "Size preset (gpt: tiny, small, 125m, 350m, 1b, 8b, 70b, 405b; seed models: default).")
     dim: int | None = _f(None, "gpt: hidden size (overrides the preset).")
     n_layers: int | None = _f(None, "gpt: number of transformer blocks (overrides the preset).")
     n_heads: int | None = _f(None, "gpt: attention heads (overrides the preset).")
@@ -143,6 +144,24 @@ class Config:
 
 
 # ---------------------------------------------------------------- loading
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 would read ``wandb: off`` as False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list(_first)
+    )
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 def _key(f: dataclasses.Field) -> str:
@@ -258,7 +277,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (for example train.steps=10)")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        _set_dotted(tree, key.strip(), _yaml(raw) if raw.strip() else None)
     return tree
 
 
@@ -277,7 +296,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass a YAML file such as configs/gpt_tiny.yaml")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = _yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0]) from None
     cfg = from_dict(_merge(raw, parse_overrides(overrides or [])))

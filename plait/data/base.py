@@ -32,6 +32,10 @@ class StepData:
     def sample(self, split: str, step: int, lo: int, hi: int, global_batch: int) -> Batch:
         raise NotImplementedError  # abstract: every dataset below implements it
 
+    def eval_steps(self, global_batch: int, default: int) -> int:
+        """Global batches one evaluation reads (finite data: exactly one pass)."""
+        return default
+
     def describe(self) -> str:
         return type(self).__name__
 
@@ -60,8 +64,11 @@ class IndexedData(StepData):
             epochs, within = pos // n, pos % n
             idx = torch.stack([self._perm(int(e))[int(w)] for e, w in zip(epochs, within)])
         else:
-            idx = pos % n
+            idx = pos[pos < n]  # one exact pass: the last global batch may be short
         return {"input": x[idx], "target": y[idx]}
+
+    def eval_steps(self, global_batch: int, default: int) -> int:
+        return -(-len(self.data["eval"][0]) // global_batch) if "eval" in self.data else 0
 
     def __len__(self) -> int:
         return len(self.data["train"][0])

@@ -30,6 +30,18 @@ def name_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's name in the plain single-process model: activation-checkpoint and compile
+    wrappers removed, and a leading DDP ``module.``."""
+    parts = [p for p in name.split(".") if p not in WRAPPER_PARTS]
+    if parts and parts[0] == "module":
+        parts = parts[1:]
+    return ".".join(parts)
+
+
 def _write_full(param: torch.Tensor, full: torch.Tensor) -> None:
     """Copy a full-shape CPU tensor into ``param``, which may be a DTensor shard."""
     from torch.distributed.tensor import DTensor, distribute_tensor
@@ -96,6 +108,7 @@ class PlaitModel(nn.Module):
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
         for name, p in self.named_parameters():
+            name = canonical_name(name)
             gen = torch.Generator().manual_seed(name_seed(seed, name))
             _write_full(p, self.param_init(name, p.shape, gen))
         self.init_buffers()

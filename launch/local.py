@@ -1,0 +1,58 @@
+"""``plait train --nproc N``: start N local ranks through torch's elastic launch API, so a
+newcomer needs no launcher. The config is validated here, before any process starts."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+from plait.config import Config, from_dict
+from plait.errors import PlaitError
+
+
+def _worker(cfg_dict: dict[str, Any], return_state: bool):
+    """Runs in each child: rebuild the config (already validated) and train."""
+    from plait.trainer import train
+
+    return train(from_dict(cfg_dict), return_state=return_state)
+
+
+def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restarts: int = 0):
+    """Train on ``nproc`` local processes; returns rank 0's :class:`RunResult`."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from plait.trainer import default_run_dir, validate
+
+    if nproc < 1:
+        raise PlaitError(f"--nproc: {nproc} is not allowed; must be >= 1")
+    validate(cfg, nproc)
+    cfg_dict = cfg.to_dict()
+    cfg_dict["log"]["run_dir"] = str(default_run_dir(cfg))  # one folder for all ranks
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # reliable restarts
+    lc = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=uuid.uuid4().hex[:8],
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",  # port 0: pick a free one
+        max_restarts=max_restarts,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    try:
+        results = elastic_launch(lc, _worker)(cfg_dict, return_state)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        raise PlaitError(f"rank {rank} failed: {_last_line(failure)}") from None
+    return results[0]
+
+
+def _last_line(failure) -> str:
+    msg = failure.message
+    if isinstance(msg, dict):
+        msg = msg.get("message", str(msg))
+    lines = [ln for ln in str(msg).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit code {failure.exitcode}"

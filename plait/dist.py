@@ -1,0 +1,95 @@
+"""The one place that knows how a process learns its rank and which device/backend it uses.
+
+Every launcher ends in the same entry point; this reads whatever it set: torchrun, DeepSpeed's
+launcher, accelerate and Ray Train (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) or SLURM's
+srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID). No variable set: one process, no group.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from plait.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    source: str = "single process"
+
+    @staticmethod
+    def from_environ(env: dict[str, str] | None = None) -> DistEnv:
+        env = dict(os.environ if env is None else env)
+        if "RANK" in env and "WORLD_SIZE" in env:
+            return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "RANK/WORLD_SIZE")
+        if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+            return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "SLURM")
+        return DistEnv()
+
+
+def slurm_master_addr(nodelist: str) -> str:
+    """First host of a SLURM nodelist such as 'node[03-05,07],gpu1' -> 'node03'."""
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if not m:
+        return nodelist
+    prefix, ranges = m.group(1), m.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def pick_device(kind: str, local_rank: int) -> torch.device:
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device: 'cuda' is not allowed here; no CUDA device is visible (use 'cpu' or 'auto')")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def set_cpu_threads(env: DistEnv, device: torch.device) -> None:
+    """Share the cores between the ranks of this node (torchrun's OMP_NUM_THREADS rule):
+    N ranks each running all-cores intra-op pools oversubscribe the CPU and stall collectives."""
+    if device.type != "cpu" or env.world_size == 1 or "OMP_NUM_THREADS" in os.environ:
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", env.world_size)).split("(")[0])
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
+def init_process_group(env: DistEnv, device: torch.device, timeout_s: float) -> None:
+    """nccl on CUDA, gloo on CPU; the timeout bounds how long a dead peer can stall a collective."""
+    if env.world_size == 1 or dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_PORT", "29500")
+    if "MASTER_ADDR" not in os.environ:
+        os.environ["MASTER_ADDR"] = slurm_master_addr(os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend=backend,
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        device_id=device if device.type == "cuda" else None,
+    )
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s value on every rank (identity when single process)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

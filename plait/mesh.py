@@ -1,0 +1,85 @@
+"""Parallel dimensions: resolved and checked against the world size before any process group,
+then turned into one DeviceMesh with named axes (pp, dp_replicate, dp_shard, tp)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plait.config import Config
+from plait.errors import ConfigError
+
+AXES = ("pp", "dp_replicate", "dp_shard", "tp")
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    pp: int
+    dp_replicate: int
+    dp_shard: int
+    tp: int
+    world_size: int
+
+    @property
+    def dp(self) -> int:
+        """Ranks that see different data (replicas x shards)."""
+        return self.dp_replicate * self.dp_shard
+
+    @staticmethod
+    def from_config(cfg: Config, world_size: int) -> ParallelDims:
+        p = cfg.parallel
+        fixed = p.pp * p.dp_replicate * p.tp
+        if p.dp_shard == -1:
+            if world_size % fixed:
+                raise ConfigError(
+                    f"parallel: pp={p.pp} x dp_replicate={p.dp_replicate} x tp={p.tp} = {fixed} does not divide "
+                    f"the world size {world_size}; {_factorizations(world_size)}"
+                )
+            dp_shard = world_size // fixed
+        else:
+            dp_shard = p.dp_shard
+        dims = ParallelDims(p.pp, p.dp_replicate, dp_shard, p.tp, world_size)
+        product = fixed * dp_shard
+        if product != world_size:
+            raise ConfigError(
+                f"parallel: pp={p.pp} x dp_replicate={p.dp_replicate} x dp_shard={dp_shard} x tp={p.tp} = {product}, "
+                f"but the world size is {world_size}; {_factorizations(world_size)}"
+            )
+        dims.check_batch(cfg)
+        return dims
+
+    def check_batch(self, cfg: Config) -> None:
+        t = cfg.train
+        per = self.dp * t.grad_accum
+        if t.global_batch % per:
+            ok = [b for b in range(per, 4 * per + 1, per)]
+            raise ConfigError(
+                f"train.global_batch: {t.global_batch} does not split over dp={self.dp} ranks x grad_accum={t.grad_accum}; "
+                f"use a multiple of {per} (e.g. {', '.join(map(str, ok))})"
+            )
+
+    def build_mesh(self, device_type: str) -> Meshes:
+        """One DeviceMesh over all four axes, plus its flattened 'dp' axis (replicate x shard)."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        root = init_device_mesh(device_type, (self.pp, self.dp_replicate, self.dp_shard, self.tp), mesh_dim_names=AXES)
+        return Meshes(root=root, dp=root["dp_replicate", "dp_shard"]._flatten("dp"))
+
+
+@dataclass(frozen=True)
+class Meshes:
+    """The root mesh (slice it by axis name: ``root["tp"]``) and the flattened dp mesh, kept
+    here because slicing a flattened axis off the root is deprecated."""
+
+    root: object
+    dp: object
+
+
+def _factorizations(world_size: int) -> str:
+    divs = [d for d in range(1, world_size + 1) if world_size % d == 0]
+    combos = [
+        f"pp={pp} x dp_shard={world_size // (pp * tp)} x tp={tp}"
+        for pp in divs
+        for tp in divs
+        if world_size % (pp * tp) == 0
+    ]
+    return "valid layouts of this world size: " + "; ".join(combos[:12]) + (" ..." if len(combos) > 12 else "")

@@ -1,0 +1,46 @@
+"""Optimizer and learning-rate schedule from config."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from plait.config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: biases and norm gains are not regularised (GPT-2/Llama practice)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    # foreach=False: the per-parameter loop is the same reduction order whatever the sharding
+    return cls(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=False)
+
+
+def lr_factor(step: int, o: OptimConfig, total_steps: int) -> float:
+    """Multiplier of optim.lr for the update after ``step`` completed steps."""
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant" or total_steps <= o.warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / (total_steps - o.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
+
+
+def build_scheduler(opt: torch.optim.Optimizer, o: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o, total_steps))

@@ -1,0 +1,203 @@
+"""The training loop: one importable function, so tests call it in-process and every launcher
+reaches it through ``python -m plait.train``.
+
+Loss normalisation: ``model.loss`` returns a *sum*; each micro-batch's sum is divided by the
+global number of terms in the step (samples or tokens over all dp ranks and micro-batches) and
+multiplied by dp, because the data-parallel engine averages gradients over dp ranks. The result
+is the single-process gradient of the mean loss whatever the layout or accumulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from plait import dist as pdist
+from plait.config import Config
+from plait.data import build_data
+from plait.errors import PlaitError
+from plait.mesh import ParallelDims
+from plait.metrics import MetricsWriter, peak_mem_bytes
+from plait.models import build_model, check_model
+from plait.optim import build_optimizer, build_scheduler
+from plait.parallelize import check_supported, parallelize, unwrap
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    final_eval: dict[str, float] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None  # full weights, when asked for (tests)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    if cfg.log.run_dir:
+        return Path(cfg.log.run_dir)
+    return Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def validate(cfg: Config, world_size: int) -> ParallelDims:
+    """Every check that needs no process group; run before init so a mistake never hangs."""
+    check_model(cfg)
+    dims = ParallelDims.from_config(cfg, world_size)
+    check_supported(cfg, dims)
+    return dims
+
+
+class _Step:
+    """Everything one rank needs to run steps: built once by :func:`train`."""
+
+    def __init__(self, cfg: Config, dims: ParallelDims, mesh, device: torch.device, dp_rank: int):
+        self.cfg, self.dims, self.device = cfg, dims, device
+        self.dp_group = mesh.dp.get_group() if mesh is not None and dims.dp > 1 else None
+        self.model = parallelize(build_model(cfg), cfg, dims, mesh, device)
+        self.inner = unwrap(self.model)
+        self.data = build_data(cfg, self.inner)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
+        self.local_batch = cfg.train.global_batch // dims.dp
+        self.lo = dp_rank * self.local_batch
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.dtype)
+        self.autocast = (
+            (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        )
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.train.dtype == "fp16" else None
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.dp_group is not None:
+            dist.all_reduce(t, group=self.dp_group)
+        return t
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def run(self, step: int) -> dict[str, float]:
+        """One optimizer step on the global batch of ``step``; returns its metrics."""
+        from plait.ddp import no_sync
+
+        cfg, t0 = self.cfg, time.perf_counter()
+        self.model.train()
+        batch = self.data.sample("train", step, self.lo, self.lo + self.local_batch, cfg.train.global_batch)
+        micro = [dict(zip(batch, vals)) for vals in zip(*(v.chunk(cfg.train.grad_accum) for v in batch.values()))]
+        count = self._all_reduce(torch.tensor(float(sum(self.inner.count(m) for m in micro)), device=self.device))
+        scale = self.dims.dp / count  # see the module docstring
+        loss_sum = torch.zeros((), device=self.device)
+        for i, mb in enumerate(micro):
+            mb = self._to_device(mb)
+            with no_sync(self.model, sync=i == len(micro) - 1), self.autocast():
+                out = self.model(mb["input"])
+                loss = self.inner.loss(out, mb)
+            scaled = loss * scale
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += loss.detach().float()
+        loss_val = (self._all_reduce(loss_sum) / count).item()
+
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=False)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        finite = math.isfinite(loss_val) and math.isfinite(grad_norm)
+        if not finite and self.scaler is None and cfg.train.on_nan == "stop":
+            raise PlaitError(
+                f"loss is {loss_val} (grad norm {grad_norm}) at step {step + 1}; lower optim.lr, "
+                "set train.grad_clip, or pass train.on_nan=skip to skip such steps"
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        if self.scaler:
+            self.scaler.step(self.optimizer)  # skips the update itself when grads overflowed
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        rec = {"step": step + 1, "loss": loss_val, "lr": lr, "grad_norm": grad_norm, "step_time_s": dt}
+        rate_key = "tokens_per_s" if self.inner.task == "lm" else "samples_per_s"
+        rec[rate_key] = float(count) / dt
+        rec["peak_mem_bytes"] = peak_mem_bytes(self.device)
+        if not finite:
+            rec["skipped"] = True
+        return rec
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss (and accuracy for classifiers) on held-out data: one full pass of a finite
+        split, else ``train.eval_batches`` global batches."""
+        if "eval" not in self.data.splits:
+            return {}
+        self.model.eval()
+        B = self.cfg.train.global_batch
+        totals = torch.zeros(3, device=self.device)  # loss sum, correct, count
+        for k in range(self.data.eval_steps(B, self.cfg.train.eval_batches)):
+            mb = self._to_device(self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B))
+            with self.autocast():
+                out = self.model(mb["input"])
+            totals[0] += self.inner.loss(out, mb).float()
+            totals[1] += (out.argmax(-1) == mb["target"]).sum()
+            totals[2] += self.inner.count(mb)
+        loss_sum, correct, n = self._all_reduce(totals).tolist()
+        res = {"eval_loss": loss_sum / n}
+        if self.inner.task == "classification":
+            res["eval_accuracy"] = correct / n
+        return res
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Full (unsharded) weights on CPU under single-process names, for comparisons."""
+        from plait.models.base import canonical_name
+
+        return {canonical_name(k): v.detach().cpu().clone() for k, v in self.inner.state_dict().items()}
+
+
+def train(cfg: Config, *, return_state: bool = False) -> RunResult:
+    """Run the configured job on this process (single process, or one rank of a launched job)."""
+    env = pdist.DistEnv.from_environ()
+    dims = validate(cfg, env.world_size)
+    device = pdist.pick_device(cfg.train.device, env.local_rank)
+    pdist.set_cpu_threads(env, device)
+    pdist.init_process_group(env, device, cfg.parallel.timeout_s)
+    try:
+        return _train(cfg, env, dims, device, return_state)
+    finally:
+        pdist.destroy_process_group()
+
+
+def _train(cfg: Config, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, return_state: bool) -> RunResult:
+    run_dir = Path(pdist.broadcast_object(str(default_run_dir(cfg))))
+    mesh = dims.build_mesh(device.type) if env.world_size > 1 else None
+    dp_rank = mesh.dp.get_local_rank() if mesh is not None else 0
+    # Dropout draws from this stream: seeded per dp rank, so replicas do not share masks.
+    torch.manual_seed(cfg.train.seed * 1_000_003 + dp_rank)
+    stepper = _Step(cfg, dims, mesh, device, dp_rank)
+    result = RunResult(run_dir=run_dir)
+    writer = MetricsWriter(cfg, run_dir, enabled=env.rank == 0, total_steps=cfg.train.steps)
+    try:
+        for step in range(cfg.train.steps):
+            rec = stepper.run(step)
+            done = step + 1
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
+                rec.update(stepper.evaluate())
+            if done == cfg.train.steps:
+                result.final_eval = stepper.evaluate()
+                rec.update(result.final_eval)
+            result.metrics.append(rec)
+            if done % cfg.log.every == 0 or done == cfg.train.steps:
+                writer.log(rec)
+    finally:
+        writer.close()
+    if return_state:
+        result.state = stepper.full_state()
+    return result
