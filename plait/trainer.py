@@ -10,6 +10,7 @@ is the single-process gradient of the mean loss whatever the layout or accumulat
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -162,6 +163,19 @@ class _Step:
         return {canonical_name(k): v.detach().cpu().clone() for k, v in self.inner.state_dict().items()}
 
 
+def write_run_info(run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, stepper: _Step) -> None:
+    """run.json: who ran this and how, so runs from different launchers can be told apart."""
+    from plait.models import param_count
+
+    info = {
+        "world_size": env.world_size, "launched_by": env.source, "device": str(device),
+        "layout": {"pp": dims.pp, "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp},
+        "params": param_count(stepper.inner), "data": stepper.data.describe(),
+        "torch": torch.__version__, "started": datetime.now().isoformat(timespec="seconds"),
+    }  # fmt: skip
+    (run_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
 def train(cfg: Config, *, return_state: bool = False) -> RunResult:
     """Run the configured job on this process (single process, or one rank of a launched job)."""
     env = pdist.DistEnv.from_environ()
@@ -184,6 +198,8 @@ def _train(cfg: Config, env: pdist.DistEnv, dims: ParallelDims, device: torch.de
     stepper = _Step(cfg, dims, mesh, device, dp_rank)
     result = RunResult(run_dir=run_dir)
     writer = MetricsWriter(cfg, run_dir, enabled=env.rank == 0, total_steps=cfg.train.steps)
+    if env.rank == 0:
+        write_run_info(run_dir, env, dims, device, stepper)
     try:
         for step in range(cfg.train.steps):
             rec = stepper.run(step)
