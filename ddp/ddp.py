@@ -15,7 +15,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 
-def apply_ddp(model: nn.Module, *, dp_mesh, device: torch.device, bucket_cap_mb: int = 25) -> nn.Module:
+def apply_ddp(
+    model: nn.Module, *, dp_mesh, device: torch.device, bucket_cap_mb: int = 25
+) -> nn.Module:
     """Wrap a materialised model; a no-op when the dp axis has one rank."""
     if dp_mesh is None or dp_mesh.size() == 1:
         return model

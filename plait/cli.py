@@ -9,13 +9,18 @@ from plait.errors import PlaitError
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="plait", description="Data, tensor and pipeline parallel training around one model interface.")
+    ap = argparse.ArgumentParser(
+        prog="plait",
+        description="Data, tensor and pipeline parallel training around one model interface.",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train from a YAML config on this machine")
     t.add_argument("config", help="YAML config, e.g. configs/gpt_tiny.yaml")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=20")
-    t.add_argument("--nproc", type=int, default=1, help="local processes to start (gloo on CPU, nccl on GPU)")
+    t.add_argument(
+        "--nproc", type=int, default=1, help="local processes to start (gloo on CPU, nccl on GPU)"
+    )
     t.add_argument("--run-dir", help="run folder (same as log.run_dir=...)")
 
     c = sub.add_parser("compare", help="two runs' loss curves side by side")

@@ -8,7 +8,9 @@ from pathlib import Path
 from plait.metrics import read_metrics
 
 
-def loss_table(a: str | Path, b: str | Path) -> tuple[list[tuple[int, float | None, float | None]], float]:
+def loss_table(
+    a: str | Path, b: str | Path
+) -> tuple[list[tuple[int, float | None, float | None]], float]:
     """Rows (step, loss_a, loss_b) over the union of steps, and max |a-b|/|a| over shared steps."""
     la = {r["step"]: r["loss"] for r in read_metrics(a) if "loss" in r}
     lb = {r["step"]: r["loss"] for r in read_metrics(b) if "loss" in r}
@@ -27,9 +29,15 @@ def format_table(a: str | Path, b: str | Path) -> str:
 
     lines = [f"{'step':>6}  {str(a):>{w}}  {str(b):>{w}}  {'rel diff':>10}"]
     for s, x, y in rows:
-        rel = f"{abs(x - y) / max(abs(x), 1e-12):10.2e}" if x is not None and y is not None else f"{'-':>10}"
+        rel = (
+            f"{abs(x - y) / max(abs(x), 1e-12):10.2e}"
+            if x is not None and y is not None
+            else f"{'-':>10}"
+        )
         lines.append(f"{s:>6}  {cell(x)}  {cell(y)}  {rel}")
-    lines.append(f"max relative difference over {sum(1 for _, x, y in rows if x is not None and y is not None)} shared steps: {max_rel:.3e}")
+    lines.append(
+        f"max relative difference over {sum(1 for _, x, y in rows if x is not None and y is not None)} shared steps: {max_rel:.3e}"
+    )
     return "\n".join(lines)
 
 

@@ -9,8 +9,8 @@ before any process group, model or dataset exists. Checks that need the world si
 from __future__ import annotations
 
 import dataclasses
-import types
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,33 +34,61 @@ def _f(default: Any, help: str, key: str | None = None, **kw: Any) -> Any:
 ModelName = Literal["gpt", "seed_mlp", "seed_bigmodel"]
 DataName = Literal["synthetic", "digits", "mnist_idx", "stdlib_text"]
 Schedule = Literal[
-    "GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV"
+    "GPipe",
+    "1F1B",
+    "Interleaved1F1B",
+    "LoopedBFS",
+    "InterleavedZeroBubble",
+    "ZBVZeroBubble",
+    "DualPipeV",
 ]
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
     name: ModelName = _f("gpt", "Which zoo model to build.")
-    preset: str = _f("tiny", "Size preset (gpt: tiny, small, 125m, 350m, 1b, 8b, 70b, 405b; seed models: default).")
+    preset: str = _f(
+        "tiny",
+        "Size preset (gpt: tiny, small, 125m, 350m, 1b, 8b, 70b, 405b; seed models: default).",
+    )
     dim: int | None = _f(None, "gpt: hidden size (overrides the preset).")
     n_layers: int | None = _f(None, "gpt: number of transformer blocks (overrides the preset).")
     n_heads: int | None = _f(None, "gpt: attention heads (overrides the preset).")
-    n_kv_heads: int | None = _f(None, "gpt: key/value heads for grouped-query attention (default n_heads).")
+    n_kv_heads: int | None = _f(
+        None, "gpt: key/value heads for grouped-query attention (default n_heads)."
+    )
     ffn_dim: int | None = _f(None, "gpt: SwiGLU intermediate size (overrides the preset).")
-    vocab_size: int | None = _f(None, "gpt: vocabulary size (overrides the preset; byte data needs >= 256).")
-    max_seq_len: int | None = _f(None, "gpt: longest sequence RoPE is precomputed for (default data.seq_len).")
+    vocab_size: int | None = _f(
+        None, "gpt: vocabulary size (overrides the preset; byte data needs >= 256)."
+    )
+    max_seq_len: int | None = _f(
+        None, "gpt: longest sequence RoPE is precomputed for (default data.seq_len)."
+    )
     rope_theta: float = _f(10000.0, "gpt: RoPE base frequency.")
     norm_eps: float = _f(1e-5, "gpt: RMSNorm epsilon.")
-    dropout: float = _f(0.0, "Dropout probability after hidden activations / attention and MLP outputs.")
-    batchnorm: bool = _f(False, "seed_mlp / seed_bigmodel: BatchNorm1d after each hidden layer (the seed's regularisation chapter).")
+    dropout: float = _f(
+        0.0, "Dropout probability after hidden activations / attention and MLP outputs."
+    )
+    batchnorm: bool = _f(
+        False,
+        "seed_mlp / seed_bigmodel: BatchNorm1d after each hidden layer (the seed's regularisation chapter).",
+    )
 
 
 @dataclass(kw_only=True)
 class DataConfig:
-    name: DataName = _f("stdlib_text", "Dataset: synthetic (seeded), digits (sklearn, 28x28), mnist_idx (IDX files), stdlib_text (bytes of Python's stdlib sources).")
+    name: DataName = _f(
+        "stdlib_text",
+        "Dataset: synthetic (seeded), digits (sklearn, 28x28), mnist_idx (IDX files), stdlib_text (bytes of Python's stdlib sources).",
+    )
     seq_len: int = _f(128, "Tokens per sample for language-model data.")
-    path: str | None = _f(None, "mnist_idx: folder with the IDX files; stdlib_text: source folder (default: this Python's stdlib).")
-    eval_fraction: float = _f(0.1, "Fraction of the data held out for evaluation (digits, mnist_idx, stdlib_text).")
+    path: str | None = _f(
+        None,
+        "mnist_idx: folder with the IDX files; stdlib_text: source folder (default: this Python's stdlib).",
+    )
+    eval_fraction: float = _f(
+        0.1, "Fraction of the data held out for evaluation (digits, mnist_idx, stdlib_text)."
+    )
 
 
 @dataclass(kw_only=True)
@@ -71,7 +99,9 @@ class OptimConfig:
     momentum: float = _f(0.0, "sgd: momentum.")
     betas: list[float] = _f([0.9, 0.95], "adam/adamw: (beta1, beta2).")
     eps: float = _f(1e-8, "adam/adamw: epsilon.")
-    schedule: Literal["constant", "cosine", "linear"] = _f("cosine", "Learning-rate decay after warmup.")
+    schedule: Literal["constant", "cosine", "linear"] = _f(
+        "cosine", "Learning-rate decay after warmup."
+    )
     warmup_steps: int = _f(0, "Linear warmup steps from 0 to lr.")
     min_lr_ratio: float = _f(0.0, "Final lr as a fraction of lr (cosine/linear).")
 
@@ -79,34 +109,52 @@ class OptimConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     steps: int = _f(100, "Optimizer steps.")
-    global_batch: int = _f(32, "Samples per optimizer step, summed over data-parallel ranks and accumulation.")
+    global_batch: int = _f(
+        32, "Samples per optimizer step, summed over data-parallel ranks and accumulation."
+    )
     grad_accum: int = _f(1, "Micro-batches per optimizer step on each data-parallel rank.")
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this; 0 turns clipping off.")
     seed: int = _f(0, "Seed for init, data order and dropout.")
-    dtype: Literal["fp32", "bf16", "fp16"] = _f("fp32", "Compute dtype (bf16/fp16 use autocast with fp32 master weights).")
+    dtype: Literal["fp32", "bf16", "fp16"] = _f(
+        "fp32", "Compute dtype (bf16/fp16 use autocast with fp32 master weights)."
+    )
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: cuda when available, else cpu.")
-    compile: bool = _f(False, "torch.compile each block (wrap order: after TP and activation checkpointing).")
-    eval_every: int = _f(0, "Evaluate on held-out data every N steps (0: only at the end when data has a split).")
+    compile: bool = _f(
+        False, "torch.compile each block (wrap order: after TP and activation checkpointing)."
+    )
+    eval_every: int = _f(
+        0, "Evaluate on held-out data every N steps (0: only at the end when data has a split)."
+    )
     eval_batches: int = _f(4, "Global batches per evaluation.")
-    on_nan: Literal["stop", "skip"] = _f("stop", "A non-finite loss stops the run, or skips that step's update.")
+    on_nan: Literal["stop", "skip"] = _f(
+        "stop", "A non-finite loss stops the run, or skips that step's update."
+    )
 
 
 @dataclass(kw_only=True)
 class ParallelConfig:
     dp_replicate: int = _f(1, "HSDP replicas (outer data-parallel dimension).")
-    dp_shard: int = _f(-1, "Sharded data-parallel degree; -1: every rank not used by the other dimensions.")
+    dp_shard: int = _f(
+        -1, "Sharded data-parallel degree; -1: every rank not used by the other dimensions."
+    )
     tp: int = _f(1, "Tensor-parallel degree.")
-    sequence_parallel: bool = _f(False, "Shard norms/dropout activations on the sequence dim (needs tp > 1).")
+    sequence_parallel: bool = _f(
+        False, "Shard norms/dropout activations on the sequence dim (needs tp > 1)."
+    )
     pp: int = _f(1, "Pipeline-parallel degree.")
     pp_schedule: Schedule = _f("1F1B", "Pipeline schedule.")
     pp_microbatches: int = _f(4, "Pipeline micro-batches per step.")
     pp_virtual_stages: int = _f(1, "Stages per pipeline rank (interleaved / looped / V schedules).")
     dp_engine: Literal["torch", "deepspeed", "fairscale"] = _f("torch", "Data-parallel engine.")
     zero_stage: int = _f(0, "0: DDP; 1: shard optimizer state; 2: + gradients; 3: + parameters.")
-    activation_checkpoint: Literal["none", "full", "selective"] = _f("none", "Recompute block activations in backward.")
+    activation_checkpoint: Literal["none", "full", "selective"] = _f(
+        "none", "Recompute block activations in backward."
+    )
     activation_checkpoint_every: int = _f(1, "With selective: checkpoint every k-th block.")
     cpu_offload: bool = _f(False, "Offload parameters/optimizer state to CPU (FSDP2 / DeepSpeed).")
-    timeout_s: float = _f(300.0, "Collective timeout: a dead or stuck rank ends the job after this long.")
+    timeout_s: float = _f(
+        300.0, "Collective timeout: a dead or stuck rank ends the job after this long."
+    )
 
 
 @dataclass(kw_only=True)
@@ -115,7 +163,9 @@ class CheckpointConfig:
     every: int = _f(0, "Save every N steps (0: never, except at the end when dir is set).")
     keep: int = _f(3, "Keep the newest K checkpoints.")
     async_save: bool = _f(False, "Save in the background.", key="async")
-    resume: Literal["auto", "never"] = _f("auto", "auto: continue from the newest complete checkpoint in dir.")
+    resume: Literal["auto", "never"] = _f(
+        "auto", "auto: continue from the newest complete checkpoint in dir."
+    )
 
 
 @dataclass(kw_only=True)
@@ -123,9 +173,14 @@ class LogConfig:
     run_dir: str | None = _f(None, "Run folder (default: runs/<name>-<time>).")
     every: int = _f(1, "Log every N steps.")
     tensorboard: bool = _f(True, "Write TensorBoard events to the run folder.")
-    wandb: Literal["off", "offline", "online"] = _f("offline", "Weights & Biases mode (offline makes no network connection; skipped when wandb is not installed).")
+    wandb: Literal["off", "offline", "online"] = _f(
+        "offline",
+        "Weights & Biases mode (offline makes no network connection; skipped when wandb is not installed).",
+    )
     wandb_project: str = _f("plait", "Weights & Biases project.")
-    progress: Literal["auto", "on", "off"] = _f("auto", "Progress bar on rank 0 (auto: only on a TTY).")
+    progress: Literal["auto", "on", "off"] = _f(
+        "auto", "Progress bar on rank 0 (auto: only on a TTY)."
+    )
 
 
 @dataclass(kw_only=True)
@@ -156,7 +211,9 @@ _Loader.yaml_implicit_resolvers = {
 }
 for _first in "tTfF":
     _Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list(_first)
+        "tag:yaml.org,2002:bool",
+        re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list(_first),
     )
 
 
@@ -172,7 +229,9 @@ def _to_dict(obj: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        out[_key(f)] = _to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, list) else v)
+        out[_key(f)] = (
+            _to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, list) else v)
+        )
     return out
 
 
@@ -184,7 +243,9 @@ def _describe(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if origin is list:
         return f"a list of {_describe(args[0])}"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -294,11 +355,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist; pass a YAML file such as configs/gpt_tiny.yaml")
+            raise ConfigError(
+                f"config file {str(p)!r} does not exist; pass a YAML file such as configs/gpt_tiny.yaml"
+            )
         try:
             raw = _yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0]) from None
+            raise ConfigError(
+                f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0]
+            ) from None
     cfg = from_dict(_merge(raw, parse_overrides(overrides or [])))
     return cfg
 
@@ -323,32 +388,76 @@ def check_values(cfg: Config) -> None:
     _require(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
     _require(t.global_batch >= 1, "train.global_batch", t.global_batch, "must be >= 1")
     _require(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1")
-    _require(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 turns clipping off)")
+    _require(
+        t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 turns clipping off)"
+    )
     _require(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0")
     _require(t.eval_batches >= 1, "train.eval_batches", t.eval_batches, "must be >= 1")
     _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
-    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "must be two numbers in [0, 1)")
-    _require(0 <= o.warmup_steps <= t.steps, "optim.warmup_steps", o.warmup_steps, f"must be in [0, train.steps={t.steps}]")
+    _require(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        "optim.betas",
+        o.betas,
+        "must be two numbers in [0, 1)",
+    )
+    _require(
+        0 <= o.warmup_steps <= t.steps,
+        "optim.warmup_steps",
+        o.warmup_steps,
+        f"must be in [0, train.steps={t.steps}]",
+    )
     _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     _require(d.seq_len >= 2, "data.seq_len", d.seq_len, "must be >= 2")
     _require(0 <= d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "must be in [0, 1)")
     _require(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
-    for k in ("dp_replicate", "tp", "pp", "pp_microbatches", "pp_virtual_stages", "activation_checkpoint_every"):
+    for k in (
+        "dp_replicate",
+        "tp",
+        "pp",
+        "pp_microbatches",
+        "pp_virtual_stages",
+        "activation_checkpoint_every",
+    ):
         v = getattr(p, k)
         _require(v >= 1, f"parallel.{k}", v, "must be >= 1")
-    _require(p.dp_shard == -1 or p.dp_shard >= 1, "parallel.dp_shard", p.dp_shard, "must be >= 1, or -1 for every remaining rank")
-    _require(p.zero_stage in (0, 1, 2, 3), "parallel.zero_stage", p.zero_stage, "expected one of 0, 1, 2, 3")
+    _require(
+        p.dp_shard == -1 or p.dp_shard >= 1,
+        "parallel.dp_shard",
+        p.dp_shard,
+        "must be >= 1, or -1 for every remaining rank",
+    )
+    _require(
+        p.zero_stage in (0, 1, 2, 3),
+        "parallel.zero_stage",
+        p.zero_stage,
+        "expected one of 0, 1, 2, 3",
+    )
     _require(p.timeout_s > 0, "parallel.timeout_s", p.timeout_s, "must be > 0 seconds")
-    _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", True, "needs parallel.tp > 1")
+    _require(
+        not p.sequence_parallel or p.tp > 1,
+        "parallel.sequence_parallel",
+        True,
+        "needs parallel.tp > 1",
+    )
     _require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
     _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")
     _require(cfg.log.every >= 1, "log.every", cfg.log.every, "must be >= 1")
     if m.name == "gpt":
-        _require(d.name in ("synthetic", "stdlib_text"), "data.name", d.name, "model gpt takes token data: 'synthetic' or 'stdlib_text'")
+        _require(
+            d.name in ("synthetic", "stdlib_text"),
+            "data.name",
+            d.name,
+            "model gpt takes token data: 'synthetic' or 'stdlib_text'",
+        )
     else:
-        _require(d.name in ("synthetic", "digits", "mnist_idx"), "data.name", d.name, f"model {m.name} takes images/vectors: 'synthetic', 'digits' or 'mnist_idx'")
+        _require(
+            d.name in ("synthetic", "digits", "mnist_idx"),
+            "data.name",
+            d.name,
+            f"model {m.name} takes images/vectors: 'synthetic', 'digits' or 'mnist_idx'",
+        )
 
 
 def field_help() -> dict[str, str]:

@@ -29,9 +29,19 @@ class DistEnv:
     def from_environ(env: dict[str, str] | None = None) -> DistEnv:
         env = dict(os.environ if env is None else env)
         if "RANK" in env and "WORLD_SIZE" in env:
-            return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "RANK/WORLD_SIZE")
+            return DistEnv(
+                int(env["RANK"]),
+                int(env["WORLD_SIZE"]),
+                int(env.get("LOCAL_RANK", 0)),
+                "RANK/WORLD_SIZE",
+            )
         if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-            return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "SLURM")
+            return DistEnv(
+                int(env["SLURM_PROCID"]),
+                int(env["SLURM_NTASKS"]),
+                int(env.get("SLURM_LOCALID", 0)),
+                "SLURM",
+            )
         return DistEnv()
 
 
@@ -49,7 +59,9 @@ def slurm_master_addr(nodelist: str) -> str:
 def pick_device(kind: str, local_rank: int) -> torch.device:
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ConfigError("train.device: 'cuda' is not allowed here; no CUDA device is visible (use 'cpu' or 'auto')")
+            raise ConfigError(
+                "train.device: 'cuda' is not allowed here; no CUDA device is visible (use 'cpu' or 'auto')"
+            )
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -60,7 +72,11 @@ def set_cpu_threads(env: DistEnv, device: torch.device) -> None:
     N ranks each running all-cores intra-op pools oversubscribe the CPU and stall collectives."""
     if device.type != "cpu" or env.world_size == 1 or "OMP_NUM_THREADS" in os.environ:
         return
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", env.world_size)).split("(")[0])
+    local = int(
+        os.environ.get(
+            "LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", env.world_size)
+        ).split("(")[0]
+    )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
 
 
@@ -70,7 +86,9 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float) -> 
         return
     os.environ.setdefault("MASTER_PORT", "29500")
     if "MASTER_ADDR" not in os.environ:
-        os.environ["MASTER_ADDR"] = slurm_master_addr(os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+        os.environ["MASTER_ADDR"] = slurm_master_addr(
+            os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
+        )
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
         backend=backend,

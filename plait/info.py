@@ -36,7 +36,11 @@ def collect() -> dict[str, object]:
     engines = {}
     for mod, extra in OPTIONAL.items():
         v = _version(mod)
-        engines[mod] = f"{v} (importable)" if v and importlib.util.find_spec(mod) else f"missing (pip install 'plait[{extra}]')"
+        engines[mod] = (
+            f"{v} (importable)"
+            if v and importlib.util.find_spec(mod)
+            else f"missing (pip install 'plait[{extra}]')"
+        )
     info["optional"] = engines
     return info
 

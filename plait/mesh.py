@@ -61,7 +61,9 @@ class ParallelDims:
         """One DeviceMesh over all four axes, plus its flattened 'dp' axis (replicate x shard)."""
         from torch.distributed.device_mesh import init_device_mesh
 
-        root = init_device_mesh(device_type, (self.pp, self.dp_replicate, self.dp_shard, self.tp), mesh_dim_names=AXES)
+        root = init_device_mesh(
+            device_type, (self.pp, self.dp_replicate, self.dp_shard, self.tp), mesh_dim_names=AXES
+        )
         return Meshes(root=root, dp=root["dp_replicate", "dp_shard"]._flatten("dp"))
 
 
@@ -82,4 +84,8 @@ def _factorizations(world_size: int) -> str:
         for tp in divs
         if world_size % (pp * tp) == 0
     ]
-    return "valid layouts of this world size: " + "; ".join(combos[:12]) + (" ..." if len(combos) > 12 else "")
+    return (
+        "valid layouts of this world size: "
+        + "; ".join(combos[:12])
+        + (" ..." if len(combos) > 12 else "")
+    )

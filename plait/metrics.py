@@ -36,7 +36,9 @@ def _fmt(k: str, v: Any) -> str:
 class MetricsWriter:
     CONSOLE_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "step_time_s")
 
-    def __init__(self, cfg: Config, run_dir: Path, *, enabled: bool, total_steps: int, start_step: int = 0):
+    def __init__(
+        self, cfg: Config, run_dir: Path, *, enabled: bool, total_steps: int, start_step: int = 0
+    ):
         self.enabled = enabled
         self.run_dir = run_dir
         self._tb = self._wandb = self._bar = None
@@ -56,7 +58,9 @@ class MetricsWriter:
         if show:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, desc=cfg.name, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, desc=cfg.name, dynamic_ncols=True
+            )
 
     @staticmethod
     def _start_wandb(cfg: Config, run_dir: Path):
@@ -66,7 +70,9 @@ class MetricsWriter:
             if cfg.log.wandb == "online":
                 from plait.errors import ConfigError
 
-                raise ConfigError("log.wandb: 'online' needs the wandb package (pip install 'plait[wandb]'), or set log.wandb=off") from None
+                raise ConfigError(
+                    "log.wandb: 'online' needs the wandb package (pip install 'plait[wandb]'), or set log.wandb=off"
+                ) from None
             return None  # offline is the default: quietly skip when the extra is not installed
         return wandb.init(
             project=cfg.log.wandb_project, name=run_dir.name, dir=str(run_dir), mode=cfg.log.wandb,
@@ -78,13 +84,27 @@ class MetricsWriter:
             return
         self._jsonl.write(json.dumps(record) + "\n")
         step = record["step"]
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step" and math.isfinite(v)}
+        scalars = {
+            k: v
+            for k, v in record.items()
+            if isinstance(v, (int, float)) and k != "step" and math.isfinite(v)
+        }
         if self._tb is not None:
             for k, v in scalars.items():
-                self._tb.add_scalar(k if "/" in k else f"train/{k}" if not k.startswith("eval") else f"eval/{k[5:]}", v, step)
+                self._tb.add_scalar(
+                    k
+                    if "/" in k
+                    else f"train/{k}"
+                    if not k.startswith("eval")
+                    else f"eval/{k[5:]}",
+                    v,
+                    step,
+                )
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
-        line = f"step {step:>5} | " + " | ".join(_fmt(k, record[k]) for k in self.CONSOLE_KEYS if k in record)
+        line = f"step {step:>5} | " + " | ".join(
+            _fmt(k, record[k]) for k in self.CONSOLE_KEYS if k in record
+        )
         evals = [_fmt(k, v) for k, v in record.items() if k.startswith("eval_")]
         if evals:
             line += " | " + " | ".join(evals)
@@ -111,5 +131,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         from plait.errors import PlaitError
 
-        raise PlaitError(f"{str(run_dir)!r} has no metrics.jsonl; pass a run folder written by plait train")
+        raise PlaitError(
+            f"{str(run_dir)!r} has no metrics.jsonl; pass a run folder written by plait train"
+        )
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -42,5 +42,7 @@ def lr_factor(step: int, o: OptimConfig, total_steps: int) -> float:
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
 
 
-def build_scheduler(opt: torch.optim.Optimizer, o: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    opt: torch.optim.Optimizer, o: OptimConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o, total_steps))

@@ -28,12 +28,15 @@ def check_supported(cfg: Config, dims: ParallelDims) -> None:
     if p.dp_engine != "torch":
         todo.append(f"parallel.dp_engine={p.dp_engine!r}")
     if p.zero_stage != 0 or dims.dp_replicate > 1:
-        todo.append(f"parallel.zero_stage={p.zero_stage} / dp_replicate={dims.dp_replicate} (ZeRO / HSDP)")
+        todo.append(
+            f"parallel.zero_stage={p.zero_stage} / dp_replicate={dims.dp_replicate} (ZeRO / HSDP)"
+        )
     if p.cpu_offload:
         todo.append("parallel.cpu_offload=true")
     if todo:
         raise ConfigError(
-            "not available in this version of plait: " + "; ".join(todo)
+            "not available in this version of plait: "
+            + "; ".join(todo)
             + ". Allowed now: single process or DDP (dp_engine=torch, zero_stage=0, pp=1, tp=1)"
         )
 
@@ -55,11 +58,15 @@ def apply_compile(model: PlaitModel) -> None:
         block.compile()
 
 
-def parallelize(model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes | None, device: torch.device) -> nn.Module:
+def parallelize(
+    model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes | None, device: torch.device
+) -> nn.Module:
     """Turn a meta-device model into the trainable, wrapped model for this rank."""
     # 1-2. pipeline split and tensor parallel: not in this build (check_supported refuses them)
     # 3. activation checkpointing, inside TP and outside compile
-    apply_activation_checkpoint(model, cfg.parallel.activation_checkpoint, cfg.parallel.activation_checkpoint_every)
+    apply_activation_checkpoint(
+        model, cfg.parallel.activation_checkpoint, cfg.parallel.activation_checkpoint_every
+    )
     # 4. compile
     if cfg.train.compile:
         apply_compile(model)
@@ -76,4 +83,6 @@ def parallelize(model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes
 
 def unwrap(model: nn.Module) -> PlaitModel:
     """The PlaitModel inside whatever data-parallel wrapper holds it."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, PlaitModel) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model.module, PlaitModel) else model
+    )

@@ -69,7 +69,9 @@ class _Step:
         self.lo = dp_rank * self.local_batch
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.dtype)
         self.autocast = (
-            (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+            (lambda: torch.autocast(device.type, dtype=amp_dtype))
+            if amp_dtype
+            else contextlib.nullcontext
         )
         self.scaler = torch.amp.GradScaler(device.type) if cfg.train.dtype == "fp16" else None
 
@@ -87,9 +89,16 @@ class _Step:
 
         cfg, t0 = self.cfg, time.perf_counter()
         self.model.train()
-        batch = self.data.sample("train", step, self.lo, self.lo + self.local_batch, cfg.train.global_batch)
-        micro = [dict(zip(batch, vals)) for vals in zip(*(v.chunk(cfg.train.grad_accum) for v in batch.values()))]
-        count = self._all_reduce(torch.tensor(float(sum(self.inner.count(m) for m in micro)), device=self.device))
+        batch = self.data.sample(
+            "train", step, self.lo, self.lo + self.local_batch, cfg.train.global_batch
+        )
+        micro = [
+            dict(zip(batch, vals))
+            for vals in zip(*(v.chunk(cfg.train.grad_accum) for v in batch.values()))
+        ]
+        count = self._all_reduce(
+            torch.tensor(float(sum(self.inner.count(m) for m in micro)), device=self.device)
+        )
         scale = self.dims.dp / count  # see the module docstring
         loss_sum = torch.zeros((), device=self.device)
         for i, mb in enumerate(micro):
@@ -126,7 +135,13 @@ class _Step:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-        rec = {"step": step + 1, "loss": loss_val, "lr": lr, "grad_norm": grad_norm, "step_time_s": dt}
+        rec = {
+            "step": step + 1,
+            "loss": loss_val,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "step_time_s": dt,
+        }
         rate_key = "tokens_per_s" if self.inner.task == "lm" else "samples_per_s"
         rec[rate_key] = float(count) / dt
         rec["peak_mem_bytes"] = peak_mem_bytes(self.device)
@@ -144,7 +159,9 @@ class _Step:
         B = self.cfg.train.global_batch
         totals = torch.zeros(3, device=self.device)  # loss sum, correct, count
         for k in range(self.data.eval_steps(B, self.cfg.train.eval_batches)):
-            mb = self._to_device(self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B))
+            mb = self._to_device(
+                self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B)
+            )
             with self.autocast():
                 out = self.model(mb["input"])
             totals[0] += self.inner.loss(out, mb).float()
@@ -160,10 +177,14 @@ class _Step:
         """Full (unsharded) weights on CPU under single-process names, for comparisons."""
         from plait.models.base import canonical_name
 
-        return {canonical_name(k): v.detach().cpu().clone() for k, v in self.inner.state_dict().items()}
+        return {
+            canonical_name(k): v.detach().cpu().clone() for k, v in self.inner.state_dict().items()
+        }
 
 
-def write_run_info(run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, stepper: _Step) -> None:
+def write_run_info(
+    run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, stepper: _Step
+) -> None:
     """run.json: who ran this and how, so runs from different launchers can be told apart."""
     from plait.models import param_count
 
@@ -189,7 +210,9 @@ def train(cfg: Config, *, return_state: bool = False) -> RunResult:
         pdist.destroy_process_group()
 
 
-def _train(cfg: Config, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, return_state: bool) -> RunResult:
+def _train(
+    cfg: Config, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, return_state: bool
+) -> RunResult:
     run_dir = Path(pdist.broadcast_object(str(default_run_dir(cfg))))
     mesh = dims.build_mesh(device.type) if env.world_size > 1 else None
     dp_rank = mesh.dp.get_local_rank() if mesh is not None else 0

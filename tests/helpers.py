@@ -31,7 +31,14 @@ def run_single(overrides: list[str], run_dir: Path, config: str | None = None) -
     return train(make_config(overrides, run_dir, config), return_state=True)
 
 
-def run_distributed(overrides: list[str], nproc: int, run_dir: Path, *, timeout: float = 180, config: str | None = None) -> RunResult:
+def run_distributed(
+    overrides: list[str],
+    nproc: int,
+    run_dir: Path,
+    *,
+    timeout: float = 180,
+    config: str | None = None,
+) -> RunResult:
     """Run on ``nproc`` processes; a hang becomes a failure after ``timeout`` seconds, with the
     whole process group (launcher and ranks) killed."""
     cfg = make_config(overrides, run_dir, config)
@@ -44,7 +51,13 @@ def run_distributed(overrides: list[str], nproc: int, run_dir: Path, *, timeout:
             res = run_local(from_dict({cfg.to_dict()!r}), {nproc}, return_state=True)
             torch.save(res, {str(out)!r})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         log, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -67,4 +80,6 @@ def assert_same_run(ref: RunResult, got: RunResult, rtol: float = RTOL) -> None:
     assert worst <= rtol, f"max relative loss difference {worst:.2e} > {rtol:.0e}\nref {a}\ngot {b}"
     assert ref.state.keys() == got.state.keys()
     for k in ref.state:
-        torch.testing.assert_close(got.state[k], ref.state[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(
+            got.state[k], ref.state[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}"
+        )

@@ -33,12 +33,16 @@ def test_rank_slices_compose_the_global_batch(tmp_path, dp):
     for data in _datasets(tmp_path):
         for step in (0, 3, 11):  # step 11 wraps the 40-sample IDX set into a new epoch
             whole = data.sample("train", step, 0, B, B)
-            parts = [data.sample("train", step, r * B // dp, (r + 1) * B // dp, B) for r in range(dp)]
+            parts = [
+                data.sample("train", step, r * B // dp, (r + 1) * B // dp, B) for r in range(dp)
+            ]
             for k in whole:
                 assert torch.equal(torch.cat([p[k] for p in parts]), whole[k]), (data, k)
             again = data.sample("train", step, 0, B, B)
             assert all(torch.equal(whole[k], again[k]) for k in whole)  # resume sees the same batch
-        assert not torch.equal(data.sample("train", 0, 0, B, B)["input"], data.sample("train", 1, 0, B, B)["input"])
+        assert not torch.equal(
+            data.sample("train", 0, 0, B, B)["input"], data.sample("train", 1, 0, B, B)["input"]
+        )
 
 
 def test_epochs_visit_every_sample_once(tmp_path):
@@ -70,7 +74,11 @@ def test_text_corpus_errors(tmp_path):
 
 
 def _idx_bytes(arr: torch.Tensor) -> bytes:
-    return bytes([0, 0, 8, arr.dim()]) + struct.pack(f">{arr.dim()}I", *arr.shape) + bytes(arr.flatten().tolist())
+    return (
+        bytes([0, 0, 8, arr.dim()])
+        + struct.pack(f">{arr.dim()}I", *arr.shape)
+        + bytes(arr.flatten().tolist())
+    )
 
 
 def _write_mnist(folder, n=40, gz=False):

@@ -11,7 +11,14 @@ from helpers import assert_same_run, run_distributed, run_single
 
 pytestmark = pytest.mark.timeout(240)
 
-GPT = ["model.n_layers=2", "data.seq_len=32", "train.global_batch=8", "train.steps=6", "optim.warmup_steps=2", "train.grad_clip=1.0"]
+GPT = [
+    "model.n_layers=2",
+    "data.seq_len=32",
+    "train.global_batch=8",
+    "train.steps=6",
+    "optim.warmup_steps=2",
+    "train.grad_clip=1.0",
+]
 
 
 def test_ddp_gpt_with_accumulation_matches_one_process(tmp_path):
@@ -23,5 +30,12 @@ def test_ddp_gpt_with_accumulation_matches_one_process(tmp_path):
 
 
 def test_ddp_seed_mlp_matches_one_process(tmp_path):
-    ov = ["model.name=seed_mlp", "model.preset=default", "data.name=digits", "optim.name=sgd", "optim.lr=0.05", "train.steps=8"]
+    ov = [
+        "model.name=seed_mlp",
+        "model.preset=default",
+        "data.name=digits",
+        "optim.name=sgd",
+        "optim.lr=0.05",
+        "train.steps=8",
+    ]
     assert_same_run(run_single(ov, tmp_path / "one"), run_distributed(ov, 2, tmp_path / "ddp"))

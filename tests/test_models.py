@@ -44,13 +44,20 @@ def test_init_depends_on_name_and_seed_only():
         assert torch.equal(v, big.state_dict()[k]), k
     small = materialise(cfg("model.n_layers=2"))
     other = materialise(cfg("model.n_layers=2", "train.seed=1"))
-    assert not torch.equal(small.layers["0"].attention.wq.weight, other.layers["0"].attention.wq.weight)
+    assert not torch.equal(
+        small.layers["0"].attention.wq.weight, other.layers["0"].attention.wq.weight
+    )
     # parameters are not all drawn alike: independent streams per name
-    assert not torch.equal(small.layers["0"].attention.wq.weight, small.layers["1"].attention.wq.weight)
+    assert not torch.equal(
+        small.layers["0"].attention.wq.weight, small.layers["1"].attention.wq.weight
+    )
 
 
 def test_canonical_name_strips_wrappers():
-    assert canonical_name("module.layers.0._checkpoint_wrapped_module.fc._orig_mod.weight") == "layers.0.fc.weight"
+    assert (
+        canonical_name("module.layers.0._checkpoint_wrapped_module.fc._orig_mod.weight")
+        == "layers.0.fc.weight"
+    )
 
 
 def test_gpt_forward_shapes_and_causality():
@@ -89,7 +96,14 @@ def test_presets_match_published_sizes():
 
 
 def test_dropout_and_batchnorm_knobs():
-    m = materialise(cfg("model.name=seed_mlp", "data.name=synthetic", "model.batchnorm=true", "model.dropout=0.5"))
+    m = materialise(
+        cfg(
+            "model.name=seed_mlp",
+            "data.name=synthetic",
+            "model.batchnorm=true",
+            "model.dropout=0.5",
+        )
+    )
     assert m.layers["0"].bn is not None and m.layers["2"].bn is None
     m.train()
     x = torch.randn(16, 784)

@@ -19,7 +19,12 @@ def surface() -> dict:
     ap = _parser()
     sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
     cli = {
-        name: sorted(opt for a in p._actions for opt in (a.option_strings or [a.dest]) if opt not in ("-h", "--help"))
+        name: sorted(
+            opt
+            for a in p._actions
+            for opt in (a.option_strings or [a.dest])
+            if opt not in ("-h", "--help")
+        )
         for name, p in sub.choices.items()
     }
     return {"cli": cli, "config": load_config(None, []).to_dict()}
@@ -27,7 +32,9 @@ def surface() -> dict:
 
 def test_public_surface_is_unchanged():
     expected = json.loads(SNAPSHOT.read_text())
-    assert surface() == expected, "public surface changed; if intended run: python tests/test_surface.py --update"
+    assert surface() == expected, (
+        "public surface changed; if intended run: python tests/test_surface.py --update"
+    )
 
 
 if __name__ == "__main__" and "--update" in sys.argv:

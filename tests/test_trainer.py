@@ -20,7 +20,9 @@ def test_seed_mlp_reaches_90_percent_on_held_out_digits(tmp_path):
 
 
 def test_gpt_tiny_loss_falls_on_stdlib_text(tmp_path):
-    res = run_single(["train.steps=40", "train.eval_every=0"], tmp_path, config=f"{CONFIGS}/gpt_tiny.yaml")
+    res = run_single(
+        ["train.steps=40", "train.eval_every=0"], tmp_path, config=f"{CONFIGS}/gpt_tiny.yaml"
+    )
     first, last = losses(res)[0], sum(losses(res)[-5:]) / 5
     assert last < 0.8 * first, (first, last)
     assert res.final_eval["eval_loss"] < first
@@ -32,7 +34,13 @@ def test_seed_bigmodel_runs_its_steps(tmp_path):
     assert all(m["loss"] > 0 and m["samples_per_s"] > 0 for m in res.metrics)
 
 
-GPT = ["model.n_layers=2", "data.seq_len=32", "train.global_batch=8", "train.steps=4", "optim.warmup_steps=1"]
+GPT = [
+    "model.n_layers=2",
+    "data.seq_len=32",
+    "train.global_batch=8",
+    "train.steps=4",
+    "optim.warmup_steps=1",
+]
 
 
 def test_two_runs_are_bit_identical(tmp_path):
@@ -56,7 +64,15 @@ def test_run_folder_contents(tmp_path):
     assert list((d / "wandb").glob("offline-run-*"))
     recs = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [2, 4]
-    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "step_time_s", "peak_mem_bytes", "eval_loss"):
+    for key in (
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "step_time_s",
+        "peak_mem_bytes",
+        "eval_loss",
+    ):
         assert key in recs[-1], key
 
 
@@ -68,7 +84,13 @@ def test_lr_schedule_warmup_then_cosine(tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_or_is_skipped(tmp_path):
-    bad = GPT + ["optim.name=sgd", "optim.lr=1e12", "train.grad_clip=0", "optim.schedule=constant", "optim.warmup_steps=0"]
+    bad = GPT + [
+        "optim.name=sgd",
+        "optim.lr=1e12",
+        "train.grad_clip=0",
+        "optim.schedule=constant",
+        "optim.warmup_steps=0",
+    ]
     with pytest.raises(PlaitError, match=r"at step \d+; lower optim.lr"):
         run_single(bad + ["train.steps=20"], tmp_path / "stop")
     res = run_single(bad + ["train.steps=20", "train.on_nan=skip"], tmp_path / "skip")

@@ -44,7 +44,12 @@ class IndexedData(StepData):
     """Finite (input, target) tensors; step k takes the next global_batch positions of a stream
     made of per-epoch permutations seeded by (seed, epoch). Evaluation reads in order."""
 
-    def __init__(self, seed: int, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor] | None):
+    def __init__(
+        self,
+        seed: int,
+        train: tuple[torch.Tensor, torch.Tensor],
+        test: tuple[torch.Tensor, torch.Tensor] | None,
+    ):
         super().__init__(seed)
         self.data = {"train": train}
         if test is not None and len(test[0]) > 0:

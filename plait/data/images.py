@@ -49,17 +49,23 @@ def read_idx(path: str | Path) -> torch.Tensor:
     except OSError as e:
         raise PlaitError(f"cannot read IDX file {str(path)!r}: {e.strerror or e}") from None
     if len(raw) < 4:
-        raise PlaitError(f"IDX file {str(path)!r} is truncated ({len(raw)} bytes); download it again")
+        raise PlaitError(
+            f"IDX file {str(path)!r} is truncated ({len(raw)} bytes); download it again"
+        )
     zero, dtype_code, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]
     if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
-        raise PlaitError(f"{str(path)!r} is not an unsigned-byte IDX file (magic {raw[:4].hex()}); expected MNIST's 00000801 or 00000803")
+        raise PlaitError(
+            f"{str(path)!r} is not an unsigned-byte IDX file (magic {raw[:4].hex()}); expected MNIST's 00000801 or 00000803"
+        )
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise PlaitError(f"IDX file {str(path)!r} is truncated in its header; download it again")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     need = header + int(torch.tensor(dims).prod())
     if len(raw) < need:
-        raise PlaitError(f"IDX file {str(path)!r} is truncated: {len(raw)} bytes, its header promises {need}; download it again")
+        raise PlaitError(
+            f"IDX file {str(path)!r} is truncated: {len(raw)} bytes, its header promises {need}; download it again"
+        )
     return torch.frombuffer(bytearray(raw[header:need]), dtype=torch.uint8).reshape(dims)
 
 
@@ -72,16 +78,22 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 def load_mnist_idx(folder: str | None, eval_fraction: float) -> tuple[tuple, tuple | None]:
     if not folder:
-        raise PlaitError("data.path is not set; mnist_idx needs the folder holding train-images-idx3-ubyte and train-labels-idx1-ubyte")
+        raise PlaitError(
+            "data.path is not set; mnist_idx needs the folder holding train-images-idx3-ubyte and train-labels-idx1-ubyte"
+        )
     base = Path(folder)
     tri, trl = _find(base, "train-images-idx3-ubyte"), _find(base, "train-labels-idx1-ubyte")
     if tri is None or trl is None:
-        raise PlaitError(f"data.path: {folder!r} lacks train-images-idx3-ubyte / train-labels-idx1-ubyte (plain or .gz)")
+        raise PlaitError(
+            f"data.path: {folder!r} lacks train-images-idx3-ubyte / train-labels-idx1-ubyte (plain or .gz)"
+        )
 
     def pair(img: Path, lab: Path) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = read_idx(img), read_idx(lab)
         if x.dim() != 3 or y.dim() != 1 or len(x) != len(y):
-            raise PlaitError(f"{img.name} ({tuple(x.shape)}) and {lab.name} ({tuple(y.shape)}) do not pair up as images and labels")
+            raise PlaitError(
+                f"{img.name} ({tuple(x.shape)}) and {lab.name} ({tuple(y.shape)}) do not pair up as images and labels"
+            )
         return _normalise(x[:, None].float() / 255.0), y.long()
 
     train = pair(tri, trl)

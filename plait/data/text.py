@@ -17,8 +17,14 @@ def read_corpus(root: str | Path | None = None, max_bytes: int = MAX_BYTES) -> b
     """Concatenate the ``.py`` files under ``root`` (default: the stdlib), in sorted path order."""
     base = Path(root) if root else Path(sysconfig.get_paths()["stdlib"])
     if not base.is_dir():
-        raise PlaitError(f"data.path: {str(base)!r} is not a folder; point it at a folder of .py/.txt files or leave it unset for the stdlib")
-    files = sorted(p for p in base.rglob("*") if p.suffix in (".py", ".txt") and p.is_file() and "site-packages" not in p.parts)
+        raise PlaitError(
+            f"data.path: {str(base)!r} is not a folder; point it at a folder of .py/.txt files or leave it unset for the stdlib"
+        )
+    files = sorted(
+        p
+        for p in base.rglob("*")
+        if p.suffix in (".py", ".txt") and p.is_file() and "site-packages" not in p.parts
+    )
     chunks, total = [], 0
     for f in files:
         try:
@@ -43,7 +49,9 @@ class ByteText(StepData):
         raw = read_corpus(root)
         if len(raw) < 4 * (seq_len + 1):
             where = root or "the stdlib"
-            raise PlaitError(f"data.path: the corpus in {where!r} has {len(raw)} bytes, too few for data.seq_len={seq_len}; use a folder with more text or a smaller seq_len")
+            raise PlaitError(
+                f"data.path: the corpus in {where!r} has {len(raw)} bytes, too few for data.seq_len={seq_len}; use a folder with more text or a smaller seq_len"
+            )
         corpus = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
         cut = int(len(corpus) * (1 - eval_fraction))
         if eval_fraction > 0 and len(corpus) - cut < seq_len + 1:

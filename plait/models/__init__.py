@@ -48,20 +48,32 @@ def check_model(cfg: Config) -> None:
             if getattr(a, k) < 1:
                 raise ConfigError(f"model.{k}: {getattr(a, k)} is not allowed; must be >= 1")
         if a.dim % a.n_heads:
-            raise ConfigError(f"model.n_heads: {a.n_heads} does not divide model.dim={a.dim}; pick n_heads among {_divisors(a.dim)}")
+            raise ConfigError(
+                f"model.n_heads: {a.n_heads} does not divide model.dim={a.dim}; pick n_heads among {_divisors(a.dim)}"
+            )
         if a.head_dim % 2:
             raise ConfigError(f"model.dim / model.n_heads = {a.head_dim} must be even for RoPE")
         if a.n_heads % a.n_kv_heads:
-            raise ConfigError(f"model.n_kv_heads: {a.n_kv_heads} does not divide model.n_heads={a.n_heads}; pick among {_divisors(a.n_heads)}")
+            raise ConfigError(
+                f"model.n_kv_heads: {a.n_kv_heads} does not divide model.n_heads={a.n_heads}; pick among {_divisors(a.n_heads)}"
+            )
         if d.name == "stdlib_text" and a.vocab_size < 256:
-            raise ConfigError(f"model.vocab_size: {a.vocab_size} is too small for byte-level data.name=stdlib_text; needs >= 256")
+            raise ConfigError(
+                f"model.vocab_size: {a.vocab_size} is too small for byte-level data.name=stdlib_text; needs >= 256"
+            )
         if a.max_seq_len < d.seq_len:
-            raise ConfigError(f"model.max_seq_len: {a.max_seq_len} is shorter than data.seq_len={d.seq_len}")
+            raise ConfigError(
+                f"model.max_seq_len: {a.max_seq_len} is shorter than data.seq_len={d.seq_len}"
+            )
     else:
         if m.preset not in ("tiny", "default"):
-            raise ConfigError(f"model.preset: {m.preset!r} is not allowed for {m.name}; it has one size ('default')")
+            raise ConfigError(
+                f"model.preset: {m.preset!r} is not allowed for {m.name}; it has one size ('default')"
+            )
         if d.name in ("digits", "mnist_idx") and m.name != "seed_mlp":
-            raise ConfigError(f"data.name: {d.name!r} gives 784-pixel images, which only model.name=seed_mlp takes; use data.name=synthetic for {m.name}")
+            raise ConfigError(
+                f"data.name: {d.name!r} gives 784-pixel images, which only model.name=seed_mlp takes; use data.name=synthetic for {m.name}"
+            )
 
 
 def _divisors(n: int) -> list[int]:

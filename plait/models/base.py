@@ -82,7 +82,9 @@ class PlaitModel(nn.Module):
     def loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy summed over targets; ``output`` is (..., classes) logits."""
         logits = output.flatten(0, -2)
-        return nn.functional.cross_entropy(logits.float(), batch["target"].flatten(), reduction="sum")
+        return nn.functional.cross_entropy(
+            logits.float(), batch["target"].flatten(), reduction="sum"
+        )
 
     @staticmethod
     def count(batch: dict[str, torch.Tensor]) -> int:

@@ -45,7 +45,9 @@ PRESETS: dict[str, dict[str, int]] = {
     "1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192, vocab_size=128256),
     "8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=128256),
     "70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672, vocab_size=128256),
-    "405b": dict(dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248, vocab_size=128256),
+    "405b": dict(
+        dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248, vocab_size=128256
+    ),
 }
 
 
@@ -163,7 +165,13 @@ class GPT(PlaitModel):
             "attention_norm": "sequence_parallel", "ffn_norm": "sequence_parallel",
         }  # fmt: skip
         plan = {f"layers.*.{k}": v for k, v in block.items()}
-        plan.update({"tok_embeddings": "vocab_embedding", "norm": "sequence_parallel", "output": "vocab_head"})
+        plan.update(
+            {
+                "tok_embeddings": "vocab_embedding",
+                "norm": "sequence_parallel",
+                "output": "vocab_head",
+            }
+        )
         return plan
 
     def param_init(self, name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
@@ -173,7 +181,9 @@ class GPT(PlaitModel):
             return torch.empty(shape).normal_(0.0, 1.0, generator=gen)
         if name == "output.weight":
             std = self.args.dim**-0.5
-            return nn.init.trunc_normal_(torch.empty(shape), 0.0, std, -3 * std, 3 * std, generator=gen)
+            return nn.init.trunc_normal_(
+                torch.empty(shape), 0.0, std, -3 * std, 3 * std, generator=gen
+            )
         std = 0.02
         if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
             std /= math.sqrt(2 * self.args.n_layers)  # residual-branch scaling (GPT-2)

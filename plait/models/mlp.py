@@ -43,7 +43,9 @@ class MLP(PlaitModel):
         n = len(sizes) - 1
         self.layers = nn.ModuleDict(
             {
-                str(i): DenseBlock(sizes[i], sizes[i + 1], last=i == n - 1, batchnorm=batchnorm, dropout=dropout)
+                str(i): DenseBlock(
+                    sizes[i], sizes[i + 1], last=i == n - 1, batchnorm=batchnorm, dropout=dropout
+                )
                 for i in range(n)
             }
         )
