@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_b")
     c.add_argument("--png", help="also draw both curves to this PNG")
 
+    e = sub.add_parser(
+        "export", help="a checkpoint of any layout -> one safetensors file of full weights"
+    )
+    e.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/x/checkpoints/step-00000100")
+    e.add_argument("out", help="output .safetensors file (load it with checkpoint.init_from=...)")
+
     sub.add_parser("info", help="versions, devices, backends, optional engines")
     return ap
 
@@ -61,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.png:
                 plot(args.run_a, args.run_b, args.png)
                 print(f"wrote {args.png}")
+            return 0
+        if args.cmd == "export":
+            from pathlib import Path
+
+            from plait.checkpoint import export_checkpoint
+
+            step = export_checkpoint(Path(args.checkpoint), Path(args.out))
+            print(f"wrote {args.out} (weights after step {step})")
             return 0
         if args.cmd == "info":
             from plait.info import format_info

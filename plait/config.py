@@ -163,6 +163,10 @@ class CheckpointConfig:
     every: int = _f(0, "Save every N steps (0: never, except at the end when dir is set).")
     keep: int = _f(3, "Keep the newest K checkpoints.")
     async_save: bool = _f(False, "Save in the background.", key="async")
+    init_from: str | None = _f(
+        None,
+        "Start from these weights (.safetensors from plait export; a seed checkpoint) instead of init.",
+    )
     resume: Literal["auto", "never"] = _f(
         "auto", "auto: continue from the newest complete checkpoint in dir."
     )

@@ -47,7 +47,15 @@ class MetricsWriter:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        path = run_dir / "metrics.jsonl"
+        if path.is_file():  # resumed: drop records past the checkpoint, they are about to be redone
+            kept = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= start_step
+            ]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        self._jsonl = open(path, "a", buffering=1)
         if cfg.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -182,6 +182,43 @@ class _Step:
         }
 
 
+def _setup_checkpoints(
+    cfg: Config, run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, stepper: _Step
+):
+    """Seed weights, then auto-resume from the newest complete checkpoint; returns (checkpointer
+    or None, first step to run)."""
+    from plait import checkpoint as ck
+
+    c = cfg.checkpoint
+    if c.init_from:
+        ck.load_safetensors(stepper.model, Path(c.init_from))
+    if not (c.every or c.dir):
+        return None, 0
+    root = Path(c.dir) if c.dir else run_dir / "checkpoints"
+    layout = {
+        "world_size": env.world_size,
+        "pp": dims.pp,
+        "dp_replicate": dims.dp_replicate,
+        "dp_shard": dims.dp_shard,
+        "tp": dims.tp,
+    }
+    ckpt = ck.Checkpointer(
+        root,
+        every=c.every,
+        keep=c.keep,
+        async_save=c.async_save,
+        layout=layout,
+        config=cfg.to_dict(),
+    )
+    start = 0
+    latest = ckpt.latest() if c.resume == "auto" else None
+    if latest is not None:
+        start = ck.load(latest, stepper.model, stepper.optimizer, stepper.scheduler)
+        if env.rank == 0:
+            print(f"resumed from {latest} (step {start})", flush=True)
+    return ckpt, start
+
+
 def write_run_info(
     run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, stepper: _Step
 ) -> None:
@@ -220,12 +257,22 @@ def _train(
     torch.manual_seed(cfg.train.seed * 1_000_003 + dp_rank)
     stepper = _Step(cfg, dims, mesh, device, dp_rank)
     result = RunResult(run_dir=run_dir)
-    writer = MetricsWriter(cfg, run_dir, enabled=env.rank == 0, total_steps=cfg.train.steps)
+    ckpt, start = _setup_checkpoints(cfg, run_dir, env, dims, stepper)
+    writer = MetricsWriter(
+        cfg, run_dir, enabled=env.rank == 0, total_steps=cfg.train.steps, start_step=start
+    )
     if env.rank == 0:
         write_run_info(run_dir, env, dims, device, stepper)
     try:
-        for step in range(cfg.train.steps):
-            rec = stepper.run(step)
+        for step in range(start, cfg.train.steps):
+            try:
+                rec = stepper.run(step)
+            except PlaitError:
+                raise
+            except Exception as e:  # name the rank and the step; the launcher ends the others
+                raise RuntimeError(
+                    f"rank {env.rank} failed at step {step + 1}: {type(e).__name__}: {e}"
+                ) from e
             done = step + 1
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
                 rec.update(stepper.evaluate())
@@ -235,6 +282,12 @@ def _train(
             result.metrics.append(rec)
             if done % cfg.log.every == 0 or done == cfg.train.steps:
                 writer.log(rec)
+            if ckpt is not None:
+                ckpt.maybe_save(
+                    done, cfg.train.steps, stepper.model, stepper.optimizer, stepper.scheduler
+                )
+        if ckpt is not None:
+            ckpt.wait()
     finally:
         writer.close()
     if return_state:

@@ -1,0 +1,262 @@
+"""Checkpoints with torch Distributed Checkpoint (DCP): saved under one layout, loaded under any.
+
+State is keyed by single-process parameter names (``get_model_state_dict`` strips DDP/FSDP/
+activation-checkpoint/compile wrappers and speaks DTensor), so DCP can reshard on load to a
+different world size, dp/tp/pp split or ZeRO stage, and the optimizer state follows.
+
+A checkpoint folder ``step-00000010/`` holds DCP's files, ``manifest.json`` (step, layout, and a
+SHA-256 of every file) and ``rng/rank-R.pt``. Writes are atomic: everything goes to
+``.tmp-step-.../`` and is renamed once every rank has finished, and a folder without a valid
+manifest is never picked up, so a save interrupted mid-write cannot be resumed from.
+The data sampler needs no state: the batch of step k is a pure function of (seed, k).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from plait.errors import PlaitError
+
+PREFIX = "step-"
+MANIFEST = "manifest.json"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def is_complete(folder: Path, verify: bool = False) -> bool:
+    """A folder is a checkpoint only with a manifest; ``verify`` also re-checks every checksum."""
+    m = folder / MANIFEST
+    if not m.is_file():
+        return False
+    try:
+        manifest = json.loads(m.read_text())
+    except ValueError:
+        return False
+    files = manifest.get("files", {})
+    for rel, digest in files.items():
+        p = folder / rel
+        if not p.is_file() or (verify and _sha256(p) != digest):
+            return False
+    return True
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and is_complete(p)
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def app_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    state: dict[str, Any] = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    state["extra"] = extra
+    return state
+
+
+class Checkpointer:
+    """Saves every ``every`` steps (and at the end), keeps the newest ``keep``, resumes."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        every: int,
+        keep: int,
+        async_save: bool,
+        layout: dict[str, int],
+        config: dict,
+    ):
+        self.root, self.every, self.keep, self.layout, self.config = (
+            root,
+            every,
+            keep,
+            layout,
+            config,
+        )
+        self.async_save = async_save
+        self._pending: tuple[Any, Path, Path, int] | None = None  # (future, tmp, final, step)
+        self._pg = None
+        if async_save and dist.is_initialized():
+            # a background save runs collectives; give it its own group so it never interleaves
+            # with the training step's collectives
+            self._pg = dist.new_group(backend="gloo")
+
+    # ---------------------------------------------------------------- save
+    def maybe_save(self, step: int, total: int, model, optimizer, scheduler) -> None:
+        if (self.every and step % self.every == 0) or step == total:
+            self.save(step, model, optimizer, scheduler, final=step == total)
+
+    def save(self, step: int, model, optimizer, scheduler, *, final: bool = False) -> Path:
+        self.wait()
+        final_dir = self.root / f"{PREFIX}{step:08d}"
+        tmp = self.root / f".tmp-{PREFIX}{step:08d}"
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "rng").mkdir(parents=True)
+        _barrier()
+        extra = {"step": step, "scheduler": scheduler.state_dict()}
+        state = app_state(model, optimizer, extra)
+        torch.save(_rng_state(), tmp / "rng" / f"rank-{_rank()}.pt")
+        if self.async_save and not final:
+            fut = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
+            self._pending = (fut, tmp, final_dir, step)
+        else:
+            dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
+            self._commit(tmp, final_dir, step)
+        return final_dir
+
+    def wait(self) -> None:
+        """Finish a background save (called before the next save and at the end of training)."""
+        if self._pending is None:
+            return
+        fut, tmp, final_dir, step = self._pending
+        self._pending = None
+        fut.result()
+        self._commit(tmp, final_dir, step)
+
+    def _commit(self, tmp: Path, final_dir: Path, step: int) -> None:
+        _barrier()  # every rank's files are on disk
+        if _rank() == 0:
+            files = {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)}
+            manifest = {"step": step, "layout": self.layout, "files": files, "config": self.config}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            shutil.rmtree(final_dir, ignore_errors=True)
+            os.replace(tmp, final_dir)  # atomic: the checkpoint appears whole or not at all
+            for old in list_checkpoints(self.root)[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+
+    # ---------------------------------------------------------------- load
+    def latest(self) -> Path | None:
+        found = list_checkpoints(self.root)
+        return found[-1] if found else None
+
+
+def load(path: Path, model, optimizer, scheduler) -> int:
+    """Load a checkpoint saved under any layout into this layout; returns the step it holds."""
+    if not is_complete(path):
+        raise PlaitError(
+            f"checkpoint {str(path)!r} is incomplete or not a plait checkpoint (no valid {MANIFEST})"
+        )
+    # DCP loads in place into a state dict of the same structure, so the template must be the
+    # live scheduler's own state dict (an empty dict would load nothing)
+    state = app_state(model, optimizer, {"step": 0, "scheduler": scheduler.state_dict()})
+    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optim"])
+    scheduler.load_state_dict(state["extra"]["scheduler"])
+    rng = path / "rng" / f"rank-{_rank()}.pt"
+    saved_world = json.loads((path / MANIFEST).read_text()).get("layout", {}).get("world_size")
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if rng.is_file() and saved_world == world:  # same layout: continue the very same streams
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return int(state["extra"]["step"])
+
+
+def _rng_state() -> dict[str, Any]:
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["cpu"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+
+
+# ---------------------------------------------------------------- consolidated weights
+
+
+def export_safetensors(model: nn.Module, out: Path) -> None:
+    """Full weights under single-process names into one safetensors file (rank 0 writes)."""
+    from safetensors.torch import save_file
+
+    full = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if _rank() == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in full.items()}, str(out))
+    _barrier()
+
+
+def export_checkpoint(path: Path, out: Path) -> int:
+    """One process: a DCP checkpoint of any layout -> one safetensors file of full weights."""
+    from plait.config import from_dict
+    from plait.models import build_model
+
+    if not is_complete(path):
+        raise PlaitError(f"{str(path)!r} is not a complete plait checkpoint (no valid {MANIFEST})")
+    manifest = json.loads((path / MANIFEST).read_text())
+    model = build_model(from_dict(manifest["config"]))
+    model.to_empty(device="cpu")
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    model.load_state_dict(state["model"])
+    export_safetensors(model, out)
+    return int(manifest["step"])
+
+
+def load_safetensors(model: nn.Module, path: Path) -> None:
+    """Load full weights (a seed checkpoint or an export) into a model of any layout."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise PlaitError(
+            f"checkpoint.init_from: {str(path)!r} does not exist; pass a .safetensors file written by plait export"
+        )
+    full = load_file(str(path))
+    expected = set(get_model_state_dict(model))
+    missing, unexpected = expected - set(full), set(full) - expected
+    if missing or unexpected:
+        raise PlaitError(
+            f"checkpoint.init_from: {str(path)!r} does not fit this model: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=True))

@@ -1,0 +1,103 @@
+"""Checkpoints: bit-identical resume, atomic writes, keep-K, export/import, and loading under a
+different layout (DDP on 2 ranks -> 1 process) continuing on the same trajectory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import losses, run_distributed, run_single
+from plait.checkpoint import is_complete, list_checkpoints
+
+GPT = [
+    "model.n_layers=2",
+    "data.seq_len=32",
+    "train.global_batch=8",
+    "train.steps=8",
+    "optim.warmup_steps=2",
+    "model.dropout=0.1",
+]
+
+
+def crash_after(ckpt_root, step):
+    """Leave the folder as a job killed right after saving ``step`` would."""
+    for c in list_checkpoints(ckpt_root):
+        if int(c.name.split("-")[1]) > step:
+            shutil.rmtree(c)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    ov = GPT + ["checkpoint.every=4", "checkpoint.keep=5"]
+    straight = run_single(ov, tmp_path / "a")
+    root = straight.run_dir / "checkpoints"
+    assert [c.name for c in list_checkpoints(root)] == ["step-00000004", "step-00000008"]
+    crash_after(root, 4)
+    resumed = run_single(ov, tmp_path / "a")  # same run folder: auto-resume from step 4
+    assert [m["step"] for m in resumed.metrics] == [5, 6, 7, 8]
+    assert losses(resumed) == losses(straight)[4:]  # dropout RNG restored too
+    for k, v in straight.state.items():
+        assert torch.equal(v, resumed.state[k]), k
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == list(range(1, 9))
+
+
+def test_incomplete_checkpoints_are_never_picked_up(tmp_path):
+    ov = GPT + ["checkpoint.every=2", "checkpoint.keep=2", "train.steps=6"]
+    res = run_single(ov, tmp_path)
+    root = res.run_dir / "checkpoints"
+    assert [c.name for c in list_checkpoints(root)] == ["step-00000004", "step-00000006"]  # keep=2
+    newest = root / "step-00000006"
+    assert is_complete(newest, verify=True)
+    (newest / "manifest.json").unlink()  # interrupted before the manifest was written
+    shutil.copytree(root / "step-00000004", root / ".tmp-step-00000008")  # interrupted mid-write
+    assert [c.name for c in list_checkpoints(root)] == ["step-00000004"]
+    victim = next(p for p in (root / "step-00000004").rglob("*.distcp"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert not is_complete(root / "step-00000004", verify=True)  # checksums catch corruption
+
+
+def test_export_and_init_from_round_trip(tmp_path):
+    res = run_single(GPT + ["checkpoint.every=8"], tmp_path / "a")
+    out = tmp_path / "w.safetensors"
+    r = subprocess.run(
+        [sys.executable, "-m", "plait.cli", "export", str(res.run_dir / "checkpoints" / "step-00000008"), str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    from safetensors.torch import load_file
+
+    exported = load_file(str(out))
+    assert exported.keys() == res.state.keys()
+    for k, v in res.state.items():
+        assert torch.equal(exported[k], v), k
+    again = run_single(
+        GPT
+        + ["train.steps=1", "optim.warmup_steps=0", f"checkpoint.init_from={out}", "optim.lr=1e-9"],
+        tmp_path / "b",
+    )
+    for k, v in res.state.items():
+        torch.testing.assert_close(again.state[k], v, rtol=0, atol=1e-6)
+
+
+@pytest.mark.timeout(240)
+def test_ddp_checkpoint_resumes_in_one_process(tmp_path):
+    ov = GPT + ["model.dropout=0.0", "checkpoint.every=4", "train.grad_clip=1.0"]
+    straight = run_single(ov, tmp_path / "one")
+    two = run_distributed(ov, 2, tmp_path / "two")
+    crash_after(two.run_dir / "checkpoints", 4)
+    resumed = run_single(ov, tmp_path / "two")  # saved by 2 ranks, loaded by 1, optimizer included
+    assert [m["step"] for m in resumed.metrics] == [5, 6, 7, 8]
+    for x, y in zip(losses(straight)[4:], losses(resumed)):
+        assert abs(x - y) / x < 1e-5, (losses(straight), losses(resumed))
+    for k, v in straight.state.items():
+        torch.testing.assert_close(resumed.state[k], v, rtol=1e-4, atol=1e-5)
