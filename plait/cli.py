@@ -56,7 +56,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    ap = _parser()
+    args, extra = ap.parse_known_args(argv)
+    # key=value overrides may also follow options (plait train C --nproc 2 train.steps=5)
+    if extra and (args.cmd != "train" or any(x.startswith("-") or "=" not in x for x in extra)):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         if args.cmd == "train":
             return _train(args)

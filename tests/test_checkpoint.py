@@ -101,3 +101,22 @@ def test_ddp_checkpoint_resumes_in_one_process(tmp_path):
         assert abs(x - y) / x < 1e-5, (losses(straight), losses(resumed))
     for k, v in straight.state.items():
         torch.testing.assert_close(resumed.state[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_async_save_commits_and_resumes(tmp_path):
+    ov = GPT + [
+        "checkpoint.every=2",
+        "checkpoint.async=true",
+        "checkpoint.keep=10",
+        "train.steps=6",
+    ]
+    straight = run_single(ov, tmp_path)
+    root = straight.run_dir / "checkpoints"
+    assert [c.name for c in list_checkpoints(root)] == [
+        "step-00000002",
+        "step-00000004",
+        "step-00000006",
+    ]
+    assert all(is_complete(c, verify=True) for c in list_checkpoints(root))
+    crash_after(root, 2)
+    assert losses(run_single(ov, tmp_path)) == losses(straight)[2:]

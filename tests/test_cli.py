@@ -79,3 +79,13 @@ def test_info_lists_versions_and_engines():
         and "gloo: True" in r.stdout
         and "deepspeed:" in r.stdout
     )
+
+
+def test_overrides_may_follow_options():
+    from plait.cli import _parser, main
+
+    assert _parser().parse_known_args(["train", "c.yaml", "--nproc", "2", "train.steps=3"])[1] == [
+        "train.steps=3"
+    ]
+    with pytest.raises(SystemExit):
+        main(["train", "c.yaml", "--nproc", "2", "--bogus"])
