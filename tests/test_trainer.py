@@ -95,3 +95,11 @@ def test_nan_loss_stops_with_the_step_or_is_skipped(tmp_path):
         run_single(bad + ["train.steps=20"], tmp_path / "stop")
     res = run_single(bad + ["train.steps=20", "train.on_nan=skip"], tmp_path / "skip")
     assert any(m.get("skipped") for m in res.metrics) and len(res.metrics) == 20
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_mixed_precision_trains_close_to_fp32(tmp_path, dtype):
+    ref = run_single(GPT, tmp_path / "fp32")
+    got = run_single(GPT + [f"train.dtype={dtype}"], tmp_path / dtype)
+    for x, y in zip(losses(ref), losses(got)):
+        assert abs(x - y) / x < 0.02, (losses(ref), losses(got))  # half-precision matmuls: ~1e-2
