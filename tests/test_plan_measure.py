@@ -106,3 +106,39 @@ def test_gpt_small_checkpointed_activations_match_saved_tensors():
     transient = transient_activation_bytes(shape, layout, job, rank_parts(shape, layout)[0])
     planned = mem.activations - transient
     assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+
+
+@pytest.mark.timeout(60)
+def test_ddp_buckets_are_one_more_copy_of_the_gradients(tmp_path):
+    """The plan's 'DDP buckets' buffer: torch DDP (as plait's apply_ddp builds it: default
+    gradient_as_bucket_view=False, 25 MB buckets) reduces flat bucket tensors that copy every gradient. A
+    communication hook sees each bucket's flat buffer; their bytes must equal the gradients'.
+    One gloo rank in this process is enough: the reducer buckets the same way at any size."""
+    import torch.distributed as dist
+
+    cfg = load_config("configs/gpt_small.yaml", ["data.seq_len=32", "train.global_batch=2"])
+    model = build_model(cfg, "cpu")
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)  # apply_ddp's settings
+        buffers = {}
+
+        def hook(state, bucket):
+            buf = bucket.buffer()
+            buffers[buf.untyped_storage().data_ptr()] = buf.untyped_storage().nbytes()
+            fut = torch.futures.Future()
+            fut.set_result(buf)
+            return fut
+
+        ddp.register_comm_hook(None, hook)
+        tokens = torch.randint(0, 256, (2, 33))
+        model.loss(ddp(tokens[:, :-1]), {"target": tokens[:, 1:]}).backward()
+        grads = _storage_bytes(p.grad for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
+
+    shape, job = ModelShape.from_config(cfg), Job(2, 32, "fp32", "adamw")
+    mem = plan_memory(shape, Layout(dp_shard=2), job, 80 * 2**30)
+    assert sum(buffers.values()) == pytest.approx(grads, rel=0.05)
+    assert mem.buffers == pytest.approx(sum(buffers.values()), rel=0.05)

@@ -37,7 +37,8 @@ def valid(shape: ModelShape, layout: Layout, job: Job) -> bool:
 
 
 def layouts(shape: ModelShape, job: Job, cluster: Cluster, base: Layout) -> list[Layout]:
-    """Every combination, keeping ``base``'s engine, offload and SP choices."""
+    """Every combination, keeping ``base``'s engine and offload choices. Sequence parallel is
+    on whenever tp > 1: it moves the same bytes as TP's all-reduces and saves memory."""
     n, out = cluster.gpus, []
     for tp in _divisors(n):
         if tp > cluster.gpus_per_node:  # TP across nodes is never worth it
@@ -61,7 +62,7 @@ def layouts(shape: ModelShape, job: Job, cluster: Cluster, base: Layout) -> list
                                     base, dp_replicate=rep, dp_shard=shard, tp=tp, pp=pp,
                                     schedule=sched, virtual_stages=v, microbatches=m,
                                     zero_stage=stage, activation_checkpoint=ac,
-                                    sequence_parallel=base.sequence_parallel and tp > 1,
+                                    sequence_parallel=tp > 1,
                                 )  # fmt: skip
                                 if valid(shape, lay, job):
                                     out.append(lay)
