@@ -23,7 +23,8 @@ from plait.plan import (
     zero_model_states,
 )
 from plait.plan.hardware import parse_bytes
-from plait.plan.memory import block_activation_bytes, state_bytes
+from plait.plan.memory import block_activation_bytes, rank_memory, state_bytes
+from plait.plan.stages import rank_parts
 
 TINY = ModelShape(dim=64, n_layers=8, n_heads=4, n_kv_heads=4, ffn_dim=192, vocab_size=256)
 
@@ -252,3 +253,30 @@ def test_cli_plan_errors_name_the_allowed_values(capsys):
     with pytest.raises(ConfigError, match="--nodes"):
         make_cluster("h100", 16, nodes=3)
     assert parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("141GB") == 141 * 10**9
+
+
+def test_pipeline_activations_and_fsdp_buffers_by_hand():
+    job = Job(global_batch=8, seq_len=128, dtype="fp32")
+    tokens = 8 * 128 // 4  # 4 micro-batches, one dp rank
+    blk = block_activation_bytes(TINY, tokens, job)
+    # 1F1B over 2 stages: rank 0 holds 2 micro-batches of its 4 blocks (+ token ids)
+    lay = Layout(pp=2, microbatches=4, schedule="1F1B")
+    mem0 = rank_memory(TINY, lay, job, rank_parts(TINY, lay)[0], 80 * 2**30)
+    assert mem0.activations == pytest.approx(2 * 4 * blk + tokens * 8)
+    # GPipe keeps all 4
+    lay = Layout(pp=2, microbatches=4, schedule="GPipe")
+    mem0 = rank_memory(TINY, lay, job, rank_parts(TINY, lay)[0], 80 * 2**30)
+    assert mem0.activations == pytest.approx(4 * 4 * blk + tokens * 8)
+    # FSDP2 ZeRO-3 over 4 ranks: states / 4, plus two blocks' fp32 weights and one block's grads
+    lay = Layout(dp_shard=4, zero_stage=3, microbatches=2)
+    mem = plan_memory(TINY, lay, job, 80 * 2**30)
+    assert mem.states == pytest.approx(16 * TINY.params / 4)
+    assert mem.buffers == pytest.approx(3 * 4 * TINY.block_params)
+
+
+def test_cluster_links_nvlink_inside_a_node_network_across():
+    cl = make_cluster("h100", 32, interconnect="ib")
+    assert cl.nodes == 4
+    assert cl.link(1, 8) == (3e-6, 450e9)  # tp 8 inside one node
+    assert cl.link(8, 4) == (8e-6, 50e9)  # dp across 4 nodes: InfiniBand NDR per GPU
+    assert make_cluster("a100", 8).gpu.peak_flops == 312e12

@@ -108,7 +108,10 @@ def step_time(
     # data parallel
     pb, gb, ob = state_bytes(job)
     psi = part.params(shape) / tp
-    grads, params = psi * gb, psi * job.act_bytes
+    # ZeRO gathers weights in the compute dtype under mixed precision or FSDP2 (stage >= 2);
+    # torch's ZeroRedundancyOptimizer (stage 1) broadcasts the fp32 weights themselves
+    gather_b = job.act_bytes if job.precision == "mixed" or layout.zero_stage >= 2 else pb
+    grads, params = psi * gb, psi * gather_b
     bwd = t_comp * (2 / 3 if not recomputed_blocks(layout, part.blocks) else 3 / 4)
     fwd = t_comp - bwd
     dp_s = exposed = 0.0
