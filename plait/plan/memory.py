@@ -199,6 +199,8 @@ def rank_memory(
         notes.append("autocast: bf16/fp16 copies of the weights live through backward")
     # gradients outlive a step's activations with accumulation or DeepSpeed's persistent buffers
     overlap = layout.microbatches > 1 or engine == "deepspeed"
+    if not overlap:
+        notes.append("one micro-batch: gradients grow as activations free; total counts the larger")
     return Memory(
         part.rank, params, grads, opt, activation_bytes(shape, layout, job, part), buffers,
         device_bytes, offloaded, notes, overlap,
