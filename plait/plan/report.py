@@ -10,13 +10,25 @@ from plait.plan.steptime import StepTime
 
 
 def gib(b: float) -> str:
+    """Bytes as GiB, or MiB below 1 GiB."""
+    if b < 1024**3:
+        return f"{b / 1024**2:,.2f} MiB"
     return f"{b / 1024**3:,.2f} GiB"
 
 
 def format_plan(
     shape: ModelShape, layout: Layout, job: Job, cluster: Cluster, mem: Memory, t: StepTime
 ) -> str:
+    from plait.plan.memory import block_activation_bytes
+
     g = cluster.gpu
+    mb_tokens = job.tokens // (layout.dp * layout.microbatches)
+    per_block = [
+        block_activation_bytes(
+            shape, mb_tokens, job, layout.tp, layout.sequence_parallel, checkpointed=c
+        )
+        for c in (False, True)
+    ]
     lines = [
         f"model: gpt {shape.params / 1e9:.3f}B params (dim {shape.dim}, {shape.n_layers} layers, "
         f"{shape.n_heads} heads / {shape.n_kv_heads} kv, ffn {shape.ffn_dim}, vocab {shape.vocab_size})",
@@ -32,7 +44,8 @@ def format_plan(
         f"  parameters        {gib(mem.params):>14}",
         f"  gradients         {gib(mem.grads):>14}",
         f"  optimizer state   {gib(mem.optimizer):>14}",
-        f"  activations       {gib(mem.activations):>14}",
+        f"  activations       {gib(mem.activations):>14}  (one block, one micro-batch of "
+        f"{mb_tokens} tokens: {gib(per_block[0])}, checkpointed {gib(per_block[1])})",
         f"  temporary buffers {gib(mem.buffers):>14}",
         f"  total             {gib(mem.total):>14}  of {gib(mem.device_bytes)} "
         f"({gib(mem.usable)} usable after a {RESERVE:.0%} reserve): "
