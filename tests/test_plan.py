@@ -109,6 +109,9 @@ def test_step_time_single_gpu_and_ddp_by_hand():
     t = step_time(TINY, Layout(), job, cl1, efficiency=0.5)
     assert t.compute_s == pytest.approx(8 * 128 * TINY.flops_per_token(128) / (989.4e12 * 0.5))
     assert t.bubble_s == t.tp_s == t.dp_s == 0.0
+    # fp32 runs on the fp32 units (66.9 TFLOPS), MFU still against the bf16 peak
+    t32 = step_time(TINY, Layout(), Job(8, 128, "fp32"), cl1, efficiency=0.5)
+    assert t32.compute_s == pytest.approx(t.compute_s * 989.4 / 66.9)
     # DDP on 2 GPUs of one node: ring all-reduce of fp32 grads over NVLink (3 us, 450 GB/s)
     cl2 = make_cluster("h100", 2)
     t2 = step_time(TINY, Layout(dp_shard=2), job, cl2, efficiency=0.5)

@@ -16,7 +16,8 @@ from plait.errors import ConfigError, did_you_mean
 @dataclass(frozen=True)
 class GPU:
     name: str
-    peak_flops: float  # dense bf16/fp16 tensor-core FLOP/s (no sparsity)
+    peak_flops: float  # dense bf16/fp16 tensor-core FLOP/s (no sparsity): the MFU denominator
+    fp32_flops: float  # plain fp32 (torch's default matmul precision, no TF32)
     mem_bytes: int
     hbm_bytes_per_s: float
     nvlink_bytes_per_s: float  # per GPU, per direction, inside one NVLink/NVSwitch domain
@@ -35,18 +36,18 @@ GiB = 1024**3
 
 GPUS: dict[str, GPU] = {
     "h100": GPU(
-        "H100 SXM5 80GB", 989.4e12, 80 * GiB, 3.35e12, 450e9,
-        "NVIDIA H100 Tensor Core GPU datasheet: 989.4 TFLOPS bf16 dense, 80 GB HBM3 at 3.35 TB/s, "
+        "H100 SXM5 80GB", 989.4e12, 66.9e12, 80 * GiB, 3.35e12, 450e9,
+        "NVIDIA H100 Tensor Core GPU datasheet: 989.4 TFLOPS bf16 dense, 66.9 fp32, 80 GB HBM3 at 3.35 TB/s, "
         "NVLink 4 900 GB/s bidirectional",
     ),
     "h200": GPU(
-        "H200 SXM 141GB", 989.4e12, 141 * 10**9, 4.8e12, 450e9,
-        "NVIDIA H200 Tensor Core GPU datasheet: 989 TFLOPS bf16 dense, 141 GB HBM3e at 4.8 TB/s, "
+        "H200 SXM 141GB", 989.4e12, 66.9e12, 141 * 10**9, 4.8e12, 450e9,
+        "NVIDIA H200 Tensor Core GPU datasheet: 989 TFLOPS bf16 dense, 67 fp32, 141 GB HBM3e at 4.8 TB/s, "
         "NVLink 900 GB/s bidirectional",
     ),
     "a100": GPU(
-        "A100 SXM4 80GB", 312e12, 80 * GiB, 2.039e12, 300e9,
-        "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS bf16 dense, 80 GB HBM2e at 2,039 GB/s, "
+        "A100 SXM4 80GB", 312e12, 19.5e12, 80 * GiB, 2.039e12, 300e9,
+        "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS bf16 dense, 19.5 fp32, 80 GB HBM2e at 2,039 GB/s, "
         "NVLink 3 600 GB/s bidirectional",
     ),
 }  # fmt: skip

@@ -83,6 +83,8 @@ def step_time(
 ) -> StepTime:
     gpu, p, m, v, tp = cluster.gpu, layout.pp, layout.microbatches, layout.v, layout.tp
     eff = efficiency if efficiency is not None else DEFAULT_EFFICIENCY
+    # fp32 runs on plain fp32 units; MFU stays against the bf16 peak (DESIGN.md's convention)
+    rate = (gpu.fp32_flops if job.dtype == "fp32" else gpu.peak_flops) * eff
     mb_tokens = job.tokens / (layout.dp * m)
     # rank order follows plait's mesh (pp, dp_replicate, dp_shard, tp): tp varies fastest
     tp_link = cluster.link(1, tp)
@@ -95,7 +97,7 @@ def step_time(
     worst = None
     for part in rank_parts(shape, layout):
         _, hw = rank_flops_per_token(shape, layout, part, job.seq_len)
-        t_comp = mb_tokens * hw / tp / (gpu.peak_flops * eff)
+        t_comp = mb_tokens * hw / tp / rate
         n_rec = recomputed_blocks(layout, part.blocks)
         t_tp = (4 * part.blocks + 2 * n_rec) * comm.all_reduce(act, tp, tp_link) if tp > 1 else 0.0
         t_p2p = 2 * v * comm.p2p(act, pp_link) if p > 1 else 0.0
