@@ -283,3 +283,22 @@ def test_cluster_links_nvlink_inside_a_node_network_across():
     assert cl.link(1, 8) == (3e-6, 450e9)  # tp 8 inside one node
     assert cl.link(8, 4) == (8e-6, 50e9)  # dp across 4 nodes: InfiniBand NDR per GPU
     assert make_cluster("a100", 8).gpu.peak_flops == 312e12
+
+
+def test_engine_stage_and_offload_accounting_by_hand():
+    job = Job(global_batch=8, seq_len=128, dtype="bf16")  # plait autocast: fp32 states 4+4+8
+    psi = TINY.params
+    mem = lambda **kw: plan_memory(TINY, Layout(dp_shard=4, microbatches=2, **kw), job, 2**40)  # noqa: E731
+    # torch ZeRO-1 (ZeroRedundancyOptimizer): states 4 + 4 + 8/4, DDP buckets, bf16 weight copies
+    z1 = mem(zero_stage=1)
+    assert z1.states == pytest.approx((4 + 4 + 8 / 4) * psi)
+    assert z1.buffers == pytest.approx((4 + 2) * psi)
+    # torch ZeRO-2 is FSDP2 without resharding: everything / 4, all bf16 weights held fwd->bwd
+    z2 = mem(zero_stage=2)
+    assert z2.states == pytest.approx(16 * psi / 4) and z2.buffers == pytest.approx(2 * psi)
+    # DeepSpeed ZeRO-2 keeps the weights whole; buckets of min(5e8, psi) elements
+    d2 = mem(zero_stage=2, dp_engine="deepspeed")
+    assert d2.states == pytest.approx((4 + (4 + 8) / 4) * psi)
+    # cpu_offload moves FSDP2's sharded states to host memory
+    off = mem(zero_stage=3, cpu_offload=True)
+    assert off.states == 0.0 and off.offloaded == pytest.approx(16 * psi / 4)
