@@ -148,9 +148,11 @@ LLAMA3_405B = ModelShape(16384, 126, 128, 8, 53248, 128256)  # arXiv 2407.21783 
 def test_llama3_405b_step_time(gpus, dp, microbatches, mfu, tflops_per_gpu):
     """Llama 3 405B, arXiv 2407.21783: table 4 gives TP 8, PP 16, DP 128 (64), seq 8192,
     16M tokens per batch, 400 (430) TFLOPs/GPU at 41% (43%) BF16 MFU on 16,384 (8,192) H100s;
-    sec. 3.4 gives 3.8e25 FLOPs over 15.6T tokens. The published step time is
-    tokens x (3.8e25 / 15.6e12) / (GPUs x TFLOPs/GPU); the plan's, from the stated layout and MFU,
-    must be within 15%."""
+    its introduction states 3.8e25 pre-training FLOPs on 15.6T tokens (6N per token). The
+    published step time is tokens x (3.8e25 / 15.6e12) / (GPUs x TFLOPs/GPU); the plan's, from
+    the stated layout and MFU, must be within 15% (it is 6% and 9% above: our FLOPs also count
+    attention, 12·L·H·Q·T). Predicted from the default efficiency instead, the step comes out
+    1.3-1.5x slower: the plan exposes TP collectives and assumes v=2, which the paper omits."""
     job = Job(global_batch=2048, seq_len=8192, dtype="bf16")
     lay = Layout(
         dp_shard=dp, tp=8, pp=16, sequence_parallel=True, schedule="Interleaved1F1B",
@@ -288,7 +290,10 @@ def test_cluster_links_nvlink_inside_a_node_network_across():
 def test_engine_stage_and_offload_accounting_by_hand():
     job = Job(global_batch=8, seq_len=128, dtype="bf16")  # plait autocast: fp32 states 4+4+8
     psi = TINY.params
-    mem = lambda **kw: plan_memory(TINY, Layout(dp_shard=4, microbatches=2, **kw), job, 2**40)  # noqa: E731
+
+    def mem(**kw):
+        return plan_memory(TINY, Layout(dp_shard=4, microbatches=2, **kw), job, 2**40)
+
     # torch ZeRO-1 (ZeroRedundancyOptimizer): states 4 + 4 + 8/4, DDP buckets, bf16 weight copies
     z1 = mem(zero_stage=1)
     assert z1.states == pytest.approx((4 + 4 + 8 / 4) * psi)
