@@ -60,9 +60,13 @@ def _plan_parser(sub) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     from plait.config import load_config
+    from plait.errors import ConfigError
     from plait.plan import Job, Layout, ModelShape, make_cluster, plan_memory, search, step_time
     from plait.plan.report import format_plan, format_table
 
+    for flag, val in (("--efficiency", args.efficiency), ("--mfu", args.mfu)):
+        if val is not None and not 0 < val <= 1:
+            raise ConfigError(f"{flag}: {val} is not allowed; must be in (0, 1], e.g. 0.4")
     cfg = load_config(args.config, list(args.overrides))
     cluster = make_cluster(
         args.gpu.lower(), args.gpus, interconnect=args.interconnect, nodes=args.nodes,

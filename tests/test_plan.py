@@ -255,6 +255,8 @@ def test_cli_plan_errors_name_the_allowed_values(capsys):
     assert main(["plan", "configs/gpt_tiny.yaml", "--gpu", "h10"]) == 2
     err = capsys.readouterr().err
     assert "--gpu: 'h10'" in err and "h100" in err and "a100" in err
+    assert main(["plan", "configs/gpt_tiny.yaml", "--mfu", "41"]) == 2
+    assert "--mfu: 41.0 is not allowed" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--nodes"):
         make_cluster("h100", 16, nodes=3)
     assert parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("141GB") == 141 * 10**9
