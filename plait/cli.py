@@ -103,6 +103,8 @@ def _train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.cmd == "plan":
+            return _plan(args)
         if args.cmd == "train":
             return _train(args)
         if args.cmd == "compare":
@@ -113,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
                 plot(args.run_a, args.run_b, args.png)
                 print(f"wrote {args.png}")
             return 0
-        if args.cmd == "plan":
-            return _plan(args)
         if args.cmd == "info":
             from plait.info import format_info
 
