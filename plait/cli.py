@@ -35,7 +35,58 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("out", help="output .safetensors file (load it with checkpoint.init_from=...)")
 
     sub.add_parser("info", help="versions, devices, backends, optional engines")
+    _plan_parser(sub)
     return ap
+
+
+# ---- plait plan (issue 9): kept together so other subcommands merge around it
+def _plan_parser(sub) -> None:
+    p = sub.add_parser(
+        "plan", help="memory per rank and step time of a layout, and a layout search"
+    )
+    p.add_argument("config", help="YAML config (its parallel.* keys are the layout to plan)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. parallel.tp=8")
+    p.add_argument("--gpus", type=int, default=8, help="number of GPUs (world size)")
+    p.add_argument("--gpu", default="h100", help="device preset: h100, h200, a100")
+    p.add_argument("--gpu-mem", help="device memory, overriding the preset (e.g. 80GiB)")
+    p.add_argument("--nodes", type=int, help="nodes the GPUs are in (default: 8 GPUs per node)")
+    p.add_argument(
+        "--interconnect", default="ib", help="between nodes: nvlink, ib, ib-hdr, roce, ethernet"
+    )
+    p.add_argument(
+        "--efficiency", type=float, help="share of dense peak the kernels reach (default 0.55)"
+    )
+    p.add_argument(
+        "--mfu", type=float, help="measured end-to-end MFU: step time = FLOPs / (MFU x peak)"
+    )
+    p.add_argument(
+        "--top", type=int, default=10, help="rows of the layout search table (0: no search)"
+    )
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from plait.config import load_config
+    from plait.errors import ConfigError
+    from plait.plan import Job, Layout, ModelShape, make_cluster, plan_memory, search, step_time
+    from plait.plan.report import format_plan, format_table
+
+    for flag, val in (("--efficiency", args.efficiency), ("--mfu", args.mfu)):
+        if val is not None and not 0 < val <= 1:
+            raise ConfigError(f"{flag}: {val} is not allowed; must be in (0, 1], e.g. 0.4")
+    cfg = load_config(args.config, list(args.overrides))
+    cluster = make_cluster(
+        args.gpu.lower(), args.gpus, interconnect=args.interconnect, nodes=args.nodes,
+        gpu_mem=args.gpu_mem,
+    )  # fmt: skip
+    shape, job = ModelShape.from_config(cfg), Job.from_config(cfg)
+    layout = Layout.from_config(cfg, cluster.gpus)
+    mem = plan_memory(shape, layout, job, cluster.gpu.mem_bytes)
+    t = step_time(shape, layout, job, cluster, efficiency=args.efficiency, mfu=args.mfu)
+    print(format_plan(shape, layout, job, cluster, mem, t))
+    if args.top > 0:
+        cands, tried = search(shape, job, cluster, layout, efficiency=args.efficiency)
+        print("\n" + format_table(cands, tried, args.top))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -64,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
+        if args.cmd == "plan":
+            return _plan(args)
         if args.cmd == "train":
             return _train(args)
         if args.cmd == "compare":

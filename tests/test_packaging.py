@@ -19,6 +19,7 @@ SUBPACKAGES = [
     "plait.launch",
     "plait.models",
     "plait.data",
+    "plait.plan",
 ]
 CHECK = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; import plait.ddp as d; print(d.__file__)"
 

@@ -1,0 +1,75 @@
+"""Pipeline schedules in closed form: the idle fraction of a step and the micro-batches whose
+activations the first rank holds at once.
+
+One function each, so the integrator can later route them to the pipeline package's schedule
+simulator; the closed forms assume equal forward (F), input-backward (B) and weight-backward
+(W) times, as the papers' own formulas do.
+"""
+
+from __future__ import annotations
+
+SCHEDULES = (
+    "GPipe",
+    "1F1B",
+    "Interleaved1F1B",
+    "LoopedBFS",
+    "InterleavedZeroBubble",
+    "ZBVZeroBubble",
+    "DualPipeV",
+)
+
+
+def bubble_ratio(schedule: str, p: int, m: int, v: int = 1) -> float:
+    """Idle time over useful time of the slowest rank.
+
+    GPipe (arXiv 1811.06965) and 1F1B (PipeDream-Flush, arXiv 2006.09503): (p-1)/m.
+    Interleaved 1F1B and looped BFS with v stages per rank (arXiv 2104.04473 sec. 2.2.2,
+    arXiv 2211.05953): (p-1)/(v·m).
+    InterleavedZeroBubble (ZB-H1, arXiv 2401.10241 sec. 3): the 1F1B bubble
+    (p-1)(F+B+W) shrinks to (p-1)(F+B-W), one third with F=B=W, divided by v.
+    ZBVZeroBubble (ZB-V, arXiv 2401.10241 sec. 6) and DualPipeV (DeepSeek-V3, arXiv
+    2412.19437 table 2: (p/2-1)(F&B+B-3W)) are bubble-free when F=B=W.
+    """
+    if p <= 1:
+        return 0.0
+    if schedule in ("GPipe", "1F1B"):
+        return (p - 1) / m
+    if schedule in ("Interleaved1F1B", "LoopedBFS"):
+        return (p - 1) / (v * m)
+    if schedule == "InterleavedZeroBubble":
+        return (p - 1) / (3 * v * m)
+    if schedule in ("ZBVZeroBubble", "DualPipeV"):
+        return 0.0
+    raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+
+
+def bubble_fraction(schedule: str, p: int, m: int, v: int = 1) -> float:
+    """Idle share of the step: (p-1)/(m+p-1) for 1F1B, (p-1)/(v·m+p-1) interleaved."""
+    r = bubble_ratio(schedule, p, m, v)
+    return r / (1 + r)
+
+
+def inflight_microbatches(schedule: str, p: int, m: int, v: int = 1, rank: int = 0) -> float:
+    """Micro-batches' activations pipeline ``rank`` holds at its peak, in units of one
+    micro-batch through all of that rank's layers.
+
+    GPipe and looped BFS keep every micro-batch (m). 1F1B: p - rank (arXiv 2104.04473). Interleaved
+    (and ZB-H1 interleaved, same peak by arXiv 2401.10241): Megatron's warm-up of
+    2(p-rank-1) + (v-1)p + 1 chunks of 1/v of the layers, i.e. p + (p-1)/v on rank 0
+    (arXiv 2205.05198 sec. 4.2.3). ZB-V keeps 1F1B's p (arXiv 2401.10241 sec. 6);
+    DualPipeV p + 1 (arXiv 2412.19437 table 2).
+    """
+    if p <= 1:
+        return 1.0
+    if schedule in ("GPipe", "LoopedBFS"):
+        return float(m)
+    if schedule == "1F1B":
+        return float(min(m, p - rank))
+    if schedule in ("Interleaved1F1B", "InterleavedZeroBubble"):
+        chunks = 2 * (p - rank - 1) + (v - 1) * p + 1
+        return min(float(m), chunks / v)
+    if schedule == "ZBVZeroBubble":
+        return float(min(m, p))
+    if schedule == "DualPipeV":
+        return float(min(m, p + 1))
+    raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")

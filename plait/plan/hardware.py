@@ -1,0 +1,143 @@
+"""Device and interconnect presets as data, each number with where it comes from.
+
+Bandwidths are per GPU and per direction (what one rank can push into a collective). The
+latency ``alpha_s`` of each link is an assumption of this model (typical NCCL per-hop latency),
+not a vendor figure; it only matters for small messages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from plait.errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    peak_flops: float  # dense bf16/fp16 tensor-core FLOP/s (no sparsity): the MFU denominator
+    fp32_flops: float  # plain fp32 (torch's default matmul precision, no TF32)
+    mem_bytes: int
+    hbm_bytes_per_s: float
+    nvlink_bytes_per_s: float  # per GPU, per direction, inside one NVLink/NVSwitch domain
+    source: str
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    name: str
+    bytes_per_s: float  # per GPU, per direction, between nodes
+    alpha_s: float
+    source: str
+
+
+GiB = 1024**3
+
+GPUS: dict[str, GPU] = {
+    "h100": GPU(
+        "H100 SXM5 80GB", 989.4e12, 66.9e12, 80 * GiB, 3.35e12, 450e9,
+        "NVIDIA H100 Tensor Core GPU datasheet: 989.4 TFLOPS bf16 dense, 66.9 fp32, 80 GB HBM3 at 3.35 TB/s, "
+        "NVLink 4 900 GB/s bidirectional",
+    ),
+    "h200": GPU(
+        "H200 SXM 141GB", 989.4e12, 66.9e12, 141 * 10**9, 4.8e12, 450e9,
+        "NVIDIA H200 Tensor Core GPU datasheet: 989 TFLOPS bf16 dense, 67 fp32, 141 GB HBM3e at 4.8 TB/s, "
+        "NVLink 900 GB/s bidirectional",
+    ),
+    "a100": GPU(
+        "A100 SXM4 80GB", 312e12, 19.5e12, 80 * GiB, 2.039e12, 300e9,
+        "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS bf16 dense, 19.5 fp32, 80 GB HBM2e at 2,039 GB/s, "
+        "NVLink 3 600 GB/s bidirectional",
+    ),
+}  # fmt: skip
+
+INTERCONNECTS: dict[str, Interconnect] = {
+    "nvlink": Interconnect(
+        "one NVLink domain (all GPUs on NVSwitch)", 450e9, 3e-6,
+        "NVLink 4 / NVSwitch, 900 GB/s bidirectional per GPU (NVIDIA DGX H100 / GB200 NVL72 docs)",
+    ),
+    "ib": Interconnect(
+        "InfiniBand NDR, 400 Gb/s per GPU", 50e9, 8e-6,
+        "NVIDIA ConnectX-7 / Quantum-2 NDR 400 Gb/s, one NIC per GPU (DGX H100 user guide)",
+    ),
+    "ib-hdr": Interconnect(
+        "InfiniBand HDR, 200 Gb/s per GPU", 25e9, 8e-6,
+        "Mellanox HDR 200 Gb/s, one NIC per GPU (DGX A100 user guide; Selene in arXiv 2104.04473)",
+    ),
+    "roce": Interconnect(
+        "RoCE Ethernet, 400 Gb/s per GPU", 50e9, 12e-6,
+        "Llama 3 405B cluster: RoCE, 400 Gbps between GPUs (arXiv 2407.21783 sec. 3.3.1)",
+    ),
+    "ethernet": Interconnect(
+        "Ethernet, one 100 GbE NIC per 8-GPU node", 12.5e9 / 8, 25e-6,
+        "100 Gb/s = 12.5 GB/s per node, shared by its 8 GPUs (IEEE 802.3 100GBASE)",
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """N GPUs in nodes of ``gpus_per_node``; NVLink inside a node, ``net`` between nodes."""
+
+    gpu: GPU
+    net: Interconnect
+    gpus: int
+    gpus_per_node: int = 8
+
+    @property
+    def nodes(self) -> int:
+        return -(-self.gpus // self.gpus_per_node)
+
+    def link(self, stride: int, size: int) -> tuple[float, float]:
+        """(alpha_s, bytes_per_s) of a group of ``size`` ranks ``stride`` apart in rank order:
+        NVLink when the group stays inside one node, else the per-GPU network link (a ring
+        across nodes is limited by its slowest hop)."""
+        if stride * size <= self.gpus_per_node:
+            return 3e-6, self.gpu.nvlink_bytes_per_s
+        return self.net.alpha_s, self.net.bytes_per_s
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '141GB', '80 GiB', '8e10' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]i?B|B)?\s*", str(text))
+    if not m:
+        raise ConfigError(f"--gpu-mem: {text!r} is not a size; write e.g. 80GiB or 141GB")
+    unit = m.group(2) or "B"
+    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}.get(unit)
+    if scale is None:
+        scale = 1024 ** ("KMGT".index(unit[0]) + 1)
+    return int(float(m.group(1)) * scale)
+
+
+def make_cluster(
+    gpu: str = "h100",
+    gpus: int = 8,
+    *,
+    interconnect: str = "ib",
+    nodes: int | None = None,
+    gpu_mem: str | None = None,
+) -> Cluster:
+    """Cluster from preset names; a user mistake raises ConfigError naming the allowed names."""
+    if gpu not in GPUS:
+        raise ConfigError(
+            f"--gpu: {gpu!r} is not a preset{did_you_mean(gpu, GPUS)}; allowed: {', '.join(GPUS)}"
+        )
+    if interconnect not in INTERCONNECTS:
+        raise ConfigError(
+            f"--interconnect: {interconnect!r} is not a preset{did_you_mean(interconnect, INTERCONNECTS)}; "
+            f"allowed: {', '.join(INTERCONNECTS)}"
+        )
+    if gpus < 1:
+        raise ConfigError(f"--gpus: {gpus} is not allowed; must be >= 1")
+    g = GPUS[gpu]
+    if gpu_mem is not None:
+        g = replace(g, mem_bytes=parse_bytes(gpu_mem))
+    per_node = 8
+    if nodes is not None:
+        if nodes < 1 or gpus % nodes:
+            raise ConfigError(
+                f"--nodes: {nodes} does not divide --gpus {gpus}; pick a divisor of {gpus}"
+            )
+        per_node = gpus // nodes
+    return Cluster(g, INTERCONNECTS[interconnect], gpus, min(per_node, gpus))

@@ -1,0 +1,213 @@
+"""Memory per rank: model states (parameters, gradients, optimizer state) by engine / ZeRO
+stage / dtype / offload, activations by block and pipeline schedule, and temporary buffers.
+
+Model states follow the ZeRO paper (Rajbhandari et al., arXiv 1910.02054, sec. 3 and 5):
+with Ψ parameters, N_d data-parallel ranks and K bytes of optimizer state per parameter,
+DDP holds (2 + 2 + K)Ψ, ZeRO-1 2Ψ + 2Ψ + KΨ/N_d, ZeRO-2 2Ψ + (2 + K)Ψ/N_d, ZeRO-3
+(2 + 2 + K)Ψ/N_d. ``precision="mixed"`` is that paper's accounting (fp16/bf16 weights and
+grads, fp32 master + Adam moments: K = 12); ``"autocast"`` is plait's own trainer (fp32 weights,
+grads and moments, bf16/fp16 only inside autocast: 4 + 4 + 8).
+
+Activations are counted from what autograd saves for backward in plait's gpt block (checked
+against a saved-tensor hook measurement in tests/test_plan_measure.py), per token:
+  norm regions  6·D   (two RMSNorms: input, normalised, weighted output)      /t with SP
+  attention     4·D   (q, k, v after RoPE / GQA repeat, attention output) + H fp32 log-sum-exp
+  SwiGLU        4·F   (w1 out, silu out, w3 out, product)
+  + 2 fp32 rstd values, all divided by the TP degree t as in Korthikanti et al.
+(arXiv 2205.05198 sec. 4); a checkpointed block keeps only its input D (/t with SP).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from plait.plan.bubble import inflight_microbatches
+from plait.plan.shapes import Job, Layout, ModelShape
+from plait.plan.stages import RankPart, rank_parts
+
+RESERVE = 0.10  # of device memory kept free: CUDA context, NCCL buffers, allocator fragmentation
+DS_BUCKET = 5e8  # DeepSpeed reduce_bucket_size / allgather_bucket_size default, in elements
+DS_PREFETCH = 5e7  # DeepSpeed stage3_prefetch_bucket_size default, in elements
+
+
+# ------------------------------------------------------------------------- model states
+
+
+def state_bytes(job: Job) -> tuple[int, int, int]:
+    """Bytes per parameter of (weights, gradients, optimizer state incl. fp32 master)."""
+    moments = {"adam": 2, "adamw": 2, "sgd": 1 if job.momentum else 0}[job.optimizer]
+    if job.precision == "mixed":
+        return 2, 2, 4 + 4 * moments  # fp32 master copy + fp32 moments
+    return 4, 4, 4 * moments
+
+
+def zero_model_states(psi: float, nd: int, stage: int, k: int = 12, pb: int = 2, gb: int = 2):
+    """(params, grads, optimizer) bytes per rank for ZeRO stage 0-3 (arXiv 1910.02054 fig. 1)."""
+    return (
+        pb * psi / (nd if stage >= 3 else 1),
+        gb * psi / (nd if stage >= 2 else 1),
+        k * psi / (nd if stage >= 1 else 1),
+    )
+
+
+# ------------------------------------------------------------------------- activations
+
+
+def block_activation_bytes(
+    shape: ModelShape, tokens: int, job: Job, tp: int = 1, sp: bool = False, checkpointed=False
+) -> float:
+    """Bytes one block saves for backward for ``tokens`` tokens of one micro-batch (see the
+    module docstring for the terms)."""
+    s = tp if sp else 1
+    if checkpointed:
+        return tokens * shape.dim / s * job.act_bytes
+    d, f = shape.dim, shape.ffn_dim
+    per_token = (6 * d / s + (4 * d + 4 * f) / tp) * job.act_bytes + (shape.n_heads / tp + 2) * 4
+    return tokens * per_token
+
+
+def head_activation_bytes(shape: ModelShape, tokens: int, job: Job, tp: int = 1, sp=False):
+    """Final norm and output projection inputs, the logits the caller holds, and the fp32
+    log-softmax cross-entropy saves (vocab-parallel: V/t)."""
+    s = tp if sp else 1
+    v = shape.vocab_size / tp
+    upcast = 4 if job.act_bytes != 4 else 0  # logits.float() copy under bf16/fp16
+    return tokens * (3 * shape.dim / s * job.act_bytes + 4 + v * (job.act_bytes + upcast + 4))
+
+
+def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart):
+    """Live only for a moment, not saved for backward: one checkpointed block's recomputed
+    activations, and the two fp32 (tokens, V/t) gradients at the start of backward."""
+    tokens = job.tokens // (layout.dp * layout.microbatches)
+    out = 0.0
+    if layout.activation_checkpoint != "none":
+        out += block_activation_bytes(shape, tokens, job, layout.tp, layout.sequence_parallel)
+    if part.head:
+        out += tokens * shape.vocab_size / layout.tp * 8
+    return out
+
+
+def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
+    """Peak activation bytes of one pipeline rank: in-flight micro-batches x its blocks, the
+    head and embedding, plus the transients (:func:`transient_activation_bytes`)."""
+    tokens = job.tokens // (layout.dp * layout.microbatches)  # tokens of one micro-batch
+    tp, sp = layout.tp, layout.sequence_parallel
+    ac = layout.activation_checkpoint
+    n_ckpt = (
+        part.blocks
+        if ac == "full"
+        else math.ceil(part.blocks / layout.checkpoint_every)
+        if ac == "selective"
+        else 0
+    )
+    full = block_activation_bytes(shape, tokens, job, tp, sp)
+    ckpt = block_activation_bytes(shape, tokens, job, tp, sp, checkpointed=True)
+    per_mb = n_ckpt * ckpt + (part.blocks - n_ckpt) * full
+    inflight = inflight_microbatches(
+        layout.schedule, layout.pp, layout.microbatches, layout.v, part.rank
+    )
+    out = inflight * per_mb + transient_activation_bytes(shape, layout, job, part)
+    if part.head:
+        out += head_activation_bytes(shape, tokens, job, tp, sp)
+    if part.embed:
+        out += tokens * 8  # int64 token ids saved by the embedding
+    return out
+
+
+# ------------------------------------------------------------------------- per rank
+
+
+@dataclass
+class Memory:
+    """Bytes on one rank (``offloaded``: in host memory instead)."""
+
+    rank: int
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+    buffers: float
+    device_bytes: int
+    offloaded: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    grads_with_activations: bool = True  # False: grads only exist once activations are freed
+
+    @property
+    def states(self) -> float:
+        return self.params + self.grads + self.optimizer
+
+    @property
+    def total(self) -> float:
+        """Peak: everything at once, except that with one micro-batch per step the trainer's
+        gradients (set to None after each update) grow only while backward frees activations."""
+        if self.grads_with_activations:
+            return self.states + self.activations + self.buffers
+        return self.params + self.optimizer + max(self.grads, self.activations) + self.buffers
+
+    @property
+    def usable(self) -> float:
+        return self.device_bytes * (1 - RESERVE)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.usable
+
+
+def rank_memory(
+    shape: ModelShape, layout: Layout, job: Job, part: RankPart, device_bytes: int
+) -> Memory:
+    psi_rank = part.params(shape) / layout.tp  # norms are replicated under TP; ignored (tiny)
+    ns = layout.dp_shard  # ZeRO shards over dp_shard; dp_replicate holds replicas (HSDP)
+    pb, gb, ob = state_bytes(job)
+    stage, engine = layout.zero_stage, layout.dp_engine
+    if engine == "torch" and stage == 2:  # FSDP2 keeps parameters sharded at rest
+        params, grads, opt = pb * psi_rank / ns, gb * psi_rank / ns, ob * psi_rank / ns
+    else:
+        params, grads, opt = zero_model_states(psi_rank, ns, stage, ob, pb, gb)
+    notes, offloaded = [], 0.0
+    if layout.cpu_offload:
+        offloaded += opt
+        opt = 0.0
+        if stage >= 2 and engine == "torch":  # FSDP2 CPUOffloadPolicy: sharded params + grads
+            offloaded += params + grads
+            params = grads = 0.0
+        notes.append(
+            "cpu_offload: optimizer state (FSDP2: also sharded params/grads) in host memory"
+        )
+
+    cb = job.act_bytes  # dtype parameters are gathered / cast to for compute
+    blk = shape.block_params / layout.tp
+    buffers = 0.0
+    if layout.dp > 1 and engine in ("torch", "fairscale") and stage <= 1:
+        buffers += gb * psi_rank  # DDP's gradient buckets (gradient_as_bucket_view=False)
+        notes.append("DDP buckets: one more copy of the gradients")
+    if ns > 1 and engine == "torch" and stage == 2:
+        buffers += cb * psi_rank  # unsharded for the whole of forward + backward
+        notes.append("FSDP2 reshard_after_forward=False: all unsharded params held fwd->bwd")
+    if ns > 1 and engine == "torch" and stage == 3:
+        buffers += 2 * cb * blk + gb * blk  # current + prefetched block, one block's grads
+        notes.append("FSDP2 prefetch: two blocks' unsharded params + one block's grads")
+    if ns > 1 and engine == "deepspeed" and stage in (1, 2):
+        buffers += 2 * min(DS_BUCKET, psi_rank) * gb
+        notes.append("DeepSpeed reduce + all-gather buckets (5e8 elements each by default)")
+    if ns > 1 and engine == "deepspeed" and stage == 3:
+        buffers += min(DS_PREFETCH, psi_rank) * pb + min(DS_BUCKET, psi_rank) * gb
+        notes.append("DeepSpeed ZeRO-3 prefetch + reduce buckets")
+    if job.precision == "autocast" and cb < pb and not (engine == "torch" and stage >= 2):
+        buffers += cb * psi_rank  # autocast's cast weight copies, saved for backward
+        notes.append("autocast: bf16/fp16 copies of the weights live through backward")
+    # gradients outlive a step's activations with accumulation or DeepSpeed's persistent buffers
+    overlap = layout.microbatches > 1 or engine == "deepspeed"
+    if not overlap:
+        notes.append("one micro-batch: gradients grow as activations free; total counts the larger")
+    return Memory(
+        part.rank, params, grads, opt, activation_bytes(shape, layout, job, part), buffers,
+        device_bytes, offloaded, notes, overlap,
+    )  # fmt: skip
+
+
+def plan_memory(shape: ModelShape, layout: Layout, job: Job, device_bytes: int) -> Memory:
+    """The heaviest rank (first or last pipeline rank)."""
+    mems = [rank_memory(shape, layout, job, p, device_bytes) for p in rank_parts(shape, layout)]
+    return max(mems, key=lambda m: m.total)
