@@ -47,22 +47,26 @@ def action_order(
     from torch.distributed.pipelining.stage import PipelineStage
 
     cls = schedule_class(name)
+    if issubclass(cls, PipelineScheduleSingle) and v != 1:
+        raise ValueError(f"{name} runs exactly 1 stage per rank, got {v}")
     stage = mock.create_autospec(PipelineStage, instance=True)
     stage.group_rank, stage.group_size, stage.submod = 0, pp, None
     stage.num_stages = pp * v
     stages = stage if issubclass(cls, PipelineScheduleSingle) else [stage] * v
-    order = cls(stages, m).pipeline_order
-    out = []
-    for rank in range(pp):
-        acts = [a for a in order[rank] if a is not None]
-        out.append(
-            tuple(
-                (a.computation_type.value, a.stage_index, a.microbatch_index)
-                for a in acts
-                if a.computation_type.value in ("F", "B", "I", "W")
-            )
-        )
-    return tuple(out)
+    order = cls(stages, m).pipeline_order  # raises where torch refuses (pp, v, m)
+    if issubclass(cls, PipelineScheduleSingle):
+        # torch 2.13's pipeline_order of single-stage schedules is for display only (and off by
+        # one on the last rank); this is the order their step() really runs.
+        return tuple(_single_order(name, r, pp, m) for r in range(pp))
+
+    def flat(acts):  # DualPipeV's OVERLAP_F_B holds a forward and a backward: run in order
+        for a in acts:
+            if a is not None and a.sub_actions:
+                yield from flat(a.sub_actions)
+            elif a is not None and a.computation_type.value in ("F", "B", "I", "W"):
+                yield (a.computation_type.value, a.stage_index, a.microbatch_index)
+
+    return tuple(tuple(flat(order[rank])) for rank in range(pp))
 
 
 def microbatch_problem(name: str, pp: int, v: int, m: int) -> str | None:
@@ -76,3 +80,15 @@ def microbatch_problem(name: str, pp: int, v: int, m: int) -> str | None:
 
 def valid_microbatches(name: str, pp: int, v: int, upto: int) -> list[int]:
     return [m for m in range(1, upto + 1) if microbatch_problem(name, pp, v, m) is None]
+
+
+def _single_order(name: str, r: int, pp: int, m: int) -> tuple[tuple[str, int, int], ...]:
+    if name == "GPipe":
+        return tuple([("F", r, i) for i in range(m)] + [("B", r, i) for i in range(m)])
+    warm = min(m, pp - r)  # Schedule1F1B: warm-up forwards, then (B, F) pairs, then the B's
+    acts = [("F", r, i) for i in range(warm)]
+    for i in range(m):
+        acts.append(("B", r, i))
+        if warm + i < m:
+            acts.append(("F", r, warm + i))
+    return tuple(acts)
