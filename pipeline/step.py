@@ -39,6 +39,7 @@ class PipelineStep:
         self.first, self.last = 0 in parts.stage_ids, S - 1 in parts.stage_ids
         self.last_rank = stage_rank(p.pp_schedule, S - 1, dims.pp)  # rank in the pp group
         self.schedule_name, self.pp, self.n_stages = p.pp_schedule, dims.pp, S
+        self.v, self.m = p.pp_virtual_stages, p.pp_microbatches
         self.pp_rank = mesh.root["pp"].get_local_rank()
         self.stages = [
             PipelineStage(mod, sid, S, device, group=self.pp_group)
@@ -55,6 +56,8 @@ class PipelineStep:
         self.scale = 1.0
         self.device = device
         self.events: list | None = None
+        self.steps_run, self.total_steps = 0, cfg.train.steps
+        self.record_last = cfg.log.pp_timeline
 
     def record(self) -> list:
         """Time every stage action from now on (for the measured timeline)."""
@@ -66,6 +69,17 @@ class PipelineStep:
             instrument(st, rank, self.events)
         return self.events
 
+    def write_timeline(self, run_dir, *, write: bool) -> None:
+        """Gather the recorded actions of all pipeline ranks (same host: one monotonic clock)
+        and, on the writing rank, save them with the simulated bubble for the measured costs."""
+        from plait.pipeline.timeline import write_measured
+
+        pieces: list = [None] * self.pp
+        dist.all_gather_object(pieces, self.events or [], group=self.pp_group)
+        if write:
+            events = [e for piece in pieces for e in piece]
+            write_measured(events, run_dir, self.schedule_name, self.pp, self.v, self.m)
+
     def _loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # torch also calls this on placeholder tensors to infer gradient shapes, so the step's
         # losses are read from step()'s ``losses`` list, not accumulated here.
@@ -74,7 +88,9 @@ class PipelineStep:
     def forward_backward(self, micro: list[dict[str, torch.Tensor]], scale) -> torch.Tensor:
         """Run the schedule on each accumulation chunk; returns this dp rank's summed (unscaled)
         loss on every pipeline rank. Gradients are left averaged over dp."""
-        self.scale = scale
+        self.scale, self.steps_run = scale, self.steps_run + 1
+        if self.record_last and self.steps_run == self.total_steps:
+            self.record()  # the last step: warm, so its times are representative
         loss_sum = torch.zeros((), device=self.device)
         for mb in micro:
             args = (mb["input"],) if self.first else ()

@@ -187,6 +187,10 @@ class LogConfig:
     progress: Literal["auto", "on", "off"] = _f(
         "auto", "Progress bar on rank 0 (auto: only on a TTY)."
     )
+    pp_timeline: bool = _f(
+        False,
+        "pp > 1: time every pipeline action of the last step and write pp_timeline.json/.png (measured vs simulated bubble).",
+    )
 
 
 @dataclass(kw_only=True)

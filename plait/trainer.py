@@ -257,6 +257,8 @@ def _train(
                 writer.log(rec)
     finally:
         writer.close()
+    if stepper.pipe is not None and cfg.log.pp_timeline:
+        stepper.pipe.write_timeline(run_dir, write=env.rank == 0)
     if return_state:
         result.state = stepper.full_state()
     return result

@@ -6,6 +6,7 @@ launched group (helpers.run_distributed_many) to pay process start-up once."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -53,6 +54,7 @@ def check_all(ref, results, names) -> None:
 
 def test_every_schedule_pp2_gpt_and_bigmodel_match_one_process(tmp_path):
     gpt_cfgs = {f"gpt {n}": GPT + pp(n, 2, 4) for n in SCHEDULES}
+    gpt_cfgs["gpt ZBVZeroBubble"] += ["log.pp_timeline=true"]  # measured timeline, same numbers
     # grad accumulation (two schedule runs per step) with explicit cut points
     gpt_cfgs["gpt 1F1B accum cuts"] = GPT + pp("1F1B", 2, 2) + [
         "train.grad_accum=2", "parallel.pp_cuts=[3]"]  # fmt: skip
@@ -61,6 +63,10 @@ def test_every_schedule_pp2_gpt_and_bigmodel_match_one_process(tmp_path):
     cfgs = {**gpt_cfgs, **big_cfgs}
     results = run_distributed_many(list(cfgs.values()), 2, tmp_path / "pp2", timeout=280)
     check_all(run_single(GPT, tmp_path / "one"), results[: len(gpt_cfgs)], list(gpt_cfgs))
+    zbv = json.loads((results[5].run_dir / "pp_timeline.json").read_text())
+    assert {e[0] for e in zbv["events"]} == {0, 1} and len(zbv["events"]) == 2 * 2 * 4 * 3
+    assert 0 <= zbv["simulated_bubble"] < zbv["measured_bubble"] < 1
+    assert (results[5].run_dir / "pp_timeline.png").exists()
     check_all(run_single(BIG, tmp_path / "big"), results[len(gpt_cfgs) :], list(big_cfgs))
 
 

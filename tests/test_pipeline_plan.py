@@ -103,3 +103,12 @@ def test_good_pipeline_config_passes():
     _check(
         ["parallel.pp=2", "parallel.pp_schedule=ZBVZeroBubble", "parallel.pp_virtual_stages=2"], 4
     )
+
+
+def test_cli_pp_timeline_writes_simulated_picture(tmp_path, capsys):
+    from plait.cli import main
+
+    png = tmp_path / "sim.png"
+    ov = ["parallel.pp=4", "parallel.pp_schedule=1F1B", "parallel.pp_microbatches=8"]
+    assert main(["pp-timeline", "configs/gpt_tiny.yaml", *ov, "--png", str(png)]) == 0
+    assert "bubble 27.3%" in capsys.readouterr().out and png.exists()  # 3/11, the closed form
