@@ -25,6 +25,7 @@ SCHEDULES = {  # name -> stages per rank
     "DualPipeV": 2,
 }
 GPT = [  # gpt tiny: 8 blocks, so pp=4 x 2 virtual stages is one block per stage
+    "data.name=synthetic",  # seeded token sequences: no corpus to read per rank and config
     "data.seq_len=16",
     "train.global_batch=8",
     "train.steps=5",
