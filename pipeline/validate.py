@@ -60,6 +60,11 @@ def check_pipeline(cfg: Config, dims: ParallelDims) -> None:
             f"step gets (train.global_batch={t.global_batch} / dp={dims.dp} / grad_accum="
             f"{t.grad_accum}); use one of {good or 'none - raise train.global_batch'}"
         )
+    if t.compile and name in ("InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV"):
+        raise ConfigError(
+            f"train.compile: true is not allowed with pp_schedule={name} (torch splits its "
+            "backward outside the compiled graph); use 1F1B, Interleaved1F1B or compile=false"
+        )
     if t.dtype == "fp16":
         raise ConfigError(
             "train.dtype: 'fp16' is not allowed with parallel.pp > 1 (its loss scaler would "

@@ -91,6 +91,8 @@ def _check(overrides: list[str], world: int) -> None:
         (["parallel.pp=2", "parallel.pp_microbatches=5"], 2, "use one of [2, 4, 8, 16, 32]"),
         (["parallel.pp=2", "parallel.pp_cuts=[9]"], 2, "1..7"),
         (["parallel.pp=2", "train.dtype=fp16"], 2, "bf16"),
+        (["parallel.pp=2", "parallel.pp_schedule=DualPipeV", "parallel.pp_virtual_stages=2",
+          "train.compile=true"], 2, "compile=false"),
     ],
 )  # fmt: skip
 def test_bad_pipeline_configs_are_refused_before_any_process_group(overrides, world, needle):
