@@ -3,7 +3,7 @@ simulated (plait.pipeline.simulate with the measured mean action costs) vs close
 GPipe, 1F1B, Interleaved1F1B and ZBVZeroBubble at p=4; and each schedule's step time relative
 to GPipe. All configs run in one launched group of 4 ranks. Writes the timeline PNGs.
 
-    python bench/pp_bubble.py [--m 4 8 16] [--out bench_out/pp]
+    python bench/pp_bubble.py [--m 4 8 16] [--out runs/pp_bubble]
 
 On a CPU box with fewer cores than ranks the measured numbers include CPU contention.
 """
@@ -23,8 +23,8 @@ from plait.pipeline.simulate import Costs, simulate  # noqa: E402
 
 P = 4
 SCHEDULES = {"GPipe": 1, "1F1B": 1, "Interleaved1F1B": 2, "ZBVZeroBubble": 2}
-MODEL = ["model.dim=128", "model.ffn_dim=384", "model.n_heads=4", "data.seq_len=64",
-         "train.global_batch=16", "train.steps=3", "train.eval_batches=1", "log.pp_timeline=true"]  # fmt: skip
+MODEL = ["model.dim=128", "model.ffn_dim=384", "model.n_heads=4", "data.name=synthetic",
+         "train.steps=3", "train.eval_batches=1", "log.pp_timeline=true"]  # fmt: skip
 
 
 def closed_form(name: str, m: int, v: int) -> float:
@@ -38,13 +38,15 @@ def closed_form(name: str, m: int, v: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--m", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--out", default="bench_out/pp")
+    ap.add_argument("--out", default="runs/pp_bubble")
+    ap.add_argument("--batch", type=int, default=64, help="global batch (samples)")
+    ap.add_argument("--seq", type=int, default=128, help="tokens per sample")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keys = [(n, m) for m in args.m for n in SCHEDULES]
     cfgs = [
-        MODEL + [f"parallel.pp={P}", f"parallel.pp_schedule={n}",
+        MODEL + [f"train.global_batch={args.batch}", f"data.seq_len={args.seq}", f"parallel.pp={P}", f"parallel.pp_schedule={n}",
                  f"parallel.pp_virtual_stages={SCHEDULES[n]}", f"parallel.pp_microbatches={m}"]
         for n, m in keys
     ]  # fmt: skip
