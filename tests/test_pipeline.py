@@ -79,3 +79,12 @@ def test_every_schedule_pp4_and_pp2_x_dp2_match_one_process(tmp_path):
     )
     results = run_distributed_many(list(cfgs.values()), 4, tmp_path / "pp4", timeout=280)
     check_all(run_single(GPT, tmp_path / "one"), results, list(cfgs))
+
+
+def test_a_failing_stage_ends_every_rank(tmp_path):
+    # rank 1 raises at step 2 while rank 0 waits inside the schedule for its activations: the
+    # launcher must end both ranks non-zero; a hang would fail as "hung" after the timeout
+    # (start-up plus the 60 s the issue allows).
+    with pytest.raises(AssertionError, match="run failed") as e:
+        run_distributed_many([GPT + pp("1F1B", 2, 4)], 2, tmp_path, timeout=90, fail_rank=1)
+    assert "injected failure on rank 1" in str(e.value)
