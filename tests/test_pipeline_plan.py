@@ -114,3 +114,14 @@ def test_cli_pp_timeline_writes_simulated_picture(tmp_path, capsys):
     ov = ["parallel.pp=4", "parallel.pp_schedule=1F1B", "parallel.pp_microbatches=8"]
     assert main(["pp-timeline", "configs/gpt_tiny.yaml", *ov, "--png", str(png)]) == 0
     assert "bubble 27.3%" in capsys.readouterr().out and png.exists()  # 3/11, the closed form
+
+
+def test_block_costs_by_params_and_flops():
+    from plait.pipeline.split import block_costs
+
+    model = build_model(load_config(None, ["model.name=gpt", "data.seq_len=16"]))
+    blocks, pre, post = block_costs(model, "params", 16)
+    assert pre == 256 * 64 and post == 64 + 64 * 256 and len(blocks) == 8
+    fblocks, fpre, fpost = block_costs(model, "flops", 16)
+    assert fpre == 0.0 and fpost == 2.0 * 64 * 256  # embedding is a lookup, head a matmul
+    assert fblocks[0] == 2.0 * (4 * 64 * 64 + 3 * 64 * 192) + 4.0 * 16 * 64
