@@ -36,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, devices, backends, optional engines")
     _plan_parser(sub)
+
+    pt = sub.add_parser("pp-timeline", help="simulated (or a run's measured) pipeline timeline PNG")
+    pt.add_argument("config", help="YAML config (its parallel.pp* keys pick the schedule)")
+    pt.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    pt.add_argument("--png", required=True, help="write the timeline picture here")
+    pt.add_argument(
+        "--costs", default="1,1,1,0", help="forward,backward-input,backward-weight,comm"
+    )
+    pt.add_argument("--run", help="draw this run's measured pp_timeline.json instead")
     return ap
 
 
@@ -136,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
 
             step = export_checkpoint(Path(args.checkpoint), Path(args.out))
             print(f"wrote {args.out} (weights after step {step})")
+            return 0
+        if args.cmd == "pp-timeline":
+            from plait.pipeline.cli import pp_timeline
+
+            print(pp_timeline(args.config, args.overrides, args.png, args.costs, args.run))
             return 0
         if args.cmd == "info":
             from plait.info import format_info

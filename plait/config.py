@@ -145,6 +145,12 @@ class ParallelConfig:
     pp_schedule: Schedule = _f("1F1B", "Pipeline schedule.")
     pp_microbatches: int = _f(4, "Pipeline micro-batches per step.")
     pp_virtual_stages: int = _f(1, "Stages per pipeline rank (interleaved / looped / V schedules).")
+    pp_cuts: list[int] = _f(
+        [], "First block of each pipeline stage after the first (empty: balance automatically)."
+    )
+    pp_balance: Literal["params", "flops"] = _f(
+        "params", "Automatic stage split: equalise parameter count or forward FLOPs per stage."
+    )
     dp_engine: Literal["torch", "deepspeed", "fairscale"] = _f("torch", "Data-parallel engine.")
     zero_stage: int = _f(0, "0: DDP; 1: shard optimizer state; 2: + gradients; 3: + parameters.")
     activation_checkpoint: Literal["none", "full", "selective"] = _f(
@@ -184,6 +190,10 @@ class LogConfig:
     wandb_project: str = _f("plait", "Weights & Biases project.")
     progress: Literal["auto", "on", "off"] = _f(
         "auto", "Progress bar on rank 0 (auto: only on a TTY)."
+    )
+    pp_timeline: bool = _f(
+        False,
+        "pp > 1: time every pipeline action of the last step and write pp_timeline.json/.png (measured vs simulated bubble).",
     )
 
 

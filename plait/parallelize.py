@@ -21,8 +21,6 @@ def check_supported(cfg: Config, dims: ParallelDims) -> None:
     """Refuse layouts whose engine is not in this build, before any process group exists."""
     p = cfg.parallel
     todo = []
-    if dims.pp > 1:
-        todo.append(f"parallel.pp={dims.pp} (pipeline parallel)")
     if dims.tp > 1:
         todo.append(f"parallel.tp={dims.tp} (tensor parallel)")
     if p.dp_engine != "torch":
@@ -37,8 +35,11 @@ def check_supported(cfg: Config, dims: ParallelDims) -> None:
         raise ConfigError(
             "not available in this version of plait: "
             + "; ".join(todo)
-            + ". Allowed now: single process or DDP (dp_engine=torch, zero_stage=0, pp=1, tp=1)"
+            + ". Allowed now: single process, DDP and pipeline (dp_engine=torch, zero_stage=0, tp=1)"
         )
+    from plait.pipeline import check_pipeline
+
+    check_pipeline(cfg, dims)
 
 
 def apply_activation_checkpoint(model: PlaitModel, mode: str, every: int) -> None:
@@ -62,7 +63,26 @@ def parallelize(
     model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes | None, device: torch.device
 ) -> nn.Module:
     """Turn a meta-device model into the trainable, wrapped model for this rank."""
-    # 1-2. pipeline split and tensor parallel: not in this build (check_supported refuses them)
+    # 1. pipeline split: this rank's stages, each then wrapped like a whole model; their
+    # gradients are averaged over dp by plait.pipeline.step, not by DDP (see there why)
+    if dims.pp > 1:
+        from plait.pipeline import split_model
+
+        parts = split_model(model, cfg, mesh.root["pp"].get_local_rank())
+        for part in parts:
+            _wrap_stage(part, cfg, device)
+        return parts
+    _wrap_stage(model, cfg, device)
+    # 6. replicated data parallel needs real parameters, so it comes last
+    if dims.dp > 1:
+        from plait.ddp import apply_ddp
+
+        return apply_ddp(model, dp_mesh=mesh.dp, device=device)
+    return model
+
+
+def _wrap_stage(model: PlaitModel, cfg: Config, device: torch.device) -> None:
+    # 2. tensor parallel: not in this build (check_supported refuses it)
     # 3. activation checkpointing, inside TP and outside compile
     apply_activation_checkpoint(
         model, cfg.parallel.activation_checkpoint, cfg.parallel.activation_checkpoint_every
@@ -73,16 +93,13 @@ def parallelize(
     # 5. materialise on the device and initialise by parameter name (same values on any layout)
     model.to_empty(device=device)
     model.init_weights(cfg.train.seed)
-    # 6. replicated data parallel needs real parameters, so it comes last
-    if dims.dp > 1:
-        from plait.ddp import apply_ddp
-
-        return apply_ddp(model, dp_mesh=mesh.dp, device=device)
-    return model
 
 
 def unwrap(model: nn.Module) -> PlaitModel:
-    """The PlaitModel inside whatever data-parallel wrapper holds it."""
+    """The PlaitModel inside whatever data-parallel wrapper holds it (for pipeline parts: the
+    first local stage, which has the model's loss, count and task)."""
+    if isinstance(model, nn.ModuleList) and hasattr(model, "stage_ids"):
+        return model[0]
     return (
         model.module if hasattr(model, "module") and isinstance(model.module, PlaitModel) else model
     )

@@ -62,6 +62,11 @@ class _Step:
         self.dp_group = mesh.dp.get_group() if mesh is not None and dims.dp > 1 else None
         self.model = parallelize(build_model(cfg), cfg, dims, mesh, device)
         self.inner = unwrap(self.model)
+        self.pipe = None  # pp > 1: the pipeline runs forward/backward (plait.pipeline.step)
+        if dims.pp > 1:
+            from plait.pipeline.step import PipelineStep
+
+            self.pipe = PipelineStep(self.model, cfg, dims, mesh, device)
         self.data = build_data(cfg, self.inner)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
@@ -101,6 +106,10 @@ class _Step:
         )
         scale = self.dims.dp / count  # see the module docstring
         loss_sum = torch.zeros((), device=self.device)
+        if self.pipe is not None:
+            with self.autocast():
+                loss_sum = self.pipe.forward_backward([self._to_device(m) for m in micro], scale)
+            micro = []
         for i, mb in enumerate(micro):
             mb = self._to_device(mb)
             with no_sync(self.model, sync=i == len(micro) - 1), self.autocast():
@@ -114,7 +123,12 @@ class _Step:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=False)
+        if self.pipe is not None:
+            grad_norm = self.pipe.clip_grad_norm(max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), max_norm, foreach=False
+            )
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         grad_norm = float(grad_norm)
@@ -162,6 +176,10 @@ class _Step:
             mb = self._to_device(
                 self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B)
             )
+            if self.pipe is not None:
+                with self.autocast():
+                    totals += self.pipe.eval_batch(mb)
+                continue
             with self.autocast():
                 out = self.model(mb["input"])
             totals[0] += self.inner.loss(out, mb).float()
@@ -177,6 +195,8 @@ class _Step:
         """Full (unsharded) weights on CPU under single-process names, for comparisons."""
         from plait.models.base import canonical_name
 
+        if self.pipe is not None:
+            return self.pipe.full_state()
         return {
             canonical_name(k): v.detach().cpu().clone() for k, v in self.inner.state_dict().items()
         }
@@ -290,6 +310,8 @@ def _train(
             ckpt.wait()
     finally:
         writer.close()
+    if stepper.pipe is not None and cfg.log.pp_timeline:
+        stepper.pipe.write_timeline(run_dir, write=env.rank == 0)
     if return_state:
         result.state = stepper.full_state()
     return result

@@ -51,6 +51,66 @@ def run_distributed(
             res = run_local(from_dict({cfg.to_dict()!r}), {nproc}, return_state=True)
             torch.save(res, {str(out)!r})
     """)
+    return _run_script(script, nproc, out, timeout)
+
+
+def run_distributed_many(
+    configs: list[list[str]],
+    nproc: int,
+    run_dir: Path,
+    *,
+    timeout: float = 180,
+    config: str | None = None,
+    fail_rank: int | None = None,
+) -> list[RunResult]:
+    """Train several configs one after another in the SAME ``nproc`` ranks (one process
+    start-up for all of them); returns rank 0's result of each, in order. ``fail_rank``: that
+    rank raises at the start of step 2 (to test that a failure ends every rank)."""
+    dicts = [make_config(ov, run_dir / f"cfg{i}", config).to_dict() for i, ov in enumerate(configs)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "results.pt"
+    script = textwrap.dedent(f"""
+        import sys, uuid, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})  # spawned ranks import helpers
+        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+        import helpers
+        if __name__ == "__main__":
+            lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node={nproc},
+                run_id=uuid.uuid4().hex[:8], rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",
+                max_restarts=0, monitor_interval=0.1, start_method="spawn")
+            res = elastic_launch(lc, helpers.train_many)({dicts!r}, {fail_rank!r})
+            torch.save(res[0], {str(out)!r})
+    """)
+    return _run_script(script, nproc, out, timeout)
+
+
+def train_many(cfg_dicts: list[dict], fail_rank: int | None = None) -> list[RunResult]:
+    """One rank of :func:`run_distributed_many`: one process group, each config in turn."""
+    from plait import dist as pdist
+    from plait.config import from_dict
+    from plait.trainer import _Step, _train, validate
+
+    env = pdist.DistEnv.from_environ()
+    if env.rank == fail_rank:
+        run = _Step.run
+
+        def failing(self, step):
+            if step == 1:
+                raise RuntimeError(f"injected failure on rank {env.rank}")
+            return run(self, step)
+
+        _Step.run = failing
+    cfgs = [from_dict(d) for d in cfg_dicts]
+    device = pdist.pick_device(cfgs[0].train.device, env.local_rank)
+    pdist.set_cpu_threads(env, device)
+    pdist.init_process_group(env, device, cfgs[0].parallel.timeout_s)
+    try:
+        return [_train(c, env, validate(c, env.world_size), device, True) for c in cfgs]
+    finally:
+        pdist.destroy_process_group()
+
+
+def _run_script(script: str, nproc: int, out: Path, timeout: float):
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
         start_new_session=True,

@@ -1,0 +1,133 @@
+"""Pipeline schedule simulator: pure code, no processes.
+
+Each rank runs its actions in the order torch's schedule gives it
+(:func:`plait.pipeline.schedules.action_order`), each as early as its dependencies allow:
+F(s, i) after F(s-1, i); B or I(s, i) after F(s, i) and B/I(s+1, i); W(s, i) after I(s, i);
+plus the send/recv time when the neighbouring stage lives on another rank. The result is each
+rank's timeline, the step time and the bubble fraction (idle share of ranks x step time).
+
+Besides torch's schedules, ``ZB-H1`` (Qi et al., arXiv 2401.10241, sec. 3; not in torch) is
+1F1B with the backward split and rank r's weight gradients postponed by r microbatches, so
+the input-gradient chain runs back at I per hop instead of I + W; with F = I = W its bubble is
+(p-1)(F+I-W), a third of 1F1B's (p-1)(F+I+W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from plait.pipeline.schedules import action_order
+from plait.pipeline.split import stage_rank
+from plait.pipeline.timeline import Event, bubble_fraction, plot_timeline
+
+SIM_ONLY = ("ZB-H1",)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Per-microbatch times of one rank's whole share of the model (its v stages split it
+    evenly): forward, backward for inputs, backward for weights, and one send/recv."""
+
+    forward: float = 1.0
+    backward_input: float = 1.0
+    backward_weight: float = 1.0
+    comm: float = 0.0
+
+
+@dataclass
+class Simulation:
+    schedule: str
+    pp: int
+    v: int
+    m: int
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def step_time(self) -> float:
+        return max(e[5] for e in self.events) - min(e[4] for e in self.events)
+
+    @property
+    def bubble(self) -> float:
+        return bubble_fraction(self.events)
+
+    def plot(self, png: str) -> None:
+        plot_timeline(
+            self.events, png, f"{self.schedule} (simulated) p={self.pp} v={self.v} m={self.m}"
+        )
+
+
+def _orders(schedule: str, pp: int, v: int, m: int) -> list[list[tuple[str, int, int]]]:
+    if schedule == "ZB-H1":  # 1F1B with rank r's W's postponed by r microbatches
+        out = []
+        for r in range(pp):
+            warm, k = min(pp - 1 - r, m), r
+            acts = [("F", r, i) for i in range(warm)]
+            w = 0
+            for j in range(m):
+                if warm + j < m:
+                    acts.append(("F", r, warm + j))
+                acts.append(("I", r, j))
+                if j >= k:
+                    acts.append(("W", r, w))
+                    w += 1
+            acts += [("W", r, i) for i in range(w, m)]
+            out.append(acts)
+        return out
+    return [list(a) for a in action_order(schedule, pp, v, m)]
+
+
+def simulate(schedule: str, pp: int, m: int, v: int = 1, costs: Costs = Costs()) -> Simulation:
+    """Lay out every rank's actions for ``schedule`` with ``pp`` ranks, ``v`` stages per rank
+    and ``m`` microbatches."""
+    S = pp * v
+    rank_of = "1F1B" if schedule in SIM_ONLY else schedule
+    dur = {
+        "F": costs.forward / v,
+        "I": costs.backward_input / v,
+        "W": costs.backward_weight / v,
+        "B": (costs.backward_input + costs.backward_weight) / v,
+    }
+    orders = _orders(schedule, pp, v, m)
+    done: dict[tuple[str, int, int], float] = {}  # (F|G|W, stage, mb) -> end; G: input grad
+    pos, free = [0] * pp, [0.0] * pp
+    sim = Simulation(schedule, pp, v, m)
+
+    def hop(a: int, b: int) -> float:
+        return costs.comm if stage_rank(rank_of, a, pp) != stage_rank(rank_of, b, pp) else 0.0
+
+    def ready(kind: str, s: int, i: int) -> float | None:
+        deps = []
+        if kind == "F" and s > 0:
+            deps.append((("F", s - 1, i), hop(s - 1, s)))
+        if kind in ("B", "I"):
+            deps.append((("F", s, i), 0.0))
+            if s < S - 1:
+                deps.append((("G", s + 1, i), hop(s + 1, s)))
+        if kind == "W":
+            deps.append((("G", s, i), 0.0))
+        t = 0.0
+        for key, lag in deps:
+            if key not in done:
+                return None
+            t = max(t, done[key] + lag)
+        return t
+
+    for _ in range(sum(len(o) for o in orders)):
+        # list scheduling: of the ranks whose next action has its inputs, the earliest start
+        best = None
+        for r in range(pp):
+            if pos[r] < len(orders[r]) and (t := ready(*orders[r][pos[r]])) is not None:
+                if best is None or max(t, free[r]) < best[0]:
+                    best = (max(t, free[r]), r)
+        if best is None:
+            raise RuntimeError(f"{schedule}: simulation deadlocked (p={pp}, v={v}, m={m})")
+        start, r = best
+        kind, s, i = orders[r][pos[r]]
+        end = start + dur[kind]
+        pos[r] += 1
+        done[(kind, s, i)] = end
+        if kind in ("B", "I"):
+            done[("G", s, i)] = end
+        free[r] = end
+        sim.events.append((r, kind, s, i, start, end))
+    return sim

@@ -1,0 +1,163 @@
+"""One training step on this rank's pipeline stages: the object the trainer delegates
+forward/backward, grad clipping, evaluation and the full state to when ``parallel.pp > 1``.
+
+Loss: each microbatch's summed loss is multiplied by ``dp / global_count`` inside the
+schedule's ``loss_fn`` and torch's gradient scaling is off (``scale_grads=False``), so the
+summed gradients equal the single-process gradient of the mean loss (see plait.trainer).
+
+Data parallel across pipeline replicas: gradients are averaged over the dp group by one
+flattened all-reduce after the schedule, written by hand because DDP's reducer assumes one
+forward per backward through ``DDP.forward`` and gradients accumulated by autograd, while the
+schedules run many forwards before their backwards and the zero-bubble ones compute weight
+gradients outside autograd's accumulation (torchtitan pairs pipelining with FSDP instead).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from plait.config import Config
+from plait.mesh import Meshes, ParallelDims
+from plait.models.base import canonical_name
+from plait.pipeline.p2p import recv_tensor, send_tensor
+from plait.pipeline.schedules import schedule_class
+from plait.pipeline.split import PipelineParts, stage_rank
+
+
+class PipelineStep:
+    def __init__(self, parts: PipelineParts, cfg: Config, dims: ParallelDims, mesh: Meshes, device):
+        from torch.distributed.pipelining import PipelineStage
+        from torch.distributed.pipelining.schedules import PipelineScheduleSingle
+
+        p = cfg.parallel
+        self.parts, self.inner, self.dp = parts, parts[0], dims.dp
+        self.pp_group = mesh.root["pp"].get_group()
+        self.dp_group = mesh.dp.get_group() if dims.dp > 1 else None
+        S = parts.n_stages
+        self.first, self.last = 0 in parts.stage_ids, S - 1 in parts.stage_ids
+        self.last_rank = stage_rank(p.pp_schedule, S - 1, dims.pp)  # rank in the pp group
+        self.schedule_name, self.pp, self.n_stages = p.pp_schedule, dims.pp, S
+        self.v, self.m = p.pp_virtual_stages, p.pp_microbatches
+        self.pp_rank = mesh.root["pp"].get_local_rank()
+        self.stages = [
+            PipelineStage(mod, sid, S, device, group=self.pp_group)
+            for sid, mod in zip(parts.stage_ids, parts)
+        ]
+        cls = schedule_class(p.pp_schedule)
+        single = issubclass(cls, PipelineScheduleSingle)
+        self.schedule = cls(
+            self.stages[0] if single else self.stages,
+            p.pp_microbatches,
+            loss_fn=self._loss_fn,
+            scale_grads=False,
+        )
+        self.scale = 1.0
+        self.device = device
+        self.events: list | None = None
+        self.steps_run, self.total_steps = 0, cfg.train.steps
+        self.record_last = cfg.log.pp_timeline
+
+    def record(self) -> list:
+        """Time every stage action from now on (for the measured timeline)."""
+        from plait.pipeline.timeline import instrument
+
+        self.events = []
+        rank = dist.get_rank(self.pp_group)
+        for st in self.stages:
+            instrument(st, rank, self.events)
+        return self.events
+
+    def write_timeline(self, run_dir, *, write: bool) -> None:
+        """Gather the recorded actions of all pipeline ranks (same host: one monotonic clock)
+        and, on the writing rank, save them with the simulated bubble for the measured costs."""
+        from plait.pipeline.timeline import write_measured
+
+        pieces: list = [None] * self.pp
+        dist.all_gather_object(pieces, self.events or [], group=self.pp_group)
+        if write:
+            events = [e for piece in pieces for e in piece]
+            write_measured(events, run_dir, self.schedule_name, self.pp, self.v, self.m)
+
+    def _loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # torch also calls this on placeholder tensors to infer gradient shapes, so the step's
+        # losses are read from step()'s ``losses`` list, not accumulated here.
+        return self.inner.loss(output, {"target": target}) * self.scale
+
+    def forward_backward(self, micro: list[dict[str, torch.Tensor]], scale) -> torch.Tensor:
+        """Run the schedule on each accumulation chunk; returns this dp rank's summed (unscaled)
+        loss on every pipeline rank. Gradients are left averaged over dp."""
+        self.scale, self.steps_run = scale, self.steps_run + 1
+        if self.record_last and self.steps_run == self.total_steps:
+            self.record()  # the last step: warm, so its times are representative
+        loss_sum = torch.zeros((), device=self.device)
+        for mb in micro:
+            args = (mb["input"],) if self.first else ()
+            losses: list[torch.Tensor] = []
+            target = mb["target"] if self.last else None
+            self.schedule.step(*args, target=target, losses=losses, return_outputs=False)
+            if self.last:
+                loss_sum += sum(loss.detach().float() for loss in losses) / scale
+        self._average_grads()
+        return self._from_last(loss_sum)
+
+    @torch.no_grad()
+    def eval_batch(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(loss sum, correct, count) of one batch, on every rank. A plain forward chain over
+        the stages, by hand because torch 2.13's ``schedule.eval()`` still runs the backward
+        actions of V schedules and fails there; evaluation has no bubble worth scheduling."""
+        acc = torch.zeros(2, device=self.device)
+        h = None
+        for s in range(self.n_stages):
+            owner = stage_rank(self.schedule_name, s, self.pp)
+            if owner == self.pp_rank:
+                part = self.parts[self.parts.stage_ids.index(s)]
+                h = part(mb["input"] if s == 0 else h)
+                if s == self.n_stages - 1:
+                    acc[0] = self.inner.loss(h, mb).float()
+                    acc[1] = (h.argmax(-1) == mb["target"]).sum()
+                elif stage_rank(self.schedule_name, s + 1, self.pp) != owner:
+                    send_tensor(h, stage_rank(self.schedule_name, s + 1, self.pp), self.pp_group)
+            elif (
+                s < self.n_stages - 1
+                and stage_rank(self.schedule_name, s + 1, self.pp) == self.pp_rank
+            ):
+                h = recv_tensor(owner, self.pp_group, acc.device)
+        out = self._from_last(acc)
+        return torch.cat([out, out.new_tensor([float(self.inner.count(mb))])])
+
+    def _from_last(self, t: torch.Tensor) -> torch.Tensor:
+        dist.broadcast(t, group=self.pp_group, group_src=self.last_rank)
+        return t
+
+    def _average_grads(self) -> None:
+        if self.dp_group is None:
+            return
+        grads = [p.grad for p in self.parts.parameters() if p.grad is not None]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=self.dp_group)
+        flat /= self.dp
+        for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(avg)
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Global 2-norm over all stages: this rank's squared norm summed over the pp group."""
+        params = [p for p in self.parts.parameters() if p.grad is not None]
+        local = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=False)
+        sq = (local.float() ** 2).reshape(1)
+        dist.all_reduce(sq, group=self.pp_group)
+        total = sq.sqrt()[0]
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=False)
+        return total
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Every stage's weights gathered onto every rank, under single-process names."""
+        local = {
+            canonical_name(k): v.detach().cpu().clone()
+            for part in self.parts
+            for k, v in part.state_dict().items()
+        }
+        pieces: list = [None] * dist.get_world_size(self.pp_group)
+        dist.all_gather_object(pieces, local, group=self.pp_group)
+        return {k: v for piece in pieces for k, v in piece.items()}

@@ -1,0 +1,127 @@
+"""Per-rank pipeline timelines: recording real action times and drawing them.
+
+A timeline is a list of events ``(rank, kind, stage, microbatch, start, end)``; kind is F
+(forward), B (full backward), I (backward for inputs) or W (backward for weights). The same
+plotter draws simulated (:mod:`plait.pipeline.simulate`) and measured timelines, one row per
+rank, like the figures of the zero-bubble paper (Qi et al., arXiv 2401.10241).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+
+Event = tuple[int, str, int, int, float, float]
+COLORS = {"F": "#4C72B0", "B": "#DD8452", "I": "#55A868", "W": "#8172B3"}
+
+
+def bubble_fraction(events: list[Event]) -> float:
+    """Idle share of the ranks' time between the first start and the last end."""
+    if not events:
+        return 0.0
+    ranks = {e[0] for e in events}
+    t0, t1 = min(e[4] for e in events), max(e[5] for e in events)
+    busy = sum(e[5] - e[4] for e in events)
+    return 1.0 - busy / (len(ranks) * (t1 - t0))
+
+
+def instrument(
+    stage, rank: int, events: list[Event], clock: Callable[[], float] = time.perf_counter
+):
+    """Wrap a PipelineStage's compute calls with a timer (communication waits happen outside
+    them, so gaps in the timeline are the bubble plus transfer time)."""
+
+    def wrap(fn, kind_of):
+        @functools.wraps(fn)
+        def timed(chunk_id, *args, **kwargs):
+            t0 = clock()
+            out = fn(chunk_id, *args, **kwargs)
+            events.append((rank, kind_of(kwargs), stage.stage_index, chunk_id, t0, clock()))
+            return out
+
+        return timed
+
+    stage.forward_one_chunk = wrap(stage.forward_one_chunk, lambda kw: "F")
+    stage.backward_one_chunk = wrap(
+        stage.backward_one_chunk, lambda kw: "B" if kw.get("full_backward", True) else "I"
+    )
+    stage.backward_weight_one_chunk = wrap(stage.backward_weight_one_chunk, lambda kw: "W")
+
+
+def plot_timeline(events: list[Event], png: str, title: str = "") -> None:
+    """One row per rank, one bar per action, labelled with its microbatch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    ranks = sorted({e[0] for e in events})
+    t0 = min(e[4] for e in events)
+    span = max(e[5] for e in events) - t0
+    fig, ax = plt.subplots(figsize=(12, 0.6 * len(ranks) + 1.2))
+    for rank, kind, _stage, mb, start, end in events:
+        y = len(ranks) - 1 - ranks.index(rank)
+        ax.broken_barh(
+            [(start - t0, end - start)], (y - 0.4, 0.8), color=COLORS[kind], ec="k", lw=0.3
+        )
+        if (end - start) > span / 120:
+            ax.text(
+                (start + end) / 2 - t0, y, str(mb), ha="center", va="center", fontsize=6, color="w"
+            )
+    ax.set_yticks(range(len(ranks)), [f"rank {r}" for r in reversed(ranks)])
+    ax.set_xlabel("time")
+    kinds = sorted({e[1] for e in events}, key="FBIW".index)
+    names = {"F": "forward", "B": "backward", "I": "backward (inputs)", "W": "backward (weights)"}
+    ax.legend(
+        handles=[Patch(color=COLORS[k], label=names[k]) for k in kinds],
+        loc="upper right",
+        fontsize=7,
+    )
+    ax.set_title(f"{title}  bubble {bubble_fraction(events):.1%}".strip())
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def mean_costs(events: list[Event], v: int):
+    """Per-microbatch costs of one rank's share (v stages) from measured actions: forward,
+    backward-input and backward-weight means (a full backward counts as input + weight, split
+    evenly when the schedule never splits it)."""
+    from plait.pipeline.simulate import Costs
+
+    def mean(kind: str) -> float | None:
+        d = [e[5] - e[4] for e in events if e[1] == kind]
+        return sum(d) / len(d) if d else None
+
+    f, b, i, w = mean("F"), mean("B"), mean("I"), mean("W")
+    if i is None or w is None:
+        i = w = (b or 0.0) / 2
+    return Costs(forward=(f or 0.0) * v, backward_input=i * v, backward_weight=w * v, comm=0.0)
+
+
+def write_measured(events: list[Event], run_dir, schedule: str, pp: int, v: int, m: int) -> dict:
+    """pp_timeline.json (events, measured and simulated bubble) and the two pictures."""
+    import json
+    from pathlib import Path
+
+    from plait.pipeline.simulate import simulate
+
+    run_dir = Path(run_dir)
+    costs = mean_costs(events, v)
+    sim = simulate(schedule, pp, m, v=v, costs=costs)
+    t0 = min(e[4] for e in events)
+    info = {
+        "schedule": schedule, "pp": pp, "virtual_stages": v, "microbatches": m,
+        "measured_bubble": bubble_fraction(events), "simulated_bubble": sim.bubble,
+        "measured_step_s": max(e[5] for e in events) - t0, "simulated_step_s": sim.step_time,
+        "costs_s": costs.__dict__,
+        "events": [[r, k, s, i, a - t0, b - t0] for r, k, s, i, a, b in events],
+    }  # fmt: skip
+    (run_dir / "pp_timeline.json").write_text(json.dumps(info) + "\n")
+    plot_timeline(
+        events, str(run_dir / "pp_timeline.png"), f"{schedule} (measured) p={pp} v={v} m={m}"
+    )
+    sim.plot(str(run_dir / "pp_timeline_sim.png"))
+    return info
