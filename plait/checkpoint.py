@@ -86,9 +86,28 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
+def state_module(model: nn.Module) -> nn.Module:
+    """The module whose parameter names are the single-process ones. A pipeline rank holds its
+    stages as a ModuleList (names would gain a "0." prefix), so build a view that shares their
+    parameters under the whole model's attribute names: the rank's blocks in one ``layers`` and
+    whichever pre/post modules its stages own."""
+    from plait.pipeline.split import PipelineParts
+
+    if not isinstance(model, PipelineParts):
+        return model
+    view = nn.Module()
+    view.layers = nn.ModuleDict({k: b for part in model for k, b in part.layers.items()})
+    for part in model:
+        for name in part.pre_modules() + part.post_modules():
+            if getattr(part, name, None) is not None:
+                setattr(view, name, getattr(part, name))
+    return view
+
+
 def app_state(
     model: nn.Module, optimizer: torch.optim.Optimizer | None, extra: dict[str, Any]
 ) -> dict[str, Any]:
+    model = state_module(model)
     state: dict[str, Any] = {"model": get_model_state_dict(model)}
     if optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
@@ -185,6 +204,7 @@ def load(path: Path, model, optimizer, scheduler) -> int:
     # live scheduler's own state dict (an empty dict would load nothing)
     state = app_state(model, optimizer, {"step": 0, "scheduler": scheduler.state_dict()})
     dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    model = state_module(model)
     set_model_state_dict(model, state["model"])
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optim"])
@@ -251,8 +271,14 @@ def load_safetensors(model: nn.Module, path: Path) -> None:
         raise PlaitError(
             f"checkpoint.init_from: {str(path)!r} does not exist; pass a .safetensors file written by plait export"
         )
+    from plait.pipeline.split import PipelineParts
+
+    partial = isinstance(model, PipelineParts)  # a pipeline rank takes only its stages' weights
+    model = state_module(model)
     full = load_file(str(path))
     expected = set(get_model_state_dict(model))
+    if partial:
+        full = {k: v for k, v in full.items() if k in expected}
     missing, unexpected = expected - set(full), set(full) - expected
     if missing or unexpected:
         raise PlaitError(

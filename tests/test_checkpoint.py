@@ -120,3 +120,16 @@ def test_async_save_commits_and_resumes(tmp_path):
     assert all(is_complete(c, verify=True) for c in list_checkpoints(root))
     crash_after(root, 2)
     assert losses(run_single(ov, tmp_path)) == losses(straight)[2:]
+
+
+@pytest.mark.timeout(240)
+def test_pipeline_checkpoint_resumes_in_one_process(tmp_path):
+    ov = GPT + ["model.dropout=0.0", "checkpoint.every=4", "parallel.pp_microbatches=2"]
+    straight = run_single(ov, tmp_path / "one")
+    two = run_distributed(ov + ["parallel.pp=2"], 2, tmp_path / "pp")
+    crash_after(two.run_dir / "checkpoints", 4)
+    resumed = run_single(ov, tmp_path / "pp")  # 2 pipeline stages -> 1 process, optimizer included
+    for x, y in zip(losses(straight)[4:], losses(resumed)):
+        assert abs(x - y) / x < 1e-5, (losses(straight), losses(resumed))
+    for k, v in straight.state.items():
+        torch.testing.assert_close(resumed.state[k], v, rtol=1e-4, atol=1e-5)
