@@ -1,5 +1,6 @@
 """The wrap order, written once (torchtitan's): pipeline split, tensor parallel, activation
-checkpointing, compile, sharded data parallel, then materialise + init, then replicated DDP.
+checkpointing, compile, sharded data parallel (FSDP2), then materialise + init, then replicated
+DDP; DeepSpeed/fairscale wrap model and optimizer together afterwards (plait.ddp.build_engine).
 
 Each step is a no-op at degree 1. Parallelisms not built yet are refused here with a clear
 message rather than silently ignored.
@@ -19,26 +20,20 @@ from plait.models.base import PlaitModel
 
 def check_supported(cfg: Config, dims: ParallelDims) -> None:
     """Refuse layouts whose engine is not in this build, before any process group exists."""
-    p = cfg.parallel
     todo = []
     if dims.pp > 1:
         todo.append(f"parallel.pp={dims.pp} (pipeline parallel)")
     if dims.tp > 1:
         todo.append(f"parallel.tp={dims.tp} (tensor parallel)")
-    if p.dp_engine != "torch":
-        todo.append(f"parallel.dp_engine={p.dp_engine!r}")
-    if p.zero_stage != 0 or dims.dp_replicate > 1:
-        todo.append(
-            f"parallel.zero_stage={p.zero_stage} / dp_replicate={dims.dp_replicate} (ZeRO / HSDP)"
-        )
-    if p.cpu_offload:
-        todo.append("parallel.cpu_offload=true")
     if todo:
         raise ConfigError(
             "not available in this version of plait: "
             + "; ".join(todo)
-            + ". Allowed now: single process or DDP (dp_engine=torch, zero_stage=0, pp=1, tp=1)"
+            + ". Allowed now: pp=1, tp=1 with any data-parallel engine"
         )
+    from plait.ddp import check_dp
+
+    check_dp(cfg, dims)
 
 
 def apply_activation_checkpoint(model: PlaitModel, mode: str, every: int) -> None:
@@ -70,15 +65,16 @@ def parallelize(
     # 4. compile
     if cfg.train.compile:
         apply_compile(model)
-    # 5. materialise on the device and initialise by parameter name (same values on any layout)
+    from plait.ddp import apply_replicated, apply_sharded
+
+    # 5. sharded data parallel (FSDP2: ZeRO-2/3, HSDP) on the meta model, outside TP/compile
+    apply_sharded(model, cfg, dims, mesh, device)
+    # 6. materialise on the device and initialise by parameter name (same values on any layout)
     model.to_empty(device=device)
     model.init_weights(cfg.train.seed)
-    # 6. replicated data parallel needs real parameters, so it comes last
-    if dims.dp > 1:
-        from plait.ddp import apply_ddp
-
-        return apply_ddp(model, dp_mesh=mesh.dp, device=device)
-    return model
+    # 7. replicated data parallel (DDP) needs real parameters, so it comes last; DeepSpeed and
+    # fairscale wrap model and optimizer together in plait.ddp.build_engine, right after this
+    return apply_replicated(model, cfg, dims, mesh, device)
 
 
 def unwrap(model: nn.Module) -> PlaitModel:
