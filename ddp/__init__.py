@@ -77,7 +77,9 @@ def build_engine(
     if p.dp_engine == "fairscale":
         from plait.ddp.fairscale_engine import FairscaleEngine
 
-        return FairscaleEngine(model, inner, cfg, dims.dp, dp_group=group)
+        return FairscaleEngine(
+            model, inner, cfg, dims.dp, dp_group=group, dp_mesh=meshes.dp, device=device
+        )
     if p.zero_stage == 1:
         from plait.ddp.zero1 import Zero1Engine
 

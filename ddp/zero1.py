@@ -10,6 +10,8 @@ state is 8Ψ/N only up to the granularity of one parameter; the sum over ranks i
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -21,7 +23,9 @@ def optimizer_recipe(model: torch.nn.Module, optim_cfg) -> tuple[type, dict]:
     """The optimizer class and keyword arguments plait would use (built once, state-free, so
     sharding wrappers construct the very same optimizer)."""
     ref = build_optimizer(model, optim_cfg)
-    return type(ref), dict(ref.defaults)
+    accepted = inspect.signature(type(ref).__init__).parameters
+    kw = {k: v for k, v in ref.defaults.items() if k in accepted}  # AdamW fixes some itself
+    return type(ref), kw
 
 
 class Zero1Engine(Engine):
