@@ -22,7 +22,15 @@ from plait.ddp.ddp import apply_ddp, no_sync
 from plait.ddp.engine import Engine
 from plait.mesh import ParallelDims
 
-__all__ = ["Engine", "apply_ddp", "apply_replicated", "apply_sharded", "build_engine", "check_dp", "no_sync"]
+__all__ = [
+    "Engine",
+    "apply_ddp",
+    "apply_replicated",
+    "apply_sharded",
+    "build_engine",
+    "check_dp",
+    "no_sync",
+]
 
 
 def uses_fsdp(cfg: Config, dims: ParallelDims) -> bool:
@@ -52,7 +60,9 @@ def apply_sharded(model: nn.Module, cfg: Config, dims: ParallelDims, meshes, dev
     )
 
 
-def apply_replicated(model: nn.Module, cfg: Config, dims: ParallelDims, meshes, device) -> nn.Module:
+def apply_replicated(
+    model: nn.Module, cfg: Config, dims: ParallelDims, meshes, device
+) -> nn.Module:
     """Step 6: torch DDP around the materialised model (torch engine, zero_stage 0/1). DeepSpeed
     and fairscale wrap in :func:`build_engine`, since they need the optimizer too."""
     if dims.dp == 1 or cfg.parallel.dp_engine != "torch" or cfg.parallel.zero_stage >= 2:

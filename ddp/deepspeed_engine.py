@@ -81,7 +81,7 @@ class DeepSpeedEngine(Engine):
             model=model, optimizer=self._torch_opt, config=deepspeed_config(cfg, dp_size)
         )
         self.model = self.ds
-        self._unsharded = 0
+        self._unsharded, self._before, self._norm = 0, {}, None
 
     @property
     def lr_optimizer(self) -> torch.optim.Optimizer:
@@ -103,16 +103,26 @@ class DeepSpeedEngine(Engine):
         return None  # DeepSpeed clips inside step(), with train.grad_clip
 
     def step(self) -> None:
+        self._norm = None
+        if self.cfg.parallel.zero_stage == 0:  # ZeRO-0 reports no norm: measure it (no clip)
+            params = self.ds.module.parameters()
+            self._norm = float(torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=False))
+        self._before = self._held()  # DeepSpeed frees its gradients inside step()
         self.ds.step()
 
     def last_grad_norm(self) -> float:
-        norm = self.ds.get_global_grad_norm()
+        norm = self._norm if self._norm is not None else self.ds.get_global_grad_norm()
         return math.nan if norm is None else float(norm)
 
     def zero_grad(self) -> None:
         pass  # DeepSpeed zeroes its gradients at the end of its step
 
     def held_bytes(self) -> dict[str, int]:
+        """The larger of what was held just before DeepSpeed's step (gradients alive) and now."""
+        after = self._held()
+        return {k: max(v, self._before.get(k, 0)) for k, v in after.items()}
+
+    def _held(self) -> dict[str, int]:
         """Module parameters (or their ZeRO-3 partitions), gradients, then everything the ZeRO
         optimizer keeps: flat parameter groups count as params, fp32 partitions and the torch
         optimizer's state as optimizer state, gradient buffers as grads."""
@@ -126,7 +136,7 @@ class DeepSpeedEngine(Engine):
             "unsharded": 0,
         }
         zopt = self.optimizer if self.optimizer is not self._torch_opt else None
-        for name, value in (vars(zopt).items() if zopt is not None else ()):
+        for name, value in vars(zopt).items() if zopt is not None else ():
             n = memory.storage_bytes(_tensors(value), seen)
             low = name.lower()
             if "grad" in low or "ipg" in low or "reduce" in low or "bucket" in low:

@@ -22,7 +22,9 @@ class FairscaleEngine(Engine):
         self.cfg, self.inner, self.dp_size = cfg, inner, dp_size
         cls, kw = optimizer_recipe(model, cfg.optim)
         kw.pop("weight_decay", None)  # per group
-        self.optimizer = OSS(param_groups(model, cfg.optim.weight_decay), optim=cls, group=dp_group, **kw)
+        self.optimizer = OSS(
+            param_groups(model, cfg.optim.weight_decay), optim=cls, group=dp_group, **kw
+        )
         if cfg.parallel.zero_stage == 2:
             from fairscale.nn.data_parallel import ShardedDataParallel
 
