@@ -114,7 +114,13 @@ def main() -> None:
     a = ap.parse_args()
     base = [f"model.name={a.model}", *a.overrides]
     if a.model == "seed_bigmodel":
-        base = ["model.preset=default", "data.name=synthetic", "optim.name=adam", "train.grad_clip=1.0", *base]
+        base = [
+            "model.preset=default",
+            "data.name=synthetic",
+            "optim.name=adam",
+            "train.grad_clip=1.0",
+            *base,
+        ]
 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -143,7 +149,7 @@ def main() -> None:
     ddp, hand = res["torch DDP"], res["handwritten DDP"]
     print(f"overhead (DDP step s): ours {ddp['step_s']:.4f}, baseline {hand['step_s']:.4f} "
           f"(hand-written DDP loop), ratio {ddp['step_s'] / hand['step_s']:.3f}")  # fmt: skip
-    for name, eng, stage in ENGINES:
+    for name, _, stage in ENGINES:
         r = res[name]
         f = zero_formula(stage, psi, a.nproc, pgk)["total"]
         print(f"{name} step s: ours {r['step_s']:.4f}, baseline {ddp['step_s']:.4f} (torch DDP), "
