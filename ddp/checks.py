@@ -18,6 +18,13 @@ def check_dp(cfg: Config, dims: ParallelDims) -> None:
             f"parallel.dp_engine: {eng!r} needs the {eng} package (pip install 'plait[{eng}]'), "
             "or use dp_engine=torch (DDP, ZeRO-1/2/3, HSDP on FSDP2)"
         )
+    ck = cfg.checkpoint
+    if (ck.every or ck.dir) and (eng != "torch" or stage == 1) and dims.dp > 1:
+        raise ConfigError(
+            f"checkpoint: saving with dp_engine={eng!r} zero_stage={stage} is not available yet "
+            "(plait's DCP checkpoints cover torch DDP and FSDP2); use dp_engine=torch with "
+            "zero_stage 0, 2 or 3, or set checkpoint.every=0 and checkpoint.dir=null"
+        )
     if eng == "torch":
         if p.cpu_offload and stage < 2:
             raise ConfigError(
