@@ -19,7 +19,11 @@ def check_dp(cfg: Config, dims: ParallelDims) -> None:
             "or use dp_engine=torch (DDP, ZeRO-1/2/3, HSDP on FSDP2)"
         )
     ck = cfg.checkpoint
-    if (ck.every or ck.dir) and (eng != "torch" or stage == 1) and dims.dp > 1:
+    if (
+        (ck.every or ck.dir or getattr(ck, "init_from", None))
+        and (eng != "torch" or stage == 1)
+        and dims.dp > 1
+    ):
         raise ConfigError(
             f"checkpoint: saving with dp_engine={eng!r} zero_stage={stage} is not available yet "
             "(plait's DCP checkpoints cover torch DDP and FSDP2); use dp_engine=torch with "

@@ -145,7 +145,9 @@ class _Step:
         elif finite:
             self.engine.step()
         self.scheduler.step()
-        held = self.engine.held_bytes()  # after the step, before zero_grad: all state alive
+        logged = step == 0 or (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.steps
+        # after the step, before zero_grad: all state alive; on logged steps only (a collective)
+        held = self.engine.held_bytes() if logged else None
         self.engine.zero_grad()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -160,7 +162,8 @@ class _Step:
         rate_key = "tokens_per_s" if self.inner.task == "lm" else "samples_per_s"
         rec[rate_key] = float(count) / dt
         rec["peak_mem_bytes"] = peak_mem_bytes(self.device)
-        rec.update(self._memory_record(held))
+        if held is not None:
+            rec.update(self._memory_record(held))
         if not finite:
             rec["skipped"] = True
         return rec
