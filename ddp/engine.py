@@ -77,6 +77,3 @@ class Engine:
                 v = v.full_tensor()  # FSDP2 / TP shards: all-gather (collective on all ranks)
             out[canonical_name(k)] = v.detach().cpu().clone()
         return out
-
-    def close(self) -> None:
-        pass
