@@ -4,6 +4,8 @@ DDP averages gradients across ranks with bucketed all-reduce overlapped with bac
 trainer scales each rank's summed loss by dp / global_count so that average equals the
 single-process gradient. During gradient accumulation, ``no_sync`` skips the all-reduce on all
 but the last micro-batch (nanoGPT's require_backward_grad_sync trick, done with the public API).
+``gradient_as_bucket_view=True`` makes each ``.grad`` a view into its all-reduce bucket, so the
+buckets are the gradients instead of a second copy of them (16Ψ instead of 20Ψ for fp32 Adam).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ def apply_ddp(
         process_group=dp_mesh.get_group(),
         device_ids=[device.index] if device.type == "cuda" else None,
         bucket_cap_mb=bucket_cap_mb,
+        gradient_as_bucket_view=True,
     )
 
 
 def no_sync(model: nn.Module, sync: bool):
     """Context that skips gradient all-reduce when ``sync`` is False (accumulation micro-batches)."""
-    if not sync and isinstance(model, DistributedDataParallel):
+    if not sync and hasattr(model, "no_sync"):  # torch DDP, fairscale ShardedDDP
         return model.no_sync()
     return contextlib.nullcontext()

@@ -14,11 +14,14 @@ gradients outside autograd's accumulation (torchtitan pairs pipelining with FSDP
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from plait.config import Config
+from plait.ddp.engine import Engine
 from plait.mesh import Meshes, ParallelDims
 from plait.models.base import canonical_name
 from plait.pipeline.p2p import recv_tensor, send_tensor
@@ -161,3 +164,22 @@ class PipelineStep:
         pieces: list = [None] * dist.get_world_size(self.pp_group)
         dist.all_gather_object(pieces, local, group=self.pp_group)
         return {k: v for piece in pieces for k, v in piece.items()}
+
+
+class PipelineEngine(Engine):
+    """The trainer's engine surface for a pipeline rank: the torch optimizer over this rank's
+    stages; gradients are already averaged over dp by :class:`PipelineStep`, and clipping
+    and full weights need the whole pipeline, so both go through it."""
+
+    def __init__(self, pipe: PipelineStep, parts: PipelineParts, cfg: Config, dp_size: int):
+        self.pipe = pipe
+        super().__init__(parts, parts[0], cfg, dp_size)
+
+    def sync(self, last: bool):
+        return contextlib.nullcontext()
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        return float(self.pipe.clip_grad_norm(max_norm))
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        return self.pipe.full_state()

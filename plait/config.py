@@ -158,6 +158,10 @@ class ParallelConfig:
     )
     activation_checkpoint_every: int = _f(1, "With selective: checkpoint every k-th block.")
     cpu_offload: bool = _f(False, "Offload parameters/optimizer state to CPU (FSDP2 / DeepSpeed).")
+    deepspeed_config: str | None = _f(
+        None,
+        "dp_engine=deepspeed: a DeepSpeed JSON whose keys override the config plait derives.",
+    )
     timeout_s: float = _f(
         300.0, "Collective timeout: a dead or stuck rank ends the job after this long."
     )

@@ -1,5 +1,6 @@
 """The wrap order, written once (torchtitan's): pipeline split, tensor parallel, activation
-checkpointing, compile, sharded data parallel, then materialise + init, then replicated DDP.
+checkpointing, compile, sharded data parallel (FSDP2), then materialise + init, then replicated
+DDP; DeepSpeed/fairscale wrap model and optimizer together afterwards (plait.ddp.build_engine).
 
 Each step is a no-op at degree 1. Parallelisms not built yet are refused here with a clear
 message rather than silently ignored.
@@ -23,22 +24,21 @@ def check_supported(cfg: Config, dims: ParallelDims) -> None:
     todo = []
     if dims.tp > 1:
         todo.append(f"parallel.tp={dims.tp} (tensor parallel)")
-    if p.dp_engine != "torch":
-        todo.append(f"parallel.dp_engine={p.dp_engine!r}")
-    if p.zero_stage != 0 or dims.dp_replicate > 1:
+    if dims.pp > 1 and (p.dp_engine != "torch" or p.zero_stage != 0 or dims.dp_replicate > 1):
         todo.append(
-            f"parallel.zero_stage={p.zero_stage} / dp_replicate={dims.dp_replicate} (ZeRO / HSDP)"
+            f"parallel.pp={dims.pp} with dp_engine={p.dp_engine!r} zero_stage={p.zero_stage} "
+            f"dp_replicate={dims.dp_replicate} (pipeline x sharded data parallel)"
         )
-    if p.cpu_offload:
-        todo.append("parallel.cpu_offload=true")
     if todo:
         raise ConfigError(
             "not available in this version of plait: "
             + "; ".join(todo)
-            + ". Allowed now: single process, DDP and pipeline (dp_engine=torch, zero_stage=0, tp=1)"
+            + ". Allowed now: tp=1 with any data-parallel engine; pp > 1 with dp_engine=torch, zero_stage=0"
         )
+    from plait.ddp import check_dp
     from plait.pipeline import check_pipeline
 
+    check_dp(cfg, dims)
     check_pipeline(cfg, dims)
 
 
@@ -70,18 +70,19 @@ def parallelize(
 
         parts = split_model(model, cfg, mesh.root["pp"].get_local_rank())
         for part in parts:
-            _wrap_stage(part, cfg, device)
+            _wrap_stage(part, cfg, dims, mesh, device)
         return parts
-    _wrap_stage(model, cfg, device)
-    # 6. replicated data parallel needs real parameters, so it comes last
-    if dims.dp > 1:
-        from plait.ddp import apply_ddp
+    _wrap_stage(model, cfg, dims, mesh, device)
+    # 7. replicated data parallel (DDP) needs real parameters, so it comes last; DeepSpeed and
+    # fairscale wrap model and optimizer together in plait.ddp.build_engine, right after this
+    from plait.ddp import apply_replicated
 
-        return apply_ddp(model, dp_mesh=mesh.dp, device=device)
-    return model
+    return apply_replicated(model, cfg, dims, mesh, device)
 
 
-def _wrap_stage(model: PlaitModel, cfg: Config, device: torch.device) -> None:
+def _wrap_stage(
+    model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes | None, device: torch.device
+) -> None:
     # 2. tensor parallel: not in this build (check_supported refuses it)
     # 3. activation checkpointing, inside TP and outside compile
     apply_activation_checkpoint(
@@ -90,7 +91,11 @@ def _wrap_stage(model: PlaitModel, cfg: Config, device: torch.device) -> None:
     # 4. compile
     if cfg.train.compile:
         apply_compile(model)
-    # 5. materialise on the device and initialise by parameter name (same values on any layout)
+    # 5. sharded data parallel (FSDP2: ZeRO-2/3, HSDP) on the meta model, outside TP/compile
+    from plait.ddp import apply_sharded
+
+    apply_sharded(model, cfg, dims, mesh, device)
+    # 6. materialise on the device and initialise by parameter name (same values on any layout)
     model.to_empty(device=device)
     model.init_weights(cfg.train.seed)
 

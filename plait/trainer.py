@@ -28,7 +28,7 @@ from plait.errors import PlaitError
 from plait.mesh import ParallelDims
 from plait.metrics import MetricsWriter, peak_mem_bytes
 from plait.models import build_model, check_model
-from plait.optim import build_optimizer, build_scheduler
+from plait.optim import build_scheduler
 from plait.parallelize import check_supported, parallelize, unwrap
 
 
@@ -60,25 +60,38 @@ class _Step:
     def __init__(self, cfg: Config, dims: ParallelDims, mesh, device: torch.device, dp_rank: int):
         self.cfg, self.dims, self.device = cfg, dims, device
         self.dp_group = mesh.dp.get_group() if mesh is not None and dims.dp > 1 else None
-        self.model = parallelize(build_model(cfg), cfg, dims, mesh, device)
-        self.inner = unwrap(self.model)
+        from plait.ddp import build_engine
+
+        model = parallelize(build_model(cfg), cfg, dims, mesh, device)
         self.pipe = None  # pp > 1: the pipeline runs forward/backward (plait.pipeline.step)
         if dims.pp > 1:
-            from plait.pipeline.step import PipelineStep
+            from plait.pipeline.step import PipelineEngine, PipelineStep
 
-            self.pipe = PipelineStep(self.model, cfg, dims, mesh, device)
+            self.pipe = PipelineStep(model, cfg, dims, mesh, device)
+            self.engine = PipelineEngine(self.pipe, model, cfg, dims.dp)
+        else:
+            # the data-parallel engine: makes the optimizer, wraps what needs both (DeepSpeed,
+            # fairscale), and runs backward / clip / step; the loop below never branches on it
+            self.engine = build_engine(model, cfg, dims, mesh, device)
+        self.model, self.inner = self.engine.model, unwrap(self.engine.model)
         self.data = build_data(cfg, self.inner)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.optimizer = self.engine.lr_optimizer
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
         self.local_batch = cfg.train.global_batch // dims.dp
         self.lo = dp_rank * self.local_batch
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.dtype)
+        if self.engine.owns_precision:
+            amp_dtype = None
         self.autocast = (
             (lambda: torch.autocast(device.type, dtype=amp_dtype))
             if amp_dtype
             else contextlib.nullcontext
         )
-        self.scaler = torch.amp.GradScaler(device.type) if cfg.train.dtype == "fp16" else None
+        self.scaler = (
+            torch.amp.GradScaler(device.type)
+            if amp_dtype is not None and cfg.train.dtype == "fp16"
+            else None
+        )
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.dp_group is not None:
@@ -90,8 +103,6 @@ class _Step:
 
     def run(self, step: int) -> dict[str, float]:
         """One optimizer step on the global batch of ``step``; returns its metrics."""
-        from plait.ddp import no_sync
-
         cfg, t0 = self.cfg, time.perf_counter()
         self.model.train()
         batch = self.data.sample(
@@ -112,26 +123,24 @@ class _Step:
             micro = []
         for i, mb in enumerate(micro):
             mb = self._to_device(mb)
-            with no_sync(self.model, sync=i == len(micro) - 1), self.autocast():
-                out = self.model(mb["input"])
-                loss = self.inner.loss(out, mb)
-            scaled = loss * scale
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            last = i == len(micro) - 1
+            with self.engine.sync(last):
+                with self.autocast():
+                    out = self.model(mb["input"])
+                    loss = self.inner.loss(out, mb)
+                scaled = loss * scale
+                self.engine.backward(self.scaler.scale(scaled) if self.scaler else scaled, last)
             loss_sum += loss.detach().float()
         loss_val = (self._all_reduce(loss_sum) / count).item()
 
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-        if self.pipe is not None:
-            grad_norm = self.pipe.clip_grad_norm(max_norm)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), max_norm, foreach=False
-            )
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
+        grad_norm = self.engine.clip_grad_norm(max_norm)
+        stepped = grad_norm is None
+        if stepped:  # the engine clips inside its own step (DeepSpeed)
+            self.engine.step()
+            grad_norm = self.engine.last_grad_norm()
         finite = math.isfinite(loss_val) and math.isfinite(grad_norm)
         if not finite and self.scaler is None and cfg.train.on_nan == "stop":
             raise PlaitError(
@@ -139,13 +148,18 @@ class _Step:
                 "set train.grad_clip, or pass train.on_nan=skip to skip such steps"
             )
         lr = self.scheduler.get_last_lr()[0]
-        if self.scaler:
+        if stepped:
+            pass
+        elif self.scaler:
             self.scaler.step(self.optimizer)  # skips the update itself when grads overflowed
             self.scaler.update()
         elif finite:
-            self.optimizer.step()
+            self.engine.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        logged = step == 0 or (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.steps
+        # after the step, before zero_grad: all state alive; on logged steps only (a collective)
+        held = self.engine.held_bytes() if logged else None
+        self.engine.zero_grad()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
@@ -159,8 +173,22 @@ class _Step:
         rate_key = "tokens_per_s" if self.inner.task == "lm" else "samples_per_s"
         rec[rate_key] = float(count) / dt
         rec["peak_mem_bytes"] = peak_mem_bytes(self.device)
+        if held is not None:
+            rec.update(self._memory_record(held))
         if not finite:
             rec["skipped"] = True
+        return rec
+
+    def _memory_record(self, held: dict[str, int]) -> dict[str, int]:
+        """Bytes of params / grads / optimizer state this rank holds (``mem_*``) and the most
+        any dp rank holds (``mem_*_max``); see plait.ddp.memory for the ZeRO formulas."""
+        names = sorted(held)
+        mine = torch.tensor([float(held[k]) for k in names], dtype=torch.float64)
+        top = mine.clone()
+        if self.dp_group is not None:
+            dist.all_reduce(top, op=dist.ReduceOp.MAX, group=self.dp_group)
+        rec = {f"mem_{k}_bytes": int(v) for k, v in zip(names, mine.tolist())}
+        rec.update({f"mem_{k}_bytes_max": int(v) for k, v in zip(names, top.tolist())})
         return rec
 
     @torch.no_grad()
@@ -193,13 +221,7 @@ class _Step:
 
     def full_state(self) -> dict[str, torch.Tensor]:
         """Full (unsharded) weights on CPU under single-process names, for comparisons."""
-        from plait.models.base import canonical_name
-
-        if self.pipe is not None:
-            return self.pipe.full_state()
-        return {
-            canonical_name(k): v.detach().cpu().clone() for k, v in self.inner.state_dict().items()
-        }
+        return self.engine.full_state()
 
 
 def _setup_checkpoints(
@@ -260,11 +282,13 @@ def train(cfg: Config, *, return_state: bool = False) -> RunResult:
     dims = validate(cfg, env.world_size)
     device = pdist.pick_device(cfg.train.device, env.local_rank)
     pdist.set_cpu_threads(env, device)
+    owns_group = not dist.is_initialized()  # a caller's group (tests batching runs) stays up
     pdist.init_process_group(env, device, cfg.parallel.timeout_s)
     try:
         return _train(cfg, env, dims, device, return_state)
     finally:
-        pdist.destroy_process_group()
+        if owns_group:
+            pdist.destroy_process_group()
 
 
 def _train(

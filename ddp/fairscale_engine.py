@@ -1,0 +1,42 @@
+"""fairscale: OSS (ZeRO-1, with torch DDP for the gradients) and OSS + ShardedDDP (ZeRO-2).
+
+fairscale 0.4.13 is correct here only when gradients are zeroed in place
+(``zero_grad(set_to_none=False)``): ShardedDDP's reduce hooks and OSS's broadcast keep
+references to the ``.grad`` tensors, and a fresh tensor after ``None`` is never reduced. plait
+zeroes that way itself, so the user never meets it. Its FSDP and Pipe are broken on this torch
+and are not exposed (zero_stage 3 is refused at config time).
+"""
+
+from __future__ import annotations
+
+from plait.ddp.ddp import apply_ddp
+from plait.ddp.engine import Engine
+from plait.ddp.zero1 import optimizer_recipe
+from plait.optim import param_groups
+
+
+class FairscaleEngine(Engine):
+    def __init__(self, model, inner, cfg, dp_size: int, *, dp_group, dp_mesh, device):
+        from fairscale.optim import OSS
+
+        self.cfg, self.inner, self.dp_size = cfg, inner, dp_size
+        cls, kw = optimizer_recipe(model, cfg.optim)
+        kw.pop("weight_decay", None)  # per group
+        self.optimizer = OSS(
+            param_groups(model, cfg.optim.weight_decay), optim=cls, group=dp_group, **kw
+        )
+        if cfg.parallel.zero_stage == 2:
+            from fairscale.nn.data_parallel import ShardedDataParallel
+
+            self.model = ShardedDataParallel(model, self.optimizer, process_group=dp_group)
+        else:
+            self.model = apply_ddp(model, dp_mesh=dp_mesh, device=device)
+        self._unsharded = 0
+
+    def clip_grad_norm(self, max_norm: float) -> float | None:
+        # each rank may hold only its shard's gradients: OSS all-reduces the partial norms
+        return float(self.optimizer.clip_grad_norm(max_norm))
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=False)  # see the module docstring
+        self.model.zero_grad(set_to_none=False)
