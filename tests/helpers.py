@@ -66,7 +66,12 @@ def run_distributed_many(
     """Train several configs one after another in the SAME ``nproc`` ranks (one process
     start-up for all of them); returns rank 0's result of each, in order. ``fail_rank``: that
     rank raises at the start of step 2 (to test that a failure ends every rank)."""
-    dicts = [make_config(ov, run_dir / f"cfg{i}", config).to_dict() for i, ov in enumerate(configs)]
+    from plait.trainer import validate
+
+    cfgs = [make_config(ov, run_dir / f"cfg{i}", config) for i, ov in enumerate(configs)]
+    for c in cfgs:
+        validate(c, nproc)  # as plait train does: a bad config never reaches the ranks
+    dicts = [c.to_dict() for c in cfgs]
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "results.pt"
     script = textwrap.dedent(f"""
@@ -126,72 +131,6 @@ def _run_script(script: str, nproc: int, out: Path, timeout: float):
         raise AssertionError(f"{nproc}-process run hung for {timeout}s:\n{log[-4000:]}") from None
     assert proc.returncode == 0, f"{nproc}-process run failed ({proc.returncode}):\n{log[-4000:]}"
     return torch.load(out, weights_only=False)
-
-
-def _train_many(cfg_dicts: list[dict]) -> list[RunResult]:
-    """Each rank: one process group, then every config in turn (train() leaves a caller's group
-    up), so N configs cost one process start-up instead of N."""
-    import torch.distributed as dist
-
-    from plait import dist as pdist
-    from plait.config import from_dict
-
-    env = pdist.DistEnv.from_environ()
-    pdist.init_process_group(env, torch.device("cpu"), 300)
-    try:
-        out = []
-        for d in cfg_dicts:
-            out.append(train(from_dict(d), return_state=True))
-            dist.barrier()
-        return out
-    finally:
-        pdist.destroy_process_group()
-
-
-def run_distributed_many(
-    runs: list[list[str]], nproc: int, run_dir: Path, *, timeout: float = 240
-) -> list[RunResult]:
-    """Like :func:`run_distributed` for several configs in ONE launched group of ``nproc``
-    gloo ranks (each config validated first, as ``plait train`` does)."""
-    from plait.trainer import validate
-
-    cfgs = [make_config(ov, run_dir / f"run{i}") for i, ov in enumerate(runs)]
-    for c in cfgs:
-        validate(c, nproc)
-    out = run_dir / "results.pt"
-    script = textwrap.dedent(f"""
-        import os, sys, uuid
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import torch
-        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-        import helpers
-        if __name__ == "__main__":
-            os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
-            lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node={nproc},
-                run_id=uuid.uuid4().hex[:8], rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",
-                max_restarts=0, monitor_interval=0.1, start_method="spawn")
-            res = elastic_launch(lc, helpers._train_many)({[c.to_dict() for c in cfgs]!r})
-            torch.save(res[0], {str(out)!r})
-    """)
-    _run_script(script, nproc, timeout)
-    return torch.load(out, weights_only=False)
-
-
-def _run_script(script: str, nproc: int, timeout: float) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        log, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        raise AssertionError(f"{nproc}-process run hung for {timeout}s:\n{log[-4000:]}") from None
-    assert proc.returncode == 0, f"{nproc}-process run failed ({proc.returncode}):\n{log[-6000:]}"
 
 
 def losses(res: RunResult) -> list[float]:
