@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--png", help="also draw both curves to this PNG")
 
     sub.add_parser("info", help="versions, devices, backends, optional engines")
+    from plait.launch.cli import add_parser as add_launch
+
+    add_launch(sub)
     return ap
 
 
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                 plot(args.run_a, args.run_b, args.png)
                 print(f"wrote {args.png}")
             return 0
+        if args.cmd == "launch":
+            from plait.launch.cli import main as launch
+
+            return launch(args)
         if args.cmd == "info":
             from plait.info import format_info
 
