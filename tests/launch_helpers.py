@@ -98,3 +98,17 @@ def assert_same_losses(ref_dir: Path, got_dir: Path, world_size: int) -> None:
     assert info["world_size"] == world_size, info
     for name in ("config.yaml", "metrics.jsonl", "run.json"):
         assert (Path(got_dir) / name).is_file(), name
+
+
+_REF: dict[str, Path] = {}
+
+
+def reference_dir(tmp_path_factory) -> Path:
+    """One single-process run of the same job, in-process, shared by every launcher test."""
+    if "dir" not in _REF:
+        from helpers import run_single
+
+        d = tmp_path_factory.mktemp("reference")
+        run_single(TINY, d, config=str(ROOT / CONFIG))
+        _REF["dir"] = d
+    return _REF["dir"]

@@ -1,0 +1,100 @@
+"""Each single-node launcher for real: ``plait launch BACKEND`` starts 2 gloo ranks training gpt
+tiny, and the run directory holds the same trajectory as one process (relative 1e-5), with
+run.json proving 2 ranks ran. Every test checks, by session id, that nothing it started lives on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from launch_helpers import (
+    CONFIG,
+    TINY,
+    assert_same_losses,
+    assert_session_gone,
+    free_port,
+    kill_session,
+    plait_launch,
+    reference_dir,
+)  # fmt: skip
+
+
+def _launch(backend, run_dir, *opts, timeout=150, env=None):
+    r = plait_launch(backend, CONFIG, *TINY, "--run-dir", str(run_dir), "--nproc", "2", *opts,
+                     timeout=timeout, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert f"run folder: {run_dir}" in r.stdout
+    return r
+
+
+@pytest.mark.timeout(200)
+def test_torchrun_single_node_elastic(tmp_path, tmp_path_factory):
+    r = _launch("torchrun", tmp_path / "run", "--max-restarts", "1", "--rdzv-timeout", "60")
+    assert "--standalone" in r.stdout and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in r.stdout
+    assert_same_losses(reference_dir(tmp_path_factory), tmp_path / "run", world_size=2)
+
+
+@pytest.mark.timeout(200)
+def test_deepspeed_launcher_with_generated_hostfile(tmp_path, tmp_path_factory):
+    run = tmp_path / "run"
+    _launch("deepspeed", run, "--port", str(free_port()))
+    assert (run / "hostfile").read_text() == "localhost slots=2\n"
+    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2)
+
+
+@pytest.mark.timeout(200)
+def test_accelerate_really_starts_n_processes(tmp_path, tmp_path_factory):
+    run = tmp_path / "run"
+    _launch("accelerate", run, "--port", str(free_port()))
+    assert "num_processes: 2" in (run / "accelerate-node0.yaml").read_text()
+    # world_size 2 in run.json: the --cpu path of accelerate would have run ONE process
+    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2)
+
+
+@pytest.fixture
+def ray_cluster():
+    """``ray start --head`` on 127.0.0.1 with free ports, its temp dir inside the run folder (a
+    short /tmp path: Ray's unix sockets must fit in 107 bytes) and HOME there too, so nothing
+    lands in ~/.ray. Stopped by killing its own session, never with `ray stop` (other jobs)."""
+    base = Path(tempfile.mkdtemp(prefix="plr"))
+    run, home = base / "run", base / "home"
+    home.mkdir()
+    port = free_port()
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "disabled"}
+    ray = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
+    ray += ["--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2"]
+    ray += ["--temp-dir", str(run / "ray-tmp"), "--include-dashboard", "false"]
+    ray += ["--ray-client-server-port", str(free_port())]
+    ray += ["--dashboard-agent-listen-port", str(free_port())]
+    log = open(base / "ray-start.log", "w")
+    proc = subprocess.Popen(
+        ray, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "Ray runtime started" not in (base / "ray-start.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                base / "ray-start.log"
+            ).read_text()
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", run, env
+    finally:
+        kill_session(proc)
+        log.close()
+        assert_session_gone(proc.pid)
+        assert not (home / ".ray").exists() and not (home / "ray_results").exists()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.timeout(240)
+def test_ray_train_on_a_cluster_started_here(ray_cluster, tmp_path_factory):
+    address, run, env = ray_cluster
+    _launch("ray", run, "--address", address, timeout=200, env=env)
+    assert (run / "ray").is_dir()  # Ray Train's results live in the run folder
+    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2)
