@@ -64,6 +64,7 @@ def sbatch_script(
         + "set -euo pipefail\n"
         + env
         + 'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)  # rendezvous host\n'
+        + f'echo "plait: $SLURM_JOB_NUM_NODES node(s) $SLURM_JOB_NODELIST, rendezvous on $HEAD:{port}"\n'
         + f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {cmd}\n"
     )
 

@@ -36,8 +36,18 @@ def two_nodes(workdir: Path):
             _ip("-n", n, "link", "set", dev, "up")
         script = 'mount --bind "$1" /etc/hosts && hostname "$0" && shift && exec "$@"'
         yield {
-            h: ["nsenter", f"--net=/run/netns/{n}", "unshare", "--uts", "--mount",
-                "bash", "-c", script, h, str(hosts)]  # fmt: skip
+            h: [
+                "nsenter",
+                f"--net=/run/netns/{n}",
+                "unshare",
+                "--uts",
+                "--mount",
+                "bash",
+                "-c",
+                script,
+                h,
+                str(hosts),
+            ]  # fmt: skip
             for h, n in ns.items()
         }
     finally:

@@ -56,7 +56,12 @@ def _start_munge(stack: ExitStack, w: Path) -> None:
         key.chmod(0o400)
     Path("/run/munge").mkdir(exist_ok=True)
     shutil.chown("/run/munge", "munge", "munge")
-    _daemon(stack, ["runuser", "-u", "munge", "--", "/usr/sbin/munged", "-F"], w / "munged.log", dict(os.environ))
+    _daemon(
+        stack,
+        ["runuser", "-u", "munge", "--", "/usr/sbin/munged", "-F"],
+        w / "munged.log",
+        dict(os.environ),
+    )
     _wait(_munge_ok, "munged")
 
 
@@ -98,10 +103,17 @@ def local_slurm(w: Path, hosts: dict[str, list[str]] | None = None, addrs: dict 
         _start_munge(stack, w)
         _daemon(stack, [*head, "slurmctld", "-D", "-f", env["SLURM_CONF"]], w / "ctld.out", env)
         for n, pre in hosts.items():
-            _daemon(stack, [*pre, "slurmd", "-D", "-N", n, "-f", env["SLURM_CONF"]], w / f"d-{n}.out", env)
+            _daemon(
+                stack,
+                [*pre, "slurmd", "-D", "-N", n, "-f", env["SLURM_CONF"]],
+                w / f"d-{n}.out",
+                env,
+            )
 
         def idle() -> bool:
-            r = subprocess.run([*head, "sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, env=env)
+            r = subprocess.run(
+                [*head, "sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, env=env
+            )
             return r.stdout.split() == ["idle"] * len(hosts)
 
         _wait(idle, "slurm nodes idle", timeout=60)

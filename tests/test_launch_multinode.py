@@ -26,9 +26,13 @@ def run_on_nodes(prefixes: dict[str, list[str]], args: list[str], timeout: float
     if any hangs, and every session checked empty afterwards."""
     procs = {
         h: subprocess.Popen(
-            [*pre, sys.executable, "-m", "plait.cli", "launch", *args], cwd=ROOT,
-            env=dict(os.environ), start_new_session=True, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            [*pre, sys.executable, "-m", "plait.cli", "launch", *args],
+            cwd=ROOT,
+            env=dict(os.environ),
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for h, pre in prefixes.items()
     }
@@ -53,8 +57,19 @@ def test_torchrun_two_nodes_over_veth(tmp_path, tmp_path_factory):
         out = run_on_nodes(
             nodes,
             [
-                "torchrun", CONFIG, *TINY, "--run-dir", str(run), "--nproc", "2",
-                "--hosts", "nodeA,nodeB", "--port", "29511", "--rdzv-timeout", "60",
+                "torchrun",
+                CONFIG,
+                *TINY,
+                "--run-dir",
+                str(run),
+                "--nproc",
+                "2",
+                "--hosts",
+                "nodeA,nodeB",
+                "--port",
+                "29511",
+                "--rdzv-timeout",
+                "60",
             ],  # fmt: skip
             timeout=150,
         )

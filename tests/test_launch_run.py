@@ -4,22 +4,13 @@ run.json proving 2 ranks ran. Every test checks, by session id, that nothing it 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
-
 import pytest
+import ray_local
 from launch_helpers import (
     CONFIG,
     TINY,
     assert_same_losses,
-    assert_session_gone,
     free_port,
-    kill_session,
     plait_launch,
     reference_dir,
 )  # fmt: skip
@@ -59,37 +50,8 @@ def test_accelerate_really_starts_n_processes(tmp_path, tmp_path_factory):
 
 @pytest.fixture
 def ray_cluster():
-    """``ray start --head`` on 127.0.0.1 with free ports, its temp dir inside the run folder (a
-    short /tmp path: Ray's unix sockets must fit in 107 bytes) and HOME there too, so nothing
-    lands in ~/.ray. Stopped by killing its own session, never with `ray stop` (other jobs)."""
-    base = Path(tempfile.mkdtemp(prefix="plr"))
-    run, home = base / "run", base / "home"
-    home.mkdir()
-    port = free_port()
-    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "disabled"}
-    ray = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
-    ray += ["--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2"]
-    ray += ["--temp-dir", str(run / "ray-tmp"), "--include-dashboard", "false"]
-    ray += ["--ray-client-server-port", str(free_port())]
-    ray += ["--dashboard-agent-listen-port", str(free_port())]
-    log = open(base / "ray-start.log", "w")
-    proc = subprocess.Popen(
-        ray, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while "Ray runtime started" not in (base / "ray-start.log").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                base / "ray-start.log"
-            ).read_text()
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}", run, env
-    finally:
-        kill_session(proc)
-        log.close()
-        assert_session_gone(proc.pid)
-        assert not (home / ".ray").exists() and not (home / "ray_results").exists()
-        shutil.rmtree(base, ignore_errors=True)
+    with ray_local.ray_cluster() as c:
+        yield c
 
 
 @pytest.mark.timeout(240)
