@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from launch_helpers import CONFIG, TINY, assert_same_losses, plait_launch, reference_dir
+from launch_helpers import CONFIG, TINY, assert_same_losses, free_port, plait_launch, reference_dir
 from netns import ADDRS, two_nodes
 from slurm_local import local_slurm
 
@@ -39,7 +39,7 @@ def _submit(run: Path, env: dict, pre: list[str], *opts: str) -> str:
 def test_slurm_single_node_sbatch(tmp_path, tmp_path_factory):
     run = tmp_path / "run"
     with local_slurm(tmp_path / "slurm") as (env, pre):
-        _submit(run, env, pre, "--nproc", "2", "--port", "29512")
+        _submit(run, env, pre, "--nproc", "2", "--port", str(free_port()))
     assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2)
 
 
