@@ -14,7 +14,7 @@ from plait.launch.command import Entry, Launch, run
 BACKENDS = ("torchrun", "deepspeed", "accelerate", "slurm", "ray")
 _T, _D, _A, _S, _R = BACKENDS
 APPLIES = {
-    "hosts": {_T, _D, _A}, "hostfile": {_D}, "nnodes": {_T, _A, _S}, "node_rank": {_D, _A},
+    "hosts": {_T, _D, _A}, "hostfile": {_D}, "nnodes": {_T, _A, _S}, "node_rank": {_T, _D, _A},
     "port": {_T, _D, _A, _S}, "rdzv_endpoint": {_T}, "rdzv_id": {_T}, "rdzv_timeout": {_T},
     "max_restarts": {_T, _S}, "time": {_S}, "partition": {_S}, "cpus_per_task": {_S},
     "job_name": {_S}, "wait": {_S}, "address": {_R}, "gpu": {_A, _S, _R},
