@@ -24,10 +24,24 @@ def _launch(backend, run_dir, *opts, timeout=150, env=None):
     return r
 
 
+# Rank 1 dies at interpreter start on the first attempt only (a sitecustomize on PYTHONPATH:
+# no hook in plait's code); torchrun must restart the whole group and the run still match.
+CRASH_ONCE = """import os
+if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+    os._exit(3)
+"""
+
+
 @pytest.mark.timeout(200)
-def test_torchrun_single_node_elastic(tmp_path, tmp_path_factory):
-    r = _launch("torchrun", tmp_path / "run", "--max-restarts", "1", "--rdzv-timeout", "60")
+def test_torchrun_single_node_elastic_restart(tmp_path, tmp_path_factory):
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(CRASH_ONCE)
+    env = {"PYTHONPATH": str(tmp_path / "inject")}
+    r = _launch(
+        "torchrun", tmp_path / "run", "--max-restarts", "1", "--rdzv-timeout", "60", env=env
+    )
     assert "--standalone" in r.stdout and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in r.stdout
+    assert "failed (exitcode: 3) local_rank: 1" in r.stdout, r.stdout[-3000:]  # it did restart
     assert_same_losses(reference_dir(tmp_path_factory), tmp_path / "run", world_size=2)
 
 
