@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         "--costs", default="1,1,1,0", help="forward,backward-input,backward-weight,comm"
     )
     pt.add_argument("--run", help="draw this run's measured pp_timeline.json instead")
+    from plait.launch.cli import add_parser as add_launch
+
+    add_launch(sub)
     return ap
 
 
@@ -151,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(pp_timeline(args.config, args.overrides, args.png, args.costs, args.run))
             return 0
+        if args.cmd == "launch":
+            from plait.launch.cli import main as launch
+
+            return launch(args)
         if args.cmd == "info":
             from plait.info import format_info
 

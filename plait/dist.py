@@ -74,7 +74,7 @@ def set_cpu_threads(env: DistEnv, device: torch.device) -> None:
         return
     local = int(
         os.environ.get(
-            "LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", env.world_size)
+            "LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", str(env.world_size))
         ).split("(")[0]
     )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))

@@ -1,0 +1,85 @@
+"""Ray Train: a ``TorchTrainer`` whose N workers each call plait's ``train`` on a Ray cluster
+the user names (``--address``). Ray Train starts the process group and sets RANK/WORLD_SIZE/
+LOCAL_RANK/MASTER_ADDR in each worker, which plait's dist.py reads like any launcher's.
+
+The driver runs as ``python -m plait.launch.ray ...`` so this backend, like the others, is one
+printable command; Ray Train's results go inside the run dir."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from plait.errors import PlaitError
+from plait.launch.command import Entry, Launch
+
+ENV = {"RAY_AUTH_MODE": "disabled"}  # a token would otherwise be written under ~/.ray
+
+
+def ray_launch(
+    entry: Entry, python: str, *, address: str | None, workers: int, use_gpu: bool = False
+) -> Launch:
+    if not address:
+        raise PlaitError(
+            "--address: missing; give the Ray cluster's address (HOST:PORT from "
+            "`ray start --head`, e.g. 10.0.0.1:6379)"
+        )
+    if workers < 1:
+        raise PlaitError(f"--nproc: {workers} is not allowed; must be >= 1 Ray worker")
+    argv = [python, "-m", "plait.launch.ray", "--address", address, "--workers", str(workers)]
+    argv += ["--gpu"] if use_gpu else []
+    return Launch([*argv, entry.config, *entry.overrides], dict(ENV))
+
+
+def _worker(loop_config: dict[str, Any]) -> None:
+    """Runs in each Ray Train worker: the process group and rank variables are already set."""
+    from plait.config import from_dict
+    from plait.trainer import train
+
+    train(from_dict(loop_config["cfg"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m plait.launch.ray")
+    ap.add_argument("--address", required=True)
+    ap.add_argument("--workers", type=int, required=True)
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from plait.config import load_config
+    from plait.trainer import default_run_dir, validate
+
+    cfg = load_config(args.config, args.overrides)
+    validate(cfg, args.workers)
+    run_dir = default_run_dir(cfg).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    d = cfg.to_dict()
+    d["log"]["run_dir"] = str(run_dir)
+    # workers may start in another directory (another node): give them the absolute paths
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=args.address)
+    try:
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={"cfg": d},
+            scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.gpu),
+            torch_config=TorchConfig(backend="nccl" if args.gpu else "gloo"),
+            run_config=RunConfig(storage_path=str(run_dir / "ray"), name="train"),
+        )
+        trainer.fit()
+    finally:
+        ray.shutdown()
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

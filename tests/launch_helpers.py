@@ -1,0 +1,114 @@
+"""Shared by the launcher tests: run ``plait launch`` as a user would, in its own session with a
+hard timeout, and prove afterwards that nothing it started is still alive (by session id)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "configs/gpt_tiny.yaml"
+# a short gpt tiny run; every step logged so the whole trajectory is compared
+TINY = [
+    "train.steps=3", "optim.warmup_steps=1", "model.n_layers=2", "data.seq_len=32",
+    "train.eval_every=0", "log.every=1", "log.wandb=off", "log.tensorboard=false", "log.progress=off",
+]  # fmt: skip
+# fp32 on gloo: only the order of float reductions differs between 1 and N ranks (DESIGN.md)
+RTOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes whose session is ``sid``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            out.append(int(d.name))
+    return out
+
+
+def assert_session_gone(sid: int, wait: float = 10.0) -> None:
+    deadline = time.monotonic() + wait
+    while (left := session_pids(sid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"stray processes of session {sid}: {left}"
+
+
+def kill_session(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left (only processes we started)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait
+        while session_pids(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    proc.wait()
+
+
+def plait_launch(
+    *args: str, timeout: float = 120, env: dict | None = None, pre: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """``[pre...] python -m plait.cli launch ARGS``; a hang fails after ``timeout`` seconds."""
+    argv = [*(pre or []), sys.executable, "-m", "plait.cli", "launch", *args]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(proc, grace=0)
+        raise AssertionError(f"plait launch {' '.join(args)} hung for {timeout}s") from None
+    assert_session_gone(proc.pid)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_losses(ref_dir: Path, got_dir: Path, world_size: int) -> None:
+    """Same trajectory, same metric keys, and run.json says how many ranks really ran."""
+    a, b = metrics(ref_dir), metrics(got_dir)
+    assert [m["step"] for m in a] == [m["step"] for m in b]
+    assert [sorted(m) for m in a] == [sorted(m) for m in b]
+    worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
+    assert worst <= RTOL, f"max relative loss difference {worst:.2e}"
+    info = json.loads((Path(got_dir) / "run.json").read_text())
+    assert info["world_size"] == world_size, info
+    for name in ("config.yaml", "metrics.jsonl", "run.json"):
+        assert (Path(got_dir) / name).is_file(), name
+
+
+_REF: dict[str, Path] = {}
+
+
+def reference_dir(tmp_path_factory) -> Path:
+    """One single-process run of the same job, in-process, shared by every launcher test."""
+    if "dir" not in _REF:
+        from helpers import run_single
+
+        d = tmp_path_factory.mktemp("reference")
+        run_single(TINY, d, config=str(ROOT / CONFIG))
+        _REF["dir"] = d
+    return _REF["dir"]
