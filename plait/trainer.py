@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from plait import dist as pdist
 from plait.config import Config
@@ -30,6 +31,7 @@ from plait.metrics import MetricsWriter, peak_mem_bytes
 from plait.models import build_model, check_model
 from plait.optim import build_optimizer, build_scheduler
 from plait.parallelize import check_supported, parallelize, unwrap
+from plait.tensor_parallel import loss_context, plain
 
 
 @dataclass
@@ -103,11 +105,13 @@ class _Step:
         loss_sum = torch.zeros((), device=self.device)
         for i, mb in enumerate(micro):
             mb = self._to_device(mb)
-            with no_sync(self.model, sync=i == len(micro) - 1), self.autocast():
-                out = self.model(mb["input"])
-                loss = self.inner.loss(out, mb)
-            scaled = loss * scale
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            # loss_context: vocabulary-sharded logits under tensor parallel (loss_parallel)
+            with no_sync(self.model, sync=i == len(micro) - 1), loss_context(self.inner):
+                with self.autocast():
+                    out = self.model(mb["input"])
+                    loss = plain(self.inner.loss(out, mb))
+                scaled = loss * scale
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.detach().float()
         loss_val = (self._all_reduce(loss_sum) / count).item()
 
@@ -162,10 +166,11 @@ class _Step:
             mb = self._to_device(
                 self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B)
             )
-            with self.autocast():
+            with self.autocast(), loss_context(self.inner):
                 out = self.model(mb["input"])
-            totals[0] += self.inner.loss(out, mb).float()
-            totals[1] += (out.argmax(-1) == mb["target"]).sum()
+                totals[0] += plain(self.inner.loss(out, mb)).float()
+            if self.inner.task == "classification":  # lm logits may be vocabulary-sharded
+                totals[1] += (out.argmax(-1) == mb["target"]).sum()
             totals[2] += self.inner.count(mb)
         loss_sum, correct, n = self._all_reduce(totals).tolist()
         res = {"eval_loss": loss_sum / n}
@@ -177,8 +182,13 @@ class _Step:
         """Full (unsharded) weights on CPU under single-process names, for comparisons."""
         from plait.models.base import canonical_name
 
+        # DTensor shards (tensor parallel, FSDP) are gathered: a collective, call on every rank
         return {
-            canonical_name(k): v.detach().cpu().clone() for k, v in self.inner.state_dict().items()
+            canonical_name(k): (v.full_tensor() if isinstance(v, DTensor) else v)
+            .detach()
+            .cpu()
+            .clone()
+            for k, v in self.inner.state_dict().items()
         }
 
 
