@@ -158,7 +158,7 @@ def test_four_ranks_tp4_sp_and_2d_fsdp(tmp_path, gpt_ref):
     variants = [
         GPT + ["parallel.tp=4"],
         GPT + ["parallel.tp=4", *SP],
-        GPT + ["parallel.tp=2", "parallel.dp_shard=2", *SP],
+        GPT + ["parallel.tp=2", "parallel.dp_shard=2", *SP, "parallel.activation_checkpoint=full"],
     ]
     runs = run_in_ranks(
         "helpers:train_configs", (_cfgs(tmp_path, variants),), 4, tmp_path, timeout=270
