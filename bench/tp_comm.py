@@ -10,6 +10,10 @@ Measured: every collective the ranks issue in one forward + loss + backward of g
 (dim 256, 8 heads, 4 kv heads, ffn 688, vocab 256), counted below DTensor (like CommDebugMode),
 converted to per-rank ring bytes. ``blocks`` is the per-layer figure from L=2 minus L=1 (so the
 embedding, head and loss cancel); ``step`` is the whole step against the blocks' analytic sum.
+Expected: blocks ratio 1.000; step ratio 1 + 1/16 + tiny: the embedding output (one all-reduce,
+or reduce-scatter under SP) and the head input (one all-reduce in backward, or all-gather +
+reduce-scatter under SP) add half a layer's volume over 8 layers, loss_parallel three (b, s)
+all-reduces (max, sum-exp, target logit).
 
     python bench/tp_comm.py        # spawns 2 and 4 gloo processes on CPU
 """
