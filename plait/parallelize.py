@@ -20,10 +20,18 @@ from plait.models.base import PlaitModel
 
 def check_supported(cfg: Config, dims: ParallelDims) -> None:
     """Refuse layouts whose engine is not in this build, before any process group exists."""
+    from plait.tensor_parallel import check_tp
+
     p = cfg.parallel
     todo = []
-    if dims.tp > 1:
-        todo.append(f"parallel.tp={dims.tp} (tensor parallel)")
+    if dims.tp > 1 and dims.dp > 1 and (p.dp_engine != "torch" or p.zero_stage < 2):
+        raise ConfigError(
+            f"parallel: tp={dims.tp} with dp={dims.dp} data-parallel ranks needs sharded data parallel "
+            f"on the torch engine (FSDP2 over TP, torchtitan's 2-D); dp_engine={p.dp_engine!r} "
+            f"zero_stage={p.zero_stage} is not allowed: use dp_engine=torch with zero_stage=2 or 3"
+        )
+    if dims.pp > 1 and dims.tp > 1:
+        todo.append(f"parallel.pp={dims.pp} with tp={dims.tp} (3-D)")
     if dims.pp > 1 and (p.dp_engine != "torch" or p.zero_stage != 0 or dims.dp_replicate > 1):
         todo.append(
             f"parallel.pp={dims.pp} with dp_engine={p.dp_engine!r} zero_stage={p.zero_stage} "
@@ -33,13 +41,15 @@ def check_supported(cfg: Config, dims: ParallelDims) -> None:
         raise ConfigError(
             "not available in this version of plait: "
             + "; ".join(todo)
-            + ". Allowed now: tp=1 with any data-parallel engine; pp > 1 with dp_engine=torch, zero_stage=0"
+            + ". Allowed now: any data-parallel engine; tp > 1 (with FSDP2 for dp > 1); "
+            "pp > 1 with dp_engine=torch, zero_stage=0, tp=1"
         )
     from plait.ddp import check_dp
     from plait.pipeline import check_pipeline
 
     check_dp(cfg, dims)
     check_pipeline(cfg, dims)
+    check_tp(cfg, dims)
 
 
 def apply_activation_checkpoint(model: PlaitModel, mode: str, every: int) -> None:
@@ -83,7 +93,16 @@ def parallelize(
 def _wrap_stage(
     model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes | None, device: torch.device
 ) -> None:
-    # 2. tensor parallel: not in this build (check_supported refuses it)
+    # 2. tensor parallel: shards module shapes, so it comes before everything that wraps them
+    if dims.tp > 1:
+        from plait.tensor_parallel import apply_tp
+
+        apply_tp(
+            model,
+            tp_mesh=mesh.root["tp"],
+            sequence_parallel=cfg.parallel.sequence_parallel,
+            loss_parallel=True,
+        )
     # 3. activation checkpointing, inside TP and outside compile
     apply_activation_checkpoint(
         model, cfg.parallel.activation_checkpoint, cfg.parallel.activation_checkpoint_every
@@ -91,7 +110,8 @@ def _wrap_stage(
     # 4. compile
     if cfg.train.compile:
         apply_compile(model)
-    # 5. sharded data parallel (FSDP2: ZeRO-2/3, HSDP) on the meta model, outside TP/compile
+    # 5. sharded data parallel (FSDP2: ZeRO-2/3, HSDP) on the meta model, outside TP/compile;
+    # over TP's DTensors this is torchtitan's 2-D (the dp and tp meshes share one root)
     from plait.ddp import apply_sharded
 
     apply_sharded(model, cfg, dims, mesh, device)

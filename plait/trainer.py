@@ -30,6 +30,7 @@ from plait.metrics import MetricsWriter, peak_mem_bytes
 from plait.models import build_model, check_model
 from plait.optim import build_scheduler
 from plait.parallelize import check_supported, parallelize, unwrap
+from plait.tensor_parallel import loss_context, plain
 
 
 @dataclass
@@ -124,10 +125,11 @@ class _Step:
         for i, mb in enumerate(micro):
             mb = self._to_device(mb)
             last = i == len(micro) - 1
-            with self.engine.sync(last):
+            # loss_context: vocabulary-sharded logits under tensor parallel (loss_parallel)
+            with self.engine.sync(last), loss_context(self.inner):
                 with self.autocast():
                     out = self.model(mb["input"])
-                    loss = self.inner.loss(out, mb)
+                    loss = plain(self.inner.loss(out, mb))
                 scaled = loss * scale
                 self.engine.backward(self.scaler.scale(scaled) if self.scaler else scaled, last)
             loss_sum += loss.detach().float()
@@ -208,10 +210,11 @@ class _Step:
                 with self.autocast():
                     totals += self.pipe.eval_batch(mb)
                 continue
-            with self.autocast():
+            with self.autocast(), loss_context(self.inner):
                 out = self.model(mb["input"])
-            totals[0] += self.inner.loss(out, mb).float()
-            totals[1] += (out.argmax(-1) == mb["target"]).sum()
+                totals[0] += plain(self.inner.loss(out, mb)).float()
+            if self.inner.task == "classification":  # lm logits may be vocabulary-sharded
+                totals[1] += (out.argmax(-1) == mb["target"]).sum()
             totals[2] += self.inner.count(mb)
         loss_sum, correct, n = self._all_reduce(totals).tolist()
         res = {"eval_loss": loss_sum / n}

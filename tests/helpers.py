@@ -148,3 +148,66 @@ def assert_same_run(ref: RunResult, got: RunResult, rtol: float = RTOL) -> None:
         torch.testing.assert_close(
             got.state[k], ref.state[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}"
         )
+
+
+def run_in_ranks(
+    target: str, args: tuple, nproc: int, run_dir: Path, *, timeout: float = 180
+) -> list:
+    """Call ``module:function(*args)`` on ``nproc`` real gloo-capable processes (RANK,
+    WORLD_SIZE, MASTER_ADDR/PORT set; the function creates its own process group, or calls
+    :func:`plait.trainer.train`, possibly several times) and return every rank's result, in
+    rank order. Lets a test batch several configs into one launch (start-up costs ~10 s)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "ranks.pt"
+    module, func = target.split(":")
+    script = textwrap.dedent(f"""
+        import os, sys, uuid
+        import torch
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+        from {module} import {func} as fn
+        if __name__ == "__main__":
+            lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node={nproc},
+                              run_id=uuid.uuid4().hex[:8], rdzv_backend="c10d",
+                              rdzv_endpoint="127.0.0.1:0", max_restarts=0,
+                              monitor_interval=0.1, start_method="spawn")
+            res = elastic_launch(lc, fn)(*{args!r})
+            torch.save([res[r] for r in sorted(res)], {str(out)!r})
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        raise AssertionError(f"{nproc}-process run hung for {timeout}s:\n{log[-4000:]}") from None
+    assert proc.returncode == 0, f"{nproc}-process run failed ({proc.returncode}):\n{log[-4000:]}"
+    return torch.load(out, weights_only=False)
+
+
+def train_configs(cfg_dicts: list[dict]) -> list[RunResult]:
+    """Rank function for :func:`run_in_ranks`: train each config in turn in the same ranks.
+
+    One process group serves all configs: re-creating it per config races (a fast rank can
+    re-join the previous group's store before a slow rank has torn it down, then waits
+    forever), so ``train``'s own teardown is held back until the last config is done."""
+    from unittest import mock
+
+    import torch.distributed as dist
+
+    from plait.config import from_dict
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    try:
+        with mock.patch("plait.dist.destroy_process_group", lambda: None):
+            return [train(from_dict(d), return_state=True) for d in cfg_dicts]
+    finally:
+        dist.destroy_process_group()

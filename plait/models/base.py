@@ -7,7 +7,8 @@ A plait model is an ``nn.Module`` that also says how it may be cut:
   in the single-process model (torchtitan's trick), so checkpoints and init never depend on
   the layout. ``pre_modules()`` run before the first block and go with the first stage,
   ``post_modules()`` after the last and go with the last stage.
-- ``tp_plan()``: module-name pattern -> sharding style name, applied by ``plait.tensor_parallel``.
+- ``tp_plan()``: module-name pattern -> sharding style name, applied by ``plait.tensor_parallel``
+  (style names: ``plait/tensor_parallel/styles.py``); ``tp_dims()``: sizes split whole by tp.
 - ``loss(output, batch)``: the loss *summed* over samples/tokens; ``count(batch)`` how many.
   The trainer divides by the global count of the step so micro-batching, DP and PP agree.
 - ``init_weights(seed)``: each parameter's value comes from a generator seeded by (seed,
@@ -76,6 +77,11 @@ class PlaitModel(nn.Module):
 
     def tp_plan(self) -> dict[str, str]:
         """Module-name pattern -> style. Empty: the model refuses tp > 1."""
+        return {}
+
+    def tp_dims(self) -> dict[str, int]:
+        """Config key -> size that tensor parallel splits whole (e.g. attention heads), checked
+        for divisibility by tp before launch on top of the sharded Linear/Embedding sizes."""
         return {}
 
     # ---- loss

@@ -157,22 +157,31 @@ class GPT(PlaitModel):
     def tp_plan(self) -> dict[str, str]:
         # Megatron-LM (arXiv 1909.08053) sec. 3: q/k/v and w1/w3 column-parallel, wo and w2
         # row-parallel: one all-reduce after attention and one after the MLP, heads split.
+        # gather_input makes the shared input of q/k/v (w1/w3) replicated once, so backward
+        # reduces its gradient once; norms are sequence-sharded under sequence parallel.
+        # Styles: plait/tensor_parallel/styles.py.
         block = {
+            "attention": "gather_input",
             "attention.wq": "colwise", "attention.wk": "colwise", "attention.wv": "colwise",
             "attention.wo": "rowwise",
+            "feed_forward": "gather_input",
             "feed_forward.w1": "colwise", "feed_forward.w3": "colwise",
             "feed_forward.w2": "rowwise",
-            "attention_norm": "sequence_parallel", "ffn_norm": "sequence_parallel",
+            "attention_norm": "norm", "ffn_norm": "norm",
         }  # fmt: skip
         plan = {f"layers.*.{k}": v for k, v in block.items()}
-        plan.update(
-            {
-                "tok_embeddings": "vocab_embedding",
-                "norm": "sequence_parallel",
-                "output": "vocab_head",
-            }
-        )
+        plan.update({"tok_embeddings": "vocab_embedding", "norm": "norm", "output": "vocab_head"})
         return plan
+
+    def tp_dims(self) -> dict[str, int]:
+        """Sizes tensor parallel splits, by config key (heads split whole across tp ranks)."""
+        a = self.args
+        return {
+            "model.n_heads": a.n_heads,
+            "model.n_kv_heads": a.n_kv_heads,
+            "model.ffn_dim": a.ffn_dim,
+            "model.vocab_size": a.vocab_size,
+        }
 
     def param_init(self, name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
         if name.endswith("norm.weight"):

@@ -57,10 +57,12 @@ class MLP(PlaitModel):
         return x  # (B, num_classes) logits
 
     def tp_plan(self) -> dict[str, str]:
-        # Megatron pairing: first Linear column-parallel, second row-parallel (one all-reduce),
-        # the classifier replicated (it is tiny). BatchNorm between column and row would see
-        # only a shard of the features, which is exactly per-feature, so it stays correct.
-        return {"layers.0.fc": "colwise", "layers.1.fc": "rowwise"}
+        # Megatron pairing: first Linear column-parallel, second row-parallel (one all-reduce
+        # in forward, one in backward), the rest replicated (the classifier is tiny).
+        # Styles: plait/tensor_parallel/styles.py.
+        plan = {"layers.0.fc": "colwise", "layers.1.fc": "rowwise"}
+        plan.update({f"layers.{i}.fc": "replicate" for i in range(2, len(self.layers))})
+        return plan
 
 
 SEED_MLP_SIZES = [784, 128, 64, 10]
