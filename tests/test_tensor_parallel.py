@@ -82,7 +82,9 @@ def test_refusals_name_the_dimension_and_working_tp_sizes():
     assert "no sequence dimension" in _refusal(mlp + ["parallel.tp=2", *SP], 2)
     assert "model.batchnorm" in _refusal(mlp + ["parallel.tp=2", "model.batchnorm=true"], 2)
     # what is allowed passes
-    validate(load_config(None, ["parallel.tp=4", *SP]), 8)
+    validate(load_config(None, ["parallel.tp=4", *SP, "parallel.zero_stage=3"]), 8)
+    # with data parallel beside TP, only FSDP2 composes (torchtitan's 2-D): DDP/ZeRO-1 refused
+    assert "zero_stage=2 or 3" in _refusal(["parallel.tp=4", *SP], 8)
     validate(load_config(None, BIG + ["parallel.tp=2"]), 2)
 
 
