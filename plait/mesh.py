@@ -32,7 +32,7 @@ class ParallelDims:
             if world_size % fixed:
                 raise ConfigError(
                     f"parallel: pp={p.pp} x dp_replicate={p.dp_replicate} x tp={p.tp} = {fixed} does not divide "
-                    f"the world size {world_size}; {_factorizations(world_size)}"
+                    f"the world size {world_size}; {_factorizations(cfg, world_size)}"
                 )
             dp_shard = world_size // fixed
         else:
@@ -42,7 +42,7 @@ class ParallelDims:
         if product != world_size:
             raise ConfigError(
                 f"parallel: pp={p.pp} x dp_replicate={p.dp_replicate} x dp_shard={dp_shard} x tp={p.tp} = {product}, "
-                f"but the world size is {world_size}; {_factorizations(world_size)}"
+                f"but the world size is {world_size}; {_factorizations(cfg, world_size)}"
             )
         dims.check_batch(cfg)
         return dims
@@ -76,16 +76,40 @@ class Meshes:
     dp: object
 
 
-def _factorizations(world_size: int) -> str:
+def valid_layouts(cfg: Config, world_size: int) -> list[tuple[int, int, int]]:
+    """(pp, dp_shard, tp) factorizations of ``world_size`` that this model and config accept:
+    tp divides the model's heads/ffn/vocab, pp fits the blocks and schedule, the batch splits."""
+    import dataclasses
+
+    from plait.parallelize import check_supported
+
     divs = [d for d in range(1, world_size + 1) if world_size % d == 0]
-    combos = [
-        f"pp={pp} x dp_shard={world_size // (pp * tp)} x tp={tp}"
-        for pp in divs
-        for tp in divs
-        if world_size % (pp * tp) == 0
-    ]
+    out = []
+    for pp in divs:
+        for tp in divs:
+            if world_size % (pp * tp):
+                continue
+            dp = world_size // (pp * tp)
+            par = dataclasses.replace(cfg.parallel, pp=pp, tp=tp, dp_shard=dp, dp_replicate=1)
+            if tp > 1 and dp > 1 and par.zero_stage < 2:
+                par = dataclasses.replace(par, zero_stage=3)
+            trial = dataclasses.replace(cfg, parallel=par)
+            try:
+                dims = ParallelDims(pp, 1, dp, tp, world_size)
+                dims.check_batch(trial)
+                check_supported(trial, dims)
+            except ConfigError:
+                continue
+            out.append((pp, dp, tp))
+    return out
+
+
+def _factorizations(cfg: Config, world_size: int) -> str:
+    combos = [f"pp={pp} x dp_shard={dp} x tp={tp}" for pp, dp, tp in valid_layouts(cfg, world_size)]
+    if not combos:
+        return f"no layout of {world_size} ranks fits this model and batch"
     return (
-        "valid layouts of this world size: "
+        f"layouts of {world_size} ranks this model and batch accept: "
         + "; ".join(combos[:12])
         + (" ..." if len(combos) > 12 else "")
     )
