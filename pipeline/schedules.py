@@ -5,20 +5,14 @@ accept is exactly what torch accepts."""
 
 from __future__ import annotations
 
+import typing
 from functools import lru_cache
 from unittest import mock
 
+from plait.config import Schedule
 from plait.pipeline.split import SINGLE_SCHEDULES, V_SCHEDULES
 
-SCHEDULES = (
-    "GPipe",
-    "1F1B",
-    "Interleaved1F1B",
-    "LoopedBFS",
-    "InterleavedZeroBubble",
-    "ZBVZeroBubble",
-    "DualPipeV",
-)
+SCHEDULES = typing.get_args(Schedule)  # one list of names: the config's
 
 
 def schedule_class(name: str):

@@ -175,21 +175,7 @@ def run_in_ranks(
             res = elastic_launch(lc, fn)(*{args!r})
             torch.save([res[r] for r in sorted(res)], {str(out)!r})
     """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        log, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        raise AssertionError(f"{nproc}-process run hung for {timeout}s:\n{log[-4000:]}") from None
-    assert proc.returncode == 0, f"{nproc}-process run failed ({proc.returncode}):\n{log[-4000:]}"
-    return torch.load(out, weights_only=False)
+    return _run_script(script, nproc, out, timeout)
 
 
 def train_configs(cfg_dicts: list[dict]) -> list[RunResult]:

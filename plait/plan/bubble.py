@@ -8,15 +8,11 @@ simulator; the closed forms assume equal forward (F), input-backward (B) and wei
 
 from __future__ import annotations
 
-SCHEDULES = (
-    "GPipe",
-    "1F1B",
-    "Interleaved1F1B",
-    "LoopedBFS",
-    "InterleavedZeroBubble",
-    "ZBVZeroBubble",
-    "DualPipeV",
-)
+import typing
+
+from plait.config import Schedule
+
+SCHEDULES = typing.get_args(Schedule)  # one list of names: the config's
 
 
 def bubble_ratio(schedule: str, p: int, m: int, v: int = 1) -> float:
