@@ -150,12 +150,10 @@ class _Step:
                 "set train.grad_clip, or pass train.on_nan=skip to skip such steps"
             )
         lr = self.scheduler.get_last_lr()[0]
-        if stepped:
-            pass
-        elif self.scaler:
+        if self.scaler and not stepped:
             self.scaler.step(self.optimizer)  # skips the update itself when grads overflowed
             self.scaler.update()
-        elif finite:
+        elif finite and not stepped:
             self.engine.step()
         self.scheduler.step()
         logged = step == 0 or (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.steps
