@@ -6,6 +6,11 @@ Adam lr 1e-3 on random batches of 32. Both are stacks of :class:`DenseBlock`, on
 so a pipeline can cut between any two of them and tensor parallelism can shard each ``fc``.
 Optional BatchNorm and dropout follow the seed's regularisation chapter (weight decay is the
 optimizer's ``weight_decay``).
+
+Layout note: BatchNorm normalises with the statistics of the batch a rank sees, so under data
+parallel each rank uses its local slice's statistics (as torch DDP does, and SyncBatchNorm is
+CUDA-only); it is the one option whose numbers depend on the dp degree. Dropout masks are
+drawn per dp rank for the same reason. Equivalence tests therefore run with both off.
 """
 
 from __future__ import annotations
