@@ -90,10 +90,10 @@ def run_distributed_many(
 
 
 def train_many(cfg_dicts: list[dict], fail_rank: int | None = None) -> list[RunResult]:
-    """One rank of :func:`run_distributed_many`: one process group, each config in turn."""
+    """One rank of :func:`run_distributed_many`: :func:`train_configs`, with ``fail_rank``
+    raising at the start of step 2 (to test that a failure ends every rank)."""
     from plait import dist as pdist
-    from plait.config import from_dict
-    from plait.trainer import _Step, _train, validate
+    from plait.trainer import _Step
 
     env = pdist.DistEnv.from_environ()
     if env.rank == fail_rank:
@@ -105,14 +105,7 @@ def train_many(cfg_dicts: list[dict], fail_rank: int | None = None) -> list[RunR
             return run(self, step)
 
         _Step.run = failing
-    cfgs = [from_dict(d) for d in cfg_dicts]
-    device = pdist.pick_device(cfgs[0].train.device, env.local_rank)
-    pdist.set_cpu_threads(env, device)
-    pdist.init_process_group(env, device, cfgs[0].parallel.timeout_s)
-    try:
-        return [_train(c, env, validate(c, env.world_size), device, True) for c in cfgs]
-    finally:
-        pdist.destroy_process_group()
+    return train_configs(cfg_dicts)
 
 
 def _run_script(script: str, nproc: int, out: Path, timeout: float):
@@ -179,21 +172,19 @@ def run_in_ranks(
 
 
 def train_configs(cfg_dicts: list[dict]) -> list[RunResult]:
-    """Rank function for :func:`run_in_ranks`: train each config in turn in the same ranks.
+    """Rank function: train each config in turn in the same ranks.
 
     One process group serves all configs: re-creating it per config races (a fast rank can
     re-join the previous group's store before a slow rank has torn it down, then waits
-    forever), so ``train``'s own teardown is held back until the last config is done."""
-    from unittest import mock
-
-    import torch.distributed as dist
-
+    forever). ``train`` leaves a group it did not create up, so it is torn down here, once."""
+    from plait import dist as pdist
     from plait.config import from_dict
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
+    cfgs = [from_dict(d) for d in cfg_dicts]
+    env = pdist.DistEnv.from_environ()
+    device = pdist.pick_device(cfgs[0].train.device, env.local_rank)
+    pdist.init_process_group(env, device, cfgs[0].parallel.timeout_s)  # no-op if already up
     try:
-        with mock.patch("plait.dist.destroy_process_group", lambda: None):
-            return [train(from_dict(d), return_state=True) for d in cfg_dicts]
+        return [train(c, return_state=True) for c in cfgs]
     finally:
-        dist.destroy_process_group()
+        pdist.destroy_process_group()
