@@ -5,11 +5,20 @@ Loss: each microbatch's summed loss is multiplied by ``dp / global_count`` insid
 schedule's ``loss_fn`` and torch's gradient scaling is off (``scale_grads=False``), so the
 summed gradients equal the single-process gradient of the mean loss (see plait.trainer).
 
-Data parallel across pipeline replicas: gradients are averaged over the dp group by one
-flattened all-reduce after the schedule, written by hand because DDP's reducer assumes one
-forward per backward through ``DDP.forward`` and gradients accumulated by autograd, while the
-schedules run many forwards before their backwards and the zero-bubble ones compute weight
-gradients outside autograd's accumulation (torchtitan pairs pipelining with FSDP instead).
+Data parallel across pipeline replicas:
+
+- zero_stage 2/3: each stage is FSDP2-wrapped (plait.parallelize); torch's ``PipelineStage``
+  holds gradient reduce-scatter back until the last microbatch's backward (torchtitan's 3-D).
+- zero_stage 0: gradients are averaged over the dp group by one flattened all-reduce after the
+  schedule, written by hand because DDP's reducer assumes one forward per backward through
+  ``DDP.forward`` and gradients accumulated by autograd, while the schedules run many forwards
+  before their backwards and the zero-bubble ones compute weight gradients outside autograd's
+  accumulation.
+
+Tensor parallel inside stages: parameters are DTensors on the tp (or dp x tp) mesh; the stage
+boundary carries the plain local residual stream ((B, T/tp, D) under sequence parallel), and the
+last stage's vocabulary-sharded logits meet the loss inside ``loss_parallel``, which stays
+entered for the whole schedule so the loss's backward runs under it too.
 """
 
 from __future__ import annotations
@@ -19,14 +28,17 @@ import contextlib
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.tensor import DTensor
 
 from plait.config import Config
+from plait.ddp import uses_fsdp
 from plait.ddp.engine import Engine
 from plait.mesh import Meshes, ParallelDims
 from plait.models.base import canonical_name
 from plait.pipeline.p2p import recv_tensor, send_tensor
 from plait.pipeline.schedules import schedule_class
 from plait.pipeline.split import PipelineParts, stage_rank
+from plait.tensor_parallel import loss_context, plain
 
 
 class PipelineStep:
@@ -37,9 +49,12 @@ class PipelineStep:
         p = cfg.parallel
         self.parts, self.inner, self.dp = parts, parts[0], dims.dp
         self.pp_group = mesh.root["pp"].get_group()
-        self.dp_group = mesh.dp.get_group() if dims.dp > 1 else None
+        # FSDP2 reduces gradients itself; otherwise plait averages them over dp (see above)
+        self.dp_group = mesh.dp.get_group() if dims.dp > 1 and not uses_fsdp(cfg, dims) else None
         S = parts.n_stages
         self.first, self.last = 0 in parts.stage_ids, S - 1 in parts.stage_ids
+        # the part that computes the loss: the last stage's (its logits may be tp-sharded)
+        self.head = parts[parts.stage_ids.index(S - 1)] if self.last else parts[0]
         self.last_rank = stage_rank(p.pp_schedule, S - 1, dims.pp)  # rank in the pp group
         self.schedule_name, self.pp, self.n_stages = p.pp_schedule, dims.pp, S
         self.v, self.m = p.pp_virtual_stages, p.pp_microbatches
@@ -86,7 +101,7 @@ class PipelineStep:
     def _loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # torch also calls this on placeholder tensors to infer gradient shapes, so the step's
         # losses are read from step()'s ``losses`` list, not accumulated here.
-        return self.inner.loss(output, {"target": target}) * self.scale
+        return plain(self.head.loss(output, {"target": target})) * self.scale
 
     def forward_backward(self, micro: list[dict[str, torch.Tensor]], scale) -> torch.Tensor:
         """Run the schedule on each accumulation chunk; returns this dp rank's summed (unscaled)
@@ -99,7 +114,8 @@ class PipelineStep:
             args = (mb["input"],) if self.first else ()
             losses: list[torch.Tensor] = []
             target = mb["target"] if self.last else None
-            self.schedule.step(*args, target=target, losses=losses, return_outputs=False)
+            with loss_context(self.head):
+                self.schedule.step(*args, target=target, losses=losses, return_outputs=False)
             if self.last:
                 loss_sum += sum(loss.detach().float() for loss in losses) / scale
         self._average_grads()
@@ -118,8 +134,10 @@ class PipelineStep:
                 part = self.parts[self.parts.stage_ids.index(s)]
                 h = part(mb["input"] if s == 0 else h)
                 if s == self.n_stages - 1:
-                    acc[0] = self.inner.loss(h, mb).float()
-                    acc[1] = (h.argmax(-1) == mb["target"]).sum()
+                    with loss_context(part):
+                        acc[0] = plain(part.loss(h, mb)).float()
+                    if part.task == "classification":  # lm logits may be vocabulary-sharded
+                        acc[1] = (h.argmax(-1) == mb["target"]).sum()
                 elif stage_rank(self.schedule_name, s + 1, self.pp) != owner:
                     send_tensor(h, stage_rank(self.schedule_name, s + 1, self.pp), self.pp_group)
             elif (
@@ -148,6 +166,8 @@ class PipelineStep:
         """Global 2-norm over all stages: this rank's squared norm summed over the pp group."""
         params = [p for p in self.parts.parameters() if p.grad is not None]
         local = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=False)
+        if isinstance(local, DTensor):  # FSDP / TP shards: the norm over the whole stage
+            local = local.full_tensor()
         sq = (local.float() ** 2).reshape(1)
         dist.all_reduce(sq, group=self.pp_group)
         total = sq.sqrt()[0]
@@ -156,11 +176,12 @@ class PipelineStep:
 
     def full_state(self) -> dict[str, torch.Tensor]:
         """Every stage's weights gathered onto every rank, under single-process names."""
-        local = {
-            canonical_name(k): v.detach().cpu().clone()
-            for part in self.parts
-            for k, v in part.state_dict().items()
-        }
+        local = {}
+        for part in self.parts:
+            for k, v in part.state_dict().items():
+                if isinstance(v, DTensor):  # FSDP / TP shards: gathered over dp and tp
+                    v = v.full_tensor()
+                local[canonical_name(k)] = v.detach().cpu().clone()
         pieces: list = [None] * dist.get_world_size(self.pp_group)
         dist.all_gather_object(pieces, local, group=self.pp_group)
         return {k: v for piece in pieces for k, v in piece.items()}

@@ -2,8 +2,8 @@
 checkpointing, compile, sharded data parallel (FSDP2), then materialise + init, then replicated
 DDP; DeepSpeed/fairscale wrap model and optimizer together afterwards (plait.ddp.build_engine).
 
-Each step is a no-op at degree 1. Parallelisms not built yet are refused here with a clear
-message rather than silently ignored.
+Each step is a no-op at degree 1. Combinations that cannot work are refused here, before any
+process group, with the key and what to use instead.
 """
 
 from __future__ import annotations
@@ -19,30 +19,22 @@ from plait.models.base import PlaitModel
 
 
 def check_supported(cfg: Config, dims: ParallelDims) -> None:
-    """Refuse layouts whose engine is not in this build, before any process group exists."""
+    """Refuse engine x layout combinations that cannot work, before any process group exists."""
     from plait.tensor_parallel import check_tp
 
     p = cfg.parallel
-    todo = []
     if dims.tp > 1 and dims.dp > 1 and (p.dp_engine != "torch" or p.zero_stage < 2):
         raise ConfigError(
             f"parallel: tp={dims.tp} with dp={dims.dp} data-parallel ranks needs sharded data parallel "
             f"on the torch engine (FSDP2 over TP, torchtitan's 2-D); dp_engine={p.dp_engine!r} "
             f"zero_stage={p.zero_stage} is not allowed: use dp_engine=torch with zero_stage=2 or 3"
         )
-    if dims.pp > 1 and dims.tp > 1:
-        todo.append(f"parallel.pp={dims.pp} with tp={dims.tp} (3-D)")
-    if dims.pp > 1 and (p.dp_engine != "torch" or p.zero_stage != 0 or dims.dp_replicate > 1):
-        todo.append(
-            f"parallel.pp={dims.pp} with dp_engine={p.dp_engine!r} zero_stage={p.zero_stage} "
-            f"dp_replicate={dims.dp_replicate} (pipeline x sharded data parallel)"
-        )
-    if todo:
+    if dims.pp > 1 and (p.dp_engine != "torch" or p.zero_stage == 1):
         raise ConfigError(
-            "not available in this version of plait: "
-            + "; ".join(todo)
-            + ". Allowed now: any data-parallel engine; tp > 1 (with FSDP2 for dp > 1); "
-            "pp > 1 with dp_engine=torch, zero_stage=0, tp=1"
+            f"parallel.pp={dims.pp} with dp_engine={p.dp_engine!r} zero_stage={p.zero_stage} is "
+            "not allowed: pipeline stages take data parallel from the torch engine only, with "
+            "zero_stage 0 (replicated stages), 2 or 3 (FSDP2 per stage, any dp_replicate); "
+            "ZeRO-1's optimizer wrapper and DeepSpeed/fairscale engines own the whole model"
         )
     from plait.ddp import check_dp
     from plait.pipeline import check_pipeline

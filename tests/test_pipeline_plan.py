@@ -93,6 +93,11 @@ def _check(overrides: list[str], world: int) -> None:
         (["parallel.pp=2", "train.dtype=fp16"], 2, "bf16"),
         (["parallel.pp=2", "parallel.pp_schedule=DualPipeV", "parallel.pp_virtual_stages=2",
           "train.compile=true"], 2, "compile=false"),
+        (["parallel.pp=2", "parallel.pp_schedule=InterleavedZeroBubble",
+          "parallel.pp_virtual_stages=2", "parallel.zero_stage=3"], 4, "use zero_stage=2"),
+        (["parallel.pp=2", "parallel.zero_stage=1"], 4, "zero_stage 0 (replicated stages), 2 or 3"),
+        (["parallel.pp=2", "parallel.dp_engine=deepspeed"], 4, "take data parallel from the torch"),
+        (["parallel.pp=2", "parallel.tp=2"], 8, "use dp_engine=torch with zero_stage=2 or 3"),
     ],
 )  # fmt: skip
 def test_bad_pipeline_configs_are_refused_before_any_process_group(overrides, world, needle):
@@ -101,10 +106,12 @@ def test_bad_pipeline_configs_are_refused_before_any_process_group(overrides, wo
     assert needle in str(e.value), str(e.value)
 
 
-def test_good_pipeline_config_passes():
+def test_good_pipeline_configs_pass():
     _check(
         ["parallel.pp=2", "parallel.pp_schedule=ZBVZeroBubble", "parallel.pp_virtual_stages=2"], 4
     )
+    _check(["parallel.pp=2", "parallel.tp=2", "parallel.zero_stage=3"], 8)  # 3-D
+    _check(["parallel.pp=2", "parallel.dp_replicate=2", "parallel.zero_stage=2"], 8)
 
 
 def test_cli_pp_timeline_writes_simulated_picture(tmp_path, capsys):
