@@ -8,7 +8,6 @@ from plait.errors import ConfigError
 from plait.mesh import ParallelDims
 from plait.pipeline.schedules import allowed_virtual, microbatch_problem, valid_microbatches
 
-
 #: schedules that split backward into input- and weight-gradient passes (B and W)
 ZERO_BUBBLE = ("InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
 
