@@ -19,15 +19,10 @@ def check_dp(cfg: Config, dims: ParallelDims) -> None:
             "or use dp_engine=torch (DDP, ZeRO-1/2/3, HSDP on FSDP2)"
         )
     ck = cfg.checkpoint
-    if (
-        (ck.every or ck.dir or getattr(ck, "init_from", None))
-        and (eng != "torch" or stage == 1)
-        and dims.dp > 1
-    ):
+    if eng == "deepspeed" and ck.async_save and (ck.every or ck.dir):
         raise ConfigError(
-            f"checkpoint: saving with dp_engine={eng!r} zero_stage={stage} is not available yet "
-            "(plait's DCP checkpoints cover torch DDP and FSDP2); use dp_engine=torch with "
-            "zero_stage 0, 2 or 3, or set checkpoint.every=0 and checkpoint.dir=null"
+            "checkpoint.async: true is not allowed with dp_engine='deepspeed' (DeepSpeed writes "
+            "its own checkpoint files synchronously); set checkpoint.async=false"
         )
     if eng == "torch":
         if p.cpu_offload and stage < 2:

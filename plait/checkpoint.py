@@ -87,12 +87,16 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def state_module(model: nn.Module) -> nn.Module:
-    """The module whose parameter names are the single-process ones. A pipeline rank holds its
+    """The module whose parameter names are the single-process ones: a data-parallel wrapper's
+    inner model (torch's state_dict helpers strip only their own wrappers). A pipeline rank holds its
     stages as a ModuleList (names would gain a "0." prefix), so build a view that shares their
     parameters under the whole model's attribute names: the rank's blocks in one ``layers`` and
     whichever pre/post modules its stages own."""
+    from plait.models.base import PlaitModel
     from plait.pipeline.split import PipelineParts
 
+    if isinstance(getattr(model, "module", None), PlaitModel):  # DDP, fairscale ShardedDDP
+        return model.module
     if not isinstance(model, PipelineParts):
         return model
     view = nn.Module()
@@ -105,11 +109,19 @@ def state_module(model: nn.Module) -> nn.Module:
 
 
 def app_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer | None, extra: dict[str, Any]
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    extra: dict[str, Any],
+    *,
+    loading: bool = False,
 ) -> dict[str, Any]:
+    from plait.ddp.optim_state import is_partitioned, load_template, owned_state
+
     model = state_module(model)
     state: dict[str, Any] = {"model": get_model_state_dict(model)}
-    if optimizer is not None:
+    if optimizer is not None and is_partitioned(optimizer):  # ZeRO-1 / fairscale OSS
+        state["optim"] = (load_template if loading else owned_state)(model, optimizer)
+    elif optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
     state["extra"] = extra
     return state
@@ -202,18 +214,26 @@ def load(path: Path, model, optimizer, scheduler) -> int:
         )
     # DCP loads in place into a state dict of the same structure, so the template must be the
     # live scheduler's own state dict (an empty dict would load nothing)
-    state = app_state(model, optimizer, {"step": 0, "scheduler": scheduler.state_dict()})
+    from plait.ddp.optim_state import is_partitioned, set_owned_state
+
+    extra = {"step": 0, "scheduler": scheduler.state_dict()}
+    state = app_state(model, optimizer, extra, loading=True)
     dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     model = state_module(model)
     set_model_state_dict(model, state["model"])
-    if optimizer is not None:
+    if optimizer is not None and is_partitioned(optimizer):
+        set_owned_state(model, optimizer, state["optim"])
+    elif optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optim"])
     scheduler.load_state_dict(state["extra"]["scheduler"])
+    if optimizer is not None:  # partitioned optimizers keep their groups: lr comes from here
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
     rng = path / "rng" / f"rank-{_rank()}.pt"
     saved_world = json.loads((path / MANIFEST).read_text()).get("layout", {}).get("world_size")
     world = dist.get_world_size() if dist.is_initialized() else 1
     if rng.is_file() and saved_world == world:  # same layout: continue the very same streams
-        _set_rng_state(torch.load(rng, weights_only=False))
+        _set_rng_state(torch.load(rng, weights_only=True))
     return int(state["extra"]["step"])
 
 

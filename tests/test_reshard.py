@@ -88,3 +88,38 @@ def test_reshard_matrix(tmp_path):
         run_single(GPT + [f"checkpoint.dir={ck_2d}"], tmp_path / "2d_to_one_run"),
         "fsdp x tp -> 1",
     )
+
+
+@pytest.mark.timeout(600)
+def test_partitioned_optimizer_checkpoints_reshard(tmp_path):
+    """ZeRO-1 (ZeroRedundancyOptimizer) and fairscale OSS keep each parameter's optimizer state
+    on one rank: their checkpoints still load under one process and FSDP, and a one-process
+    checkpoint loads under them, optimizer state included."""
+    adam = ["optim.name=adam"]  # state that matters: a lost moment would move the losses
+    straight = run_single(GPT + adam, tmp_path / "straight")
+    zero1, oss = (
+        ["parallel.zero_stage=1"],
+        ["parallel.dp_engine=fairscale", "parallel.zero_stage=2"],
+    )
+    saved = run_distributed_many(
+        [GPT + adam + zero1, GPT + adam + oss], 2, tmp_path / "save2", timeout=280
+    )
+    src = {"1": straight, "zero1": saved[0], "oss": saved[1]}
+    pairs = {("zero1", "fsdp"): LAYOUTS["fsdp"], ("oss", "zero1"): zero1, ("1", "zero1"): zero1,
+             ("1", "oss"): oss}  # fmt: skip
+    cfgs = {
+        f"{a} -> {b}": GPT + adam + extra
+        + [f"checkpoint.dir={_half_way(src[a].run_dir, tmp_path / f'{a}_to_{b}')}"]
+        for (a, b), extra in pairs.items()
+    }  # fmt: skip
+    bad = []
+    for name, res in zip(cfgs, run_distributed_many(list(cfgs.values()), 2, tmp_path / "load2")):
+        try:
+            _check(straight, res, name)
+        except AssertionError as e:
+            bad.append(str(e)[:300])
+    assert not bad, "\n".join(bad)
+    ck = _half_way(saved[0].run_dir, tmp_path / "zero1_to_1")
+    _check(
+        straight, run_single(GPT + adam + [f"checkpoint.dir={ck}"], tmp_path / "z1_1"), "zero1 -> 1"
+    )
