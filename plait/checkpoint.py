@@ -8,6 +8,8 @@ A checkpoint folder ``step-00000010/`` holds DCP's files, ``manifest.json`` (ste
 SHA-256 of every file) and ``rng/rank-R.pt``. Writes are atomic: everything goes to
 ``.tmp-step-.../`` and is renamed once every rank has finished, and a folder without a valid
 manifest is never picked up, so a save interrupted mid-write cannot be resumed from.
+DeepSpeed-engine runs keep the same folders and manifest around DeepSpeed's own files
+(plait.ddp.deepspeed_checkpoint); ZeRO-1 / fairscale OSS optimizer state: plait.ddp.optim_state.
 The data sampler needs no state: the batch of step k is a pure function of (seed, k).
 """
 
@@ -32,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from plait.ddp import deepspeed_checkpoint
 from plait.errors import PlaitError
 
 PREFIX = "step-"
@@ -169,8 +172,12 @@ class Checkpointer:
             (tmp / "rng").mkdir(parents=True)
         _barrier()
         extra = {"step": step, "scheduler": scheduler.state_dict()}
-        state = app_state(model, optimizer, extra)
         torch.save(_rng_state(), tmp / "rng" / f"rank-{_rank()}.pt")
+        if deepspeed_checkpoint.is_deepspeed(model):  # DeepSpeed's own files (see there)
+            deepspeed_checkpoint.save(model, tmp, extra)
+            self._commit(tmp, final_dir, step, fmt="deepspeed")
+            return final_dir
+        state = app_state(model, optimizer, extra)
         if self.async_save and not final:
             fut = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
             self._pending = (fut, tmp, final_dir, step)
@@ -188,11 +195,12 @@ class Checkpointer:
         fut.result()
         self._commit(tmp, final_dir, step)
 
-    def _commit(self, tmp: Path, final_dir: Path, step: int) -> None:
+    def _commit(self, tmp: Path, final_dir: Path, step: int, fmt: str = "dcp") -> None:
         _barrier()  # every rank's files are on disk
         if _rank() == 0:
             files = {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)}
-            manifest = {"step": step, "layout": self.layout, "files": files, "config": self.config}
+            manifest = {"step": step, "format": fmt, "layout": self.layout, "files": files}
+            manifest["config"] = self.config
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
             shutil.rmtree(final_dir, ignore_errors=True)
             os.replace(tmp, final_dir)  # atomic: the checkpoint appears whole or not at all
@@ -212,10 +220,29 @@ def load(path: Path, model, optimizer, scheduler) -> int:
         raise PlaitError(
             f"checkpoint {str(path)!r} is incomplete or not a plait checkpoint (no valid {MANIFEST})"
         )
-    # DCP loads in place into a state dict of the same structure, so the template must be the
-    # live scheduler's own state dict (an empty dict would load nothing)
+    manifest = json.loads((path / MANIFEST).read_text())
+    _check_format(path, manifest, model)
+    if manifest.get("format") == "deepspeed":
+        extra = deepspeed_checkpoint.load(model, path)
+    else:
+        extra = _load_dcp(path, model, optimizer, scheduler)
+    scheduler.load_state_dict(extra["scheduler"])
+    if optimizer is not None:  # partitioned optimizers keep their groups: lr comes from here
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
+    rng = path / "rng" / f"rank-{_rank()}.pt"
+    saved_world = manifest.get("layout", {}).get("world_size")
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if rng.is_file() and saved_world == world:  # same layout: continue the very same streams
+        _set_rng_state(torch.load(rng, weights_only=True))
+    return int(extra["step"])
+
+
+def _load_dcp(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
     from plait.ddp.optim_state import is_partitioned, set_owned_state
 
+    # DCP loads in place into a state dict of the same structure, so the template must be the
+    # live scheduler's own state dict (an empty dict would load nothing)
     extra = {"step": 0, "scheduler": scheduler.state_dict()}
     state = app_state(model, optimizer, extra, loading=True)
     dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
@@ -225,16 +252,37 @@ def load(path: Path, model, optimizer, scheduler) -> int:
         set_owned_state(model, optimizer, state["optim"])
     elif optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optim"])
-    scheduler.load_state_dict(state["extra"]["scheduler"])
-    if optimizer is not None:  # partitioned optimizers keep their groups: lr comes from here
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
-            group["lr"] = lr
-    rng = path / "rng" / f"rank-{_rank()}.pt"
-    saved_world = json.loads((path / MANIFEST).read_text()).get("layout", {}).get("world_size")
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if rng.is_file() and saved_world == world:  # same layout: continue the very same streams
-        _set_rng_state(torch.load(rng, weights_only=True))
-    return int(state["extra"]["step"])
+    return state["extra"]
+
+
+def _check_format(path: Path, manifest: dict, model) -> None:
+    """DeepSpeed checkpoints resume only under DeepSpeed at the same dp size and ZeRO stage."""
+    fmt, ds = manifest.get("format", "dcp"), deepspeed_checkpoint.is_deepspeed(model)
+    export = (
+        f"; to continue under another layout, run `plait export {path} weights.safetensors` "
+        "and start with checkpoint.init_from=weights.safetensors (weights only)"
+    )
+    if fmt == "deepspeed" and not ds:
+        raise PlaitError(
+            f"checkpoint {str(path)!r} was written by DeepSpeed and loads only with "
+            f"parallel.dp_engine=deepspeed{export}"
+        )
+    if fmt == "dcp" and ds:
+        raise PlaitError(
+            f"checkpoint {str(path)!r} is a DCP checkpoint; with parallel.dp_engine=deepspeed "
+            f"start from its weights instead{export}"
+        )
+    if fmt == "deepspeed":
+        saved = manifest.get("layout", {})
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        stage = manifest.get("config", {}).get("parallel", {}).get("zero_stage")
+        now = model.zero_optimization_stage()
+        if saved.get("world_size") != world or stage != now:
+            raise PlaitError(
+                f"checkpoint {str(path)!r} was written by DeepSpeed at world size "
+                f"{saved.get('world_size')}, zero_stage {stage}; this run has world size {world}, "
+                f"zero_stage {now}: use those{export}"
+            )
 
 
 def _rng_state() -> dict[str, Any]:
@@ -276,9 +324,12 @@ def export_checkpoint(path: Path, out: Path) -> int:
     manifest = json.loads((path / MANIFEST).read_text())
     model = build_model(from_dict(manifest["config"]))
     model.to_empty(device="cpu")
-    state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(path), no_dist=True)
-    model.load_state_dict(state["model"])
+    if manifest.get("format") == "deepspeed":
+        model.load_state_dict(deepspeed_checkpoint.full_weights(path))
+    else:
+        state = {"model": model.state_dict()}
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        model.load_state_dict(state["model"])
     export_safetensors(model, out)
     return int(manifest["step"])
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from helpers import losses, run_distributed, run_single
+from helpers import losses, run_distributed, run_distributed_many, run_single
 from plait.checkpoint import is_complete, list_checkpoints
 
 GPT = [
@@ -153,3 +153,48 @@ def test_every_torch_load_in_plait_is_weights_only():
                     calls.append((f"{path.relative_to(root)}:{node.lineno}", safe))
     assert calls, "the scan found no torch.load at all: it is looking in the wrong place"
     assert all(safe for _, safe in calls), [c for c, safe in calls if not safe]
+
+
+@pytest.mark.timeout(400)
+def test_deepspeed_checkpoints_resume_export_and_refuse_other_engines(tmp_path):
+    """DeepSpeed runs save their own files behind plait's Checkpointer: resuming ZeRO-0/2/3 at
+    step 3 continues the straight run exactly; ``plait export`` consolidates the weights (equal
+    to the run's at step 3) for any other layout; a torch-engine run refuses the folder clearly."""
+    from safetensors.torch import load_file
+
+    from plait.checkpoint import export_checkpoint
+    from plait.errors import PlaitError
+
+    ov = GPT + ["model.dropout=0.0", "train.steps=6", "checkpoint.every=3", "checkpoint.keep=5",
+                "optim.name=adam", "parallel.dp_engine=deepspeed"]  # fmt: skip
+    stages = [0, 2, 3]
+    straight = run_distributed_many(
+        [ov + [f"parallel.zero_stage={z}"] for z in stages], 2, tmp_path / "straight"
+    )
+    cks = []
+    for z, res in zip(stages, straight):
+        src = res.run_dir / "checkpoints" / "step-00000003"
+        assert json.loads((src / "manifest.json").read_text())["format"] == "deepspeed"
+        cks.append(tmp_path / f"ck{z}")
+        shutil.copytree(src, cks[-1] / src.name)
+    resumed = run_distributed_many(
+        [ov + [f"parallel.zero_stage={z}", f"checkpoint.dir={ck}"] for z, ck in zip(stages, cks)],
+        2,
+        tmp_path / "resumed",
+    )
+    for z, a, b in zip(stages, straight, resumed):
+        assert [m["step"] for m in b.metrics] == [4, 5, 6], z
+        assert losses(b) == losses(a)[3:], (z, losses(a), losses(b))
+    one = run_single(
+        GPT + ["model.dropout=0.0", "train.steps=3", "optim.name=adam"], tmp_path / "one"
+    )
+    for z, ck in zip(stages, cks):
+        export_checkpoint(ck / "step-00000003", tmp_path / f"w{z}.safetensors")
+        got = load_file(str(tmp_path / f"w{z}.safetensors"))
+        assert got.keys() == one.state.keys()
+        for k, v in one.state.items():
+            torch.testing.assert_close(
+                got[k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k, z=z: f"{z} {k}: {m}"
+            )
+    with pytest.raises(PlaitError, match="dp_engine=deepspeed.*plait export"):
+        run_single(GPT + [f"checkpoint.dir={cks[1]}"], tmp_path / "torch")

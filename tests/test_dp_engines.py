@@ -162,7 +162,7 @@ def test_deepspeed_zero0123_and_fairscale_match_one_process(refs, tmp_path):
         (_z(1) + ["parallel.cpu_offload=true"], "zero_stage=2 or 3"),
         (_z(0, "deepspeed") + ["parallel.cpu_offload=true"], "zero_stage=0"),
         (_z(2, "deepspeed") + ["parallel.dp_replicate=2"], "HSDP"),
-        (_z(2, "deepspeed") + ["checkpoint.every=5"], "checkpoint"),
+        (_z(2, "deepspeed") + ["checkpoint.every=5", "checkpoint.async=true"], "checkpoint.async"),
     ],
 )
 def test_impossible_engine_stage_refused_before_launch(tmp_path, overrides, fragment):
