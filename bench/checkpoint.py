@@ -65,47 +65,49 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _measure(tmp: Path, cfg, model, opt, sched) -> tuple[dict[str, float], int, int]:
+    """One round: times of every side, and the bytes of ours and of the baseline."""
+    base = tmp / "base.pt"
+    t = {
+        "base_save": _timed(
+            lambda: torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, base)
+        )
+    }
+
+    def base_load():
+        s = torch.load(base, weights_only=True)
+        model.load_state_dict(s["model"])
+        opt.load_state_dict(s["optim"])
+
+    t["base_load"] = _timed(base_load)
+    kw = dict(every=1, keep=1, layout={"world_size": 1}, config=cfg.to_dict())
+    sync = ck.Checkpointer(tmp / "sync", async_save=False, **kw)
+    t["save"] = _timed(lambda: sync.save(1, model, opt, sched))
+    path = sync.latest()
+    t["load"] = _timed(lambda: ck.load(path, model, opt, sched))
+    asy = ck.Checkpointer(tmp / "async", async_save=True, **kw)
+    t0 = time.perf_counter()
+    asy.save(1, model, opt, sched)
+    t["block"] = time.perf_counter() - t0
+    asy.wait()
+    t["async_total"] = time.perf_counter() - t0
+    sizes = _bytes(path), _bytes(base)
+    for p in (tmp / "sync", tmp / "async"):
+        shutil.rmtree(p)
+    base.unlink()
+    return t, *sizes
+
+
 def sizes_bench(dims: list[int], repeat: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="plait-ckbench-"))
     try:
         for dim in dims:
             cfg, model, opt, sched = _state(4, dim * 64)
-            n = param_count(model)
-            name = f"{n / 1e6:.0f}M params"
-            best = {}
-            for r in range(repeat):
-                base = tmp / f"base-{dim}-{r}.pt"
-                t_save = _timed(
-                    lambda: torch.save(
-                        {"model": model.state_dict(), "optim": opt.state_dict()}, base
-                    )
-                )
-
-                def base_load():
-                    s = torch.load(base, weights_only=True)
-                    model.load_state_dict(s["model"])
-                    opt.load_state_dict(s["optim"])
-
-                t_load = _timed(base_load)
-                sync = ck.Checkpointer(tmp / f"sync-{dim}-{r}", every=1, keep=1, async_save=False,
-                                       layout={"world_size": 1}, config=cfg.to_dict())  # fmt: skip
-                t_sync = _timed(lambda: sync.save(1, model, opt, sched))
-                path = sync.latest()
-                t_ours_load = _timed(lambda: ck.load(path, model, opt, sched))
-                asy = ck.Checkpointer(tmp / f"async-{dim}-{r}", every=1, keep=1, async_save=True,
-                                      layout={"world_size": 1}, config=cfg.to_dict())  # fmt: skip
-                t0 = time.perf_counter()
-                asy.save(1, model, opt, sched)
-                t_block = time.perf_counter() - t0
-                asy.wait()
-                t_async = time.perf_counter() - t0
-                got = dict(save=t_sync, base_save=t_save, load=t_ours_load, base_load=t_load,
-                           block=t_block, async_total=t_async)  # fmt: skip
-                best = {k: min(v, best.get(k, v)) for k, v in got.items()}
-                size, base_size = _bytes(path), _bytes(base)
-                for p in (base, tmp / f"sync-{dim}-{r}", tmp / f"async-{dim}-{r}"):
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
-            b = best
+            name = f"{param_count(model) / 1e6:.0f}M params"
+            b: dict[str, float] = {}
+            for _ in range(repeat):  # best of: the disk cache and the machine are noisy
+                t, size, base_size = _measure(tmp, cfg, model, opt, sched)
+                b = {k: min(v, b.get(k, v)) for k, v in t.items()}
             print(f"save {name} (sync): ours {b['save']:.3f} s, baseline torch.save {b['base_save']:.3f} s, "
                   f"ratio {b['save'] / b['base_save']:.2f}")  # fmt: skip
             print(f"save {name} (async, loop blocked): ours {b['block']:.3f} s, baseline torch.save "

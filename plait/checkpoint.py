@@ -334,6 +334,20 @@ def export_checkpoint(path: Path, out: Path) -> int:
     return int(manifest["step"])
 
 
+def write_seed_checkpoint(cfg, out: Path) -> int:
+    """One process, CPU: the model's initial weights (``init_weights(train.seed)``), written once
+    so every layout starts from the very same file (torchtitan's seed checkpoint); for models
+    whose init is not a pure function of the parameter name, this is what makes layouts agree.
+    Returns the parameter count."""
+    from plait.models import build_model, param_count
+
+    model = build_model(cfg)
+    model.to_empty(device="cpu")
+    model.init_weights(cfg.train.seed)
+    export_safetensors(model, out)
+    return param_count(model)
+
+
 def load_safetensors(model: nn.Module, path: Path) -> None:
     """Load full weights (a seed checkpoint or an export) into a model of any layout."""
     from safetensors.torch import load_file

@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/x/checkpoints/step-00000100")
     e.add_argument("out", help="output .safetensors file (load it with checkpoint.init_from=...)")
 
+    sd = sub.add_parser(
+        "seed", help="write a seed checkpoint: the config's initial weights as one safetensors file"
+    )
+    sd.add_argument("config", help="YAML config, e.g. configs/gpt_tiny.yaml")
+    sd.add_argument("out", help="output .safetensors file (start runs with checkpoint.init_from=)")
+    sd.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.seed=1")
+
     sub.add_parser("info", help="versions, devices, backends, optional engines")
     _plan_parser(sub)
 
@@ -148,6 +155,17 @@ def main(argv: list[str] | None = None) -> int:
 
             step = export_checkpoint(Path(args.checkpoint), Path(args.out))
             print(f"wrote {args.out} (weights after step {step})")
+            return 0
+        if args.cmd == "seed":
+            from pathlib import Path
+
+            from plait.checkpoint import write_seed_checkpoint
+            from plait.config import load_config
+
+            n = write_seed_checkpoint(
+                load_config(args.config, list(args.overrides)), Path(args.out)
+            )
+            print(f"wrote {args.out} ({n:,} parameters)")
             return 0
         if args.cmd == "pp-timeline":
             from plait.pipeline.cli import pp_timeline

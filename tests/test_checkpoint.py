@@ -198,3 +198,23 @@ def test_deepspeed_checkpoints_resume_export_and_refuse_other_engines(tmp_path):
             )
     with pytest.raises(PlaitError, match="dp_engine=deepspeed.*plait export"):
         run_single(GPT + [f"checkpoint.dir={cks[1]}"], tmp_path / "torch")
+
+
+def test_seed_checkpoint_holds_the_initial_weights_and_starts_any_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from plait.cli import main
+
+    out = tmp_path / "seed.safetensors"
+    assert main(["seed", "configs/gpt_tiny.yaml", str(out), *GPT[:2]]) == 0
+    ov = GPT + ["model.dropout=0.0", "train.steps=2"]
+    first = run_single(
+        ov + ["optim.lr=1e-12", "train.steps=1", "optim.warmup_steps=0"], tmp_path / "a"
+    )
+    seed = load_file(str(out))
+    assert seed.keys() == first.state.keys()
+    for k, v in first.state.items():  # lr ~0: the weights after one step are the initial ones
+        torch.testing.assert_close(seed[k], v, rtol=0, atol=1e-9)
+    assert losses(run_single(ov + [f"checkpoint.init_from={out}"], tmp_path / "b")) == losses(
+        run_single(ov, tmp_path / "c")
+    )
