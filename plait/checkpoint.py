@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +211,32 @@ class Checkpointer:
 
     # ---------------------------------------------------------------- load
     def latest(self) -> Path | None:
-        found = list_checkpoints(self.root)
-        return found[-1] if found else None
+        """The newest checkpoint whose files match its manifest's checksums. Rank 0 reads them
+        and tells the others (one pass over the bytes, not one per rank); a damaged one is
+        skipped with a warning, so the one before it is used."""
+        box = [None]
+        if _rank() == 0:
+            found = newest_valid(self.root)
+            box = [str(found) if found else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(box, src=0)
+        return Path(box[0]) if box[0] else None
+
+
+def newest_valid(root: Path) -> Path | None:
+    """Newest ``step-*`` folder under ``root`` that passes :func:`is_complete` with checksums."""
+    if not root.is_dir():
+        return None
+    named = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    for p in sorted(named, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True):
+        if is_complete(p, verify=True):
+            return p
+        warnings.warn(
+            f"checkpoint {str(p)!r} does not match its {MANIFEST} (missing, truncated or corrupted "
+            "files): skipping it and resuming from the previous one",
+            stacklevel=2,
+        )
+    return None
 
 
 def load(path: Path, model, optimizer, scheduler) -> int:

@@ -218,3 +218,18 @@ def test_seed_checkpoint_holds_the_initial_weights_and_starts_any_run(tmp_path):
     assert losses(run_single(ov + [f"checkpoint.init_from={out}"], tmp_path / "b")) == losses(
         run_single(ov, tmp_path / "c")
     )
+
+
+def test_corrupted_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
+    """A truncated file in the newest checkpoint fails its manifest's checksum: the run resumes
+    from the one before, says so, and ends on the straight run's losses."""
+    ov = GPT + ["model.dropout=0.0", "checkpoint.every=4", "checkpoint.keep=5"]
+    straight = run_single(ov, tmp_path / "a")
+    root = straight.run_dir / "checkpoints"
+    crash_after(root, 8)  # step 4 and step 8 exist; damage step 8, then rerun from scratch
+    victim = max((root / "step-00000008").rglob("*.distcp"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="step-00000008.*resuming from the previous one"):
+        again = run_single(ov + ["train.steps=8"], tmp_path / "a")
+    assert [m["step"] for m in again.metrics] == [5, 6, 7, 8]
+    assert losses(again) == losses(straight)[4:]
