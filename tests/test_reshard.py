@@ -1,6 +1,6 @@
 """Checkpoints outlive layouts (DESIGN.md promise 2): a checkpoint saved under FSDP (ZeRO-3),
-tensor parallel, pipeline parallel or 2-D FSDP x TP loads under one process and under the other
-layouts, optimizer state included, and training continues on the straight run's trajectory
+tensor parallel, pipeline parallel or 2-D FSDP x TP loads under one process and under each of
+the other layouts (and ZeRO-1 / fairscale OSS ones, below; 3-D in test_3d), optimizer state included, and training continues on the straight run's trajectory
 (fp32, relative 1e-5 per step)."""
 
 from __future__ import annotations
@@ -43,51 +43,37 @@ def _check(straight, resumed, what):
 
 @pytest.mark.timeout(600)
 def test_reshard_matrix(tmp_path):
+    """Every ordered pair of {fsdp, tp, pp, fsdp x tp}, and each of them -> one process."""
     straight = run_single(GPT, tmp_path / "straight")
     two = ["fsdp", "tp", "pp"]
     saved = dict(
-        zip(
-            two,
-            run_distributed_many(
-                [GPT + LAYOUTS[k] for k in two], 2, tmp_path / "save2", timeout=280
-            ),
-        )
+        zip(two, run_distributed_many([GPT + LAYOUTS[k] for k in two], 2, tmp_path / "save2"))
     )
-    # every 2-rank layout -> one process
-    for name, res in saved.items():
-        ck = _half_way(res.run_dir, tmp_path / f"{name}_to_one")
-        _check(
-            straight,
-            run_single(GPT + [f"checkpoint.dir={ck}"], tmp_path / f"{name}_to_one_run"),
-            f"{name} -> 1",
+
+    def resume(src: str, dst: str) -> list[str]:
+        return (
+            GPT
+            + LAYOUTS[dst]
+            + [f"checkpoint.dir={_half_way(saved[src].run_dir, tmp_path / f'{src}_to_{dst}')}"]
         )
-    # each 2-rank layout -> another (fsdp -> tp -> pp -> fsdp)
-    cross = [("fsdp", "tp"), ("tp", "pp"), ("pp", "fsdp")]
-    cfgs = [
-        GPT
-        + LAYOUTS[dst]
-        + [f"checkpoint.dir={_half_way(saved[src].run_dir, tmp_path / f'{src}_to_{dst}')}"]
-        for src, dst in cross
-    ]
-    for (src, dst), res in zip(
-        cross, run_distributed_many(cfgs, 2, tmp_path / "cross2", timeout=280)
-    ):
-        _check(straight, res, f"{src} -> {dst}")
-    # 4 ranks: save under 2-D FSDP x TP and load the TP checkpoint under 2-D
-    ck_tp = _half_way(saved["tp"].run_dir, tmp_path / "tp_to_2d")
+
+    # 4 ranks: save under 2-D FSDP x TP, and load each 2-rank layout's checkpoint under 2-D
     got = run_distributed_many(
-        [GPT + LAYOUTS["fsdp_tp"], GPT + LAYOUTS["fsdp_tp"] + [f"checkpoint.dir={ck_tp}"]],
-        4,
-        tmp_path / "four",
-        timeout=280,
+        [GPT + LAYOUTS["fsdp_tp"]] + [resume(k, "fsdp_tp") for k in two], 4, tmp_path / "four"
     )
-    _check(straight, got[1], "tp -> fsdp x tp")
-    ck_2d = _half_way(got[0].run_dir, tmp_path / "2d_to_one")
-    _check(
-        straight,
-        run_single(GPT + [f"checkpoint.dir={ck_2d}"], tmp_path / "2d_to_one_run"),
-        "fsdp x tp -> 1",
-    )
+    saved["fsdp_tp"] = got[0]
+    results = {f"{k} -> fsdp_tp": res for k, res in zip(two, got[1:])}
+    # 2 ranks: every 2-rank layout from every other one, and from 2-D
+    pairs = [(a, b) for a in [*two, "fsdp_tp"] for b in two if a != b]
+    got = run_distributed_many([resume(a, b) for a, b in pairs], 2, tmp_path / "cross2")
+    results.update({f"{a} -> {b}": res for (a, b), res in zip(pairs, got)})
+    # one process from each
+    for k in saved:
+        ck = _half_way(saved[k].run_dir, tmp_path / f"{k}_to_one")
+        results[f"{k} -> 1"] = run_single(GPT + [f"checkpoint.dir={ck}"], tmp_path / f"{k}_1")
+    assert len(results) == 3 + 9 + 4
+    for what, res in results.items():
+        _check(straight, res, what)
 
 
 @pytest.mark.timeout(600)
