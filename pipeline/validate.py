@@ -8,9 +8,6 @@ from plait.errors import ConfigError
 from plait.mesh import ParallelDims
 from plait.pipeline.schedules import allowed_virtual, microbatch_problem, valid_microbatches
 
-#: schedules that split backward into input- and weight-gradient passes (B and W)
-ZERO_BUBBLE = ("InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
-
 
 def n_blocks(cfg: Config) -> int:
     from plait.models import build_model
@@ -63,16 +60,7 @@ def check_pipeline(cfg: Config, dims: ParallelDims) -> None:
             f"step gets (train.global_batch={t.global_batch} / dp={dims.dp} / grad_accum="
             f"{t.grad_accum}); use one of {good or 'none - raise train.global_batch'}"
         )
-    if p.zero_stage == 3 and dims.dp > 1 and name in ZERO_BUBBLE:
-        # measured: losses drift by ~1e-3 from one process from the second step; zero_stage=2
-        # (torchtitan's default under pp, sparing an all-gather per microbatch) matches to 1e-7
-        raise ConfigError(
-            f"parallel.zero_stage: 3 is not allowed with pp_schedule={name}: its separate "
-            "weight-gradient pass gives wrong gradients for parameters FSDP2 re-shards after "
-            "forward (torch 2.13); use zero_stage=2, or a schedule without W passes (GPipe, "
-            "1F1B, Interleaved1F1B, LoopedBFS)"
-        )
-    if t.compile and name in ZERO_BUBBLE:
+    if t.compile and name in ("InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV"):
         raise ConfigError(
             f"train.compile: true is not allowed with pp_schedule={name} (torch splits its "
             "backward outside the compiled graph); use 1F1B, Interleaved1F1B or compile=false"

@@ -26,11 +26,19 @@ def _divisors(n: int) -> list[int]:
 
 
 def valid(shape: ModelShape, layout: Layout, job: Job) -> bool:
-    """Shape rules plait's wrappers need: TP splits heads and kv heads, each pipeline chunk
-    gets a block, the global batch splits into dp x micro-batches, pipelines have m >= p."""
+    """Shape rules plait's wrappers need (TP splits heads and kv heads, each pipeline chunk
+    gets a block, the global batch splits into dp x micro-batches, pipelines have m >= p) and
+    the engine x layout rules launch enforces (plait.parallelize.layout_problem)."""
+    from plait.parallelize import layout_problem
+
     p, v = layout.pp, layout.v
     if shape.n_heads % layout.tp or shape.n_kv_heads % layout.tp:
         return False
+    if layout_problem(
+        dp_engine=layout.dp_engine, zero_stage=layout.zero_stage, pp=p, dp=layout.dp,
+        dp_replicate=layout.dp_replicate, tp=layout.tp, schedule=layout.schedule,
+    ):  # fmt: skip
+        return False  # plait would refuse it at launch
     if p * v > shape.n_layers or (p > 1 and layout.microbatches < p):
         return False
     return job.global_batch % (layout.dp * layout.microbatches) == 0
