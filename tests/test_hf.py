@@ -102,17 +102,28 @@ def test_init_is_hf_like_and_head_starts_tied():
     assert torch.all(model.layers["0"].attn.q_proj.bias == 0)
 
 
+PRETRAINED = RUN + ["optim.lr=1e-3"]  # arch and sizes from the folder's config.json
+
+
+def save_tied_gpt2(folder, overrides: list[str] = GPT2):
+    """A random GPT-2 saved by Transformers itself, tied as the Hub's checkpoints are."""
+    src = plait_model(overrides + ["train.seed=7"])
+    ref = src.hf_cls(src.hf_config)
+    ref.load_state_dict(src.to_hf(src.state_dict()), strict=False)
+    ref.save_pretrained(folder)
+    return folder
+
+
 def test_pretrained_folder_loads_and_matches(tmp_path):
+    from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
     for name, overrides in (("llama", LLAMA), ("gpt2", GPT2)):
-        src = plait_model(overrides + ["train.seed=7"])
-        ref = src.hf_cls(src.hf_config)  # GPT-2: tied, as the Hub's checkpoints are
-        ref.load_state_dict(src.to_hf(src.state_dict()), strict=False)
-        ref.save_pretrained(tmp_path / name)
-        model = plait_model(
-            [*RUN, f"model.hf_pretrained={tmp_path / name}"]  # arch and sizes from config.json
-        )
+        save_tied_gpt2(tmp_path / name, overrides)
+        if name == "gpt2":
+            with safe_open(str(tmp_path / name / "model.safetensors"), "pt") as f:
+                assert "lm_head.weight" not in f.keys()  # tied: the head is read from wte
+        model = plait_model([*PRETRAINED, f"model.hf_pretrained={tmp_path / name}"])
         loaded = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
         x = tokens()
         with torch.no_grad():
@@ -161,30 +172,37 @@ def test_config_mistakes_name_the_key(tmp_path):
 def two_ranks(tmp_path_factory):
     """Every 2-rank config in one launch; returns {name: (overrides, RunResult)}."""
     tmp = tmp_path_factory.mktemp("hf2")
-    ckpt = tmp / "ckpt"
+    save_tied_gpt2(tmp / "gpt2_pretrained")
     variants = {
         "llama dp_shard=2": LLAMA + DP,
-        "llama tp=2": LLAMA + TP + [f"checkpoint.dir={ckpt}"],  # exported below
+        "llama tp=2": LLAMA + TP + [f"checkpoint.dir={tmp / 'ckpt_llama'}"],  # exported below
         "llama tp=2 sp": LLAMA + TP + ["parallel.sequence_parallel=true"],
         "llama pp=2": LLAMA + PP,
         "mistral tp=2": MISTRAL + TP,
         "gpt2 dp_shard=2": GPT2 + DP,
         "gpt2 tp=2": GPT2 + TP,
-        "gpt2 pp=2": GPT2 + PP,
+        "gpt2 pp=2": GPT2 + PP + [f"checkpoint.dir={tmp / 'ckpt_gpt2'}"],  # exported below
+        # a tied save_pretrained checkpoint (no lm_head tensor) read shard by shard
+        "gpt2pre tp=2": PRETRAINED + [f"model.hf_pretrained={tmp / 'gpt2_pretrained'}"] + TP,
+        "gpt2pre pp=2": PRETRAINED + [f"model.hf_pretrained={tmp / 'gpt2_pretrained'}"] + PP,
         "neox dp_shard=2": NEOX + DP,
     }
     dicts = [make_config(v, tmp / f"run{i}").to_dict() for i, v in enumerate(variants.values())]
     runs = run_in_ranks("helpers:train_configs", (dicts,), 2, tmp, timeout=420)[0]
-    return {"ckpt": ckpt, **{k: (v, r) for (k, v), r in zip(variants.items(), runs)}}
+    return {"tmp": tmp, **{k: (v, r) for (k, v), r in zip(variants.items(), runs)}}
 
 
 @pytest.mark.timeout(600)
 def test_two_rank_layouts_match_one_process(two_ranks, tmp_path):
     refs = {}
-    for arch, base in (("llama", LLAMA), ("mistral", MISTRAL), ("gpt2", GPT2), ("neox", NEOX)):
+    pretrained = [*PRETRAINED, f"model.hf_pretrained={two_ranks['tmp'] / 'gpt2_pretrained'}"]
+    for arch, base in (
+        ("llama", LLAMA), ("mistral", MISTRAL), ("gpt2", GPT2), ("gpt2pre", pretrained),
+        ("neox", NEOX),
+    ):  # fmt: skip
         refs[arch] = run_single(base, tmp_path / arch)
     for name, value in two_ranks.items():
-        if name == "ckpt":
+        if name == "tmp":
             continue
         _, got = value
         try:
@@ -195,22 +213,26 @@ def test_two_rank_layouts_match_one_process(two_ranks, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_tp2_run_exports_to_transformers_with_equal_logits(two_ranks, tmp_path):
+@pytest.mark.parametrize("run", ["llama tp=2", "gpt2 pp=2"])
+def test_trained_run_exports_to_transformers_with_equal_logits(two_ranks, tmp_path, run):
     from transformers import AutoModelForCausalLM
 
     from plait.checkpoint import list_checkpoints
     from plait.cli import main
 
-    overrides, run = two_ranks["llama tp=2"]
-    (last,) = list_checkpoints(two_ranks["ckpt"])[-1:]
+    overrides, result = two_ranks[run]
+    last = list_checkpoints(two_ranks["tmp"] / f"ckpt_{run.split()[0]}")[-1]
     out = tmp_path / "hf"
     assert main(["export", str(last), str(out), "--format", "hf"]) == 0
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    trained = plait_model(overrides, run.state)  # the weights the tp=2 run ended with
+    trained = plait_model(overrides, result.state)  # the weights the 2-rank run ended with
     x = tokens()
     with torch.no_grad():
         want = trained(x)
         torch.testing.assert_close(loaded(input_ids=x).logits, want, rtol=0, atol=1e-6)
-    # they moved away from the init: the export holds the trained weights
-    assert not torch.allclose(plait_model(overrides)(x), want)
+        # the export holds the trained weights, not the init
+        assert not torch.allclose(plait_model(overrides)(x), want)
+    if run.startswith("gpt2"):  # trained untied, exported untied
+        assert not loaded.config.tie_word_embeddings
+        assert not torch.equal(loaded.lm_head.weight, loaded.transformer.wte.weight)
