@@ -125,6 +125,12 @@ def test_pretrained_folder_loads_and_matches(tmp_path):
                 assert "lm_head.weight" not in f.keys()  # tied: the head is read from wte
         model = plait_model([*PRETRAINED, f"model.hf_pretrained={tmp_path / name}"])
         loaded = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
+        wrong = [
+            *PRETRAINED,
+            f"model.hf_pretrained={tmp_path / name}",
+            "model.hf_overrides.vocab_size=128",
+        ]
+        assert "in the configured model" in _refusal(wrong)  # before any process group
         x = tokens()
         with torch.no_grad():
             torch.testing.assert_close(model(x), loaded(input_ids=x).logits, rtol=0, atol=1e-6)

@@ -148,6 +148,8 @@ def check_hf(cfg: Config) -> None:
             f"model.hf_overrides.vocab_size: {vocab} is too small for byte-level "
             "data.name=stdlib_text; needs >= 256"
         )
+    if m.hf_pretrained is not None:
+        check_pretrained(build_hf(cfg))
     longest = getattr(config, "max_position_embeddings", None)
     if longest is not None and longest < d.seq_len:
         raise ConfigError(
@@ -393,6 +395,22 @@ def build_hf(cfg: Config) -> HFModel:
 # ---------------------------------------------------------------- pretrained weights
 
 
+def check_pretrained(model: HFModel) -> None:
+    """Every tensor the model needs is in the checkpoint with its shape (headers only)."""
+    weights = HFWeights(model.pretrained)
+    need = model.to_hf(dict(model.named_parameters()))  # meta tensors: shapes, no memory
+    for name, t in need.items():
+        if not weights.has(name) and name == model.hf_name(model.head_name()):
+            continue  # a tied checkpoint: the head is read from the embedding
+        shape = weights.shape(name)
+        if shape != tuple(t.shape):
+            raise ConfigError(
+                f"model.hf_pretrained: {name} has shape {shape} in {model.pretrained!r} but "
+                f"{tuple(t.shape)} in the configured model; drop the model.hf_overrides / "
+                "model.hf_config that change sizes, or point at a checkpoint of this shape"
+            )
+
+
 class HFWeights:
     """Tensors of a local save_pretrained folder, read one at a time from its safetensors
     file(s) (no pickle), so no rank ever holds the whole checkpoint."""
@@ -426,7 +444,7 @@ class HFWeights:
     def has(self, name: str) -> bool:
         return self._key(name) is not None
 
-    def get(self, name: str) -> torch.Tensor:
+    def _open(self, name: str):
         from safetensors import safe_open
 
         key = self._key(name)
@@ -435,5 +453,14 @@ class HFWeights:
                 f"model.hf_pretrained: {str(self.folder)!r} has no tensor {name!r}; is it a "
                 "checkpoint of the configured architecture?"
             )
-        with safe_open(str(self.where[key]), "pt") as f:
+        return key, safe_open(str(self.where[key]), "pt")
+
+    def get(self, name: str) -> torch.Tensor:
+        key, f = self._open(name)
+        with f:
             return f.get_tensor(key)
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        key, f = self._open(name)
+        with f:
+            return tuple(f.get_slice(key).get_shape())
