@@ -43,7 +43,7 @@ SUPPORTED = LLAMA_STYLE + GPT2_STYLE  # architectures with layers for pp and a t
 # ---------------------------------------------------------------- config
 
 
-def hf_class(m: ModelConfig, arch: str) -> type:
+def hf_class(arch: str) -> type:
     import transformers
 
     cls = getattr(transformers, arch, None)
@@ -97,7 +97,7 @@ def hf_config(m: ModelConfig) -> tuple[type, Any]:
             "model.hf_arch: not set and no config.json names its architectures; set it, "
             f"e.g. model.hf_arch={SUPPORTED[0]}"
         )
-    cls = hf_class(m, arch)
+    cls = hf_class(arch)
     known = cls.config_class().to_dict()
     for k in m.hf_overrides:
         if k not in known and not hasattr(cls.config_class, k):
@@ -105,8 +105,7 @@ def hf_config(m: ModelConfig) -> tuple[type, Any]:
                 f"model.hf_overrides.{k}: not a field of {cls.config_class.__name__}"
                 f"{did_you_mean(k, known)}"
             )
-    for k in ("model_type",):
-        raw.pop(k, None)
+    raw.pop("model_type", None)  # the class given by hf_arch decides it
     config = cls.config_class.from_dict({**raw, **m.hf_overrides})
     config.architectures = [arch]
     config._attn_implementation = "sdpa"  # the kernel plait's forward and the tests use
@@ -377,9 +376,6 @@ class HFWhole(HFModel):
 
     def head_name(self) -> str:
         return ""
-
-    def to_hf(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {self.hf_name(k): v for k, v in state.items()}
 
 
 def build_hf(cfg: Config) -> HFModel:
