@@ -105,8 +105,8 @@ def test_init_is_hf_like_and_head_starts_tied():
 PRETRAINED = RUN + ["optim.lr=1e-3"]  # arch and sizes from the folder's config.json
 
 
-def save_tied_gpt2(folder, overrides: list[str] = GPT2):
-    """A random GPT-2 saved by Transformers itself, tied as the Hub's checkpoints are."""
+def save_pretrained_folder(folder, overrides: list[str] = GPT2):
+    """A random model saved by Transformers itself (GPT-2: tied, as the Hub's checkpoints are)."""
     src = plait_model(overrides + ["train.seed=7"])
     ref = src.hf_cls(src.hf_config)
     ref.load_state_dict(src.to_hf(src.state_dict()), strict=False)
@@ -119,7 +119,7 @@ def test_pretrained_folder_loads_and_matches(tmp_path):
     from transformers import AutoModelForCausalLM
 
     for name, overrides in (("llama", LLAMA), ("gpt2", GPT2)):
-        save_tied_gpt2(tmp_path / name, overrides)
+        save_pretrained_folder(tmp_path / name, overrides)
         if name == "gpt2":
             with safe_open(str(tmp_path / name / "model.safetensors"), "pt") as f:
                 assert "lm_head.weight" not in f.keys()  # tied: the head is read from wte
@@ -178,7 +178,7 @@ def test_config_mistakes_name_the_key(tmp_path):
 def two_ranks(tmp_path_factory):
     """Every 2-rank config in one launch; returns {name: (overrides, RunResult)}."""
     tmp = tmp_path_factory.mktemp("hf2")
-    save_tied_gpt2(tmp / "gpt2_pretrained")
+    save_pretrained_folder(tmp / "gpt2_pretrained")
     variants = {
         "llama dp_shard=2": LLAMA + DP,
         "llama tp=2": LLAMA + TP + [f"checkpoint.dir={tmp / 'ckpt_llama'}"],  # exported below
