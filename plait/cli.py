@@ -32,7 +32,16 @@ def _parser() -> argparse.ArgumentParser:
         "export", help="a checkpoint of any layout -> one safetensors file of full weights"
     )
     e.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/x/checkpoints/step-00000100")
-    e.add_argument("out", help="output .safetensors file (load it with checkpoint.init_from=...)")
+    e.add_argument(
+        "out",
+        help="output .safetensors file (load it with checkpoint.init_from=...), or with --format hf a folder",
+    )
+    e.add_argument(
+        "--format",
+        choices=("safetensors", "hf"),
+        default="safetensors",
+        help="hf: a Transformers save_pretrained folder (model.name=hf runs), loadable with from_pretrained",
+    )
 
     sd = sub.add_parser(
         "seed", help="write a seed checkpoint: the config's initial weights as one safetensors file"
@@ -151,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "export":
             from pathlib import Path
 
-            from plait.checkpoint import export_checkpoint
+            if args.format == "hf":
+                from plait.models.hf_export import export_hf_checkpoint as export
+            else:
+                from plait.checkpoint import export_checkpoint as export
 
-            step = export_checkpoint(Path(args.checkpoint), Path(args.out))
+            step = export(Path(args.checkpoint), Path(args.out))
             print(f"wrote {args.out} (weights after step {step})")
             return 0
         if args.cmd == "seed":

@@ -31,7 +31,7 @@ def _f(default: Any, help: str, key: str | None = None, **kw: Any) -> Any:
     return field(default=default, metadata=meta, **kw)
 
 
-ModelName = Literal["gpt", "seed_mlp", "seed_bigmodel"]
+ModelName = Literal["gpt", "seed_mlp", "seed_bigmodel", "hf"]
 DataName = Literal["synthetic", "digits", "mnist_idx", "stdlib_text"]
 Schedule = Literal[
     "GPipe",
@@ -46,7 +46,9 @@ Schedule = Literal[
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    name: ModelName = _f("gpt", "Which zoo model to build.")
+    name: ModelName = _f(
+        "gpt", "Which model to build: a zoo model, or hf (a Hugging Face Transformers model)."
+    )
     preset: str = _f(
         "tiny",
         "Size preset (gpt: tiny, small, 125m, 350m, 1b, 8b, 70b, 405b; seed models: default).",
@@ -72,6 +74,22 @@ class ModelConfig:
     batchnorm: bool = _f(
         False,
         "seed_mlp / seed_bigmodel: BatchNorm1d after each hidden layer (the seed's regularisation chapter).",
+    )
+    hf_arch: str | None = _f(
+        None,
+        "hf: Transformers class, e.g. LlamaForCausalLM, MistralForCausalLM, GPT2LMHeadModel (default: the config's architectures[0]).",
+    )
+    hf_config: str | None = _f(
+        None,
+        "hf: a local config.json, or a folder holding one (default: hf_pretrained's, else the class defaults).",
+    )
+    hf_overrides: dict[str, Any] = _f(
+        {},
+        "hf: config fields set on top of hf_config, e.g. {hidden_size: 64, num_hidden_layers: 2}.",
+    )
+    hf_pretrained: str | None = _f(
+        None,
+        "hf: a local save_pretrained folder (safetensors) whose weights replace the random init.",
     )
 
 
@@ -248,7 +266,9 @@ def _to_dict(obj: Any) -> dict[str, Any]:
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         out[_key(f)] = (
-            _to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, list) else v)
+            _to_dict(v)
+            if dataclasses.is_dataclass(v)
+            else (type(v)(v) if isinstance(v, (list, dict)) else v)
         )
     return out
 
@@ -261,6 +281,8 @@ def _describe(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if origin is list:
         return f"a list of {_describe(args[0])}"
+    if origin is dict:
+        return "a mapping of names to values"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, str(tp)
     )
@@ -287,6 +309,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise bad
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad
+        return dict(value)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -462,12 +488,12 @@ def check_values(cfg: Config) -> None:
     _require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
     _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")
     _require(cfg.log.every >= 1, "log.every", cfg.log.every, "must be >= 1")
-    if m.name == "gpt":
+    if m.name in ("gpt", "hf"):
         _require(
             d.name in ("synthetic", "stdlib_text"),
             "data.name",
             d.name,
-            "model gpt takes token data: 'synthetic' or 'stdlib_text'",
+            f"model {m.name} takes token data: 'synthetic' or 'stdlib_text'",
         )
     else:
         _require(

@@ -67,9 +67,27 @@ class ReplicateParallel(ParallelStyle):
         )
 
 
-def _positional_arity(module: nn.Module) -> int:
-    params = inspect.signature(module.forward).parameters.values()
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+class GatherInput(PrepareModuleInput):
+    """``gather_input``: the module's first argument (the activation) goes from the residual
+    stream layout to Replicate, whether it is passed by position (plait's modules) or by its
+    name (Hugging Face's decoder layers call ``self_attn(hidden_states=...)``); every other
+    argument (RoPE tables, masks) passes through untouched."""
+
+    def __init__(self, module: nn.Module, stream):
+        params = list(inspect.signature(module.forward).parameters.values())
+        first = params[0].name if params else "input"
+        super().__init__(
+            input_kwarg_layouts={first: stream},
+            desired_input_kwarg_layouts={first: Replicate()},
+            use_local_output=False,
+        )
+        self.stream = stream
+
+    def _prepare_input_fn(self, inputs, device_mesh):
+        if not inputs:
+            return inputs
+        first = self._prepare_input_arg(inputs[0], device_mesh, self.stream, Replicate())
+        return (first, *inputs[1:])
 
 
 def make_style(
@@ -84,12 +102,7 @@ def make_style(
         return RowwiseParallel(output_layouts=stream)
     if name == "gather_input":
         # only the first input is the activation (attention also takes the RoPE tables)
-        n = _positional_arity(module)
-        return PrepareModuleInput(
-            input_layouts=(stream,) + (None,) * (n - 1),
-            desired_input_layouts=(Replicate(),) + (None,) * (n - 1),
-            use_local_output=False,
-        )
+        return GatherInput(module, stream)
     if name == "norm":
         return SequenceParallel() if sequence_parallel else ReplicateParallel()
     if name == "vocab_embedding":

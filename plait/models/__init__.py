@@ -42,7 +42,11 @@ def gpt_args(cfg: Config) -> GPTArgs:
 def check_model(cfg: Config) -> None:
     """Shape checks that need the model's size but no process group."""
     m, d = cfg.model, cfg.data
-    if m.name == "gpt":
+    if m.name == "hf":
+        from plait.models.hf import check_hf
+
+        check_hf(cfg)
+    elif m.name == "gpt":
         a = gpt_args(cfg)
         for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size"):
             if getattr(a, k) < 1:
@@ -84,6 +88,14 @@ def build_model(cfg: Config, device: str | torch.device = "meta") -> PlaitModel:
     """Build the configured model on ``device``; on meta it holds no memory until materialised."""
     check_model(cfg)
     m = cfg.model
+    if m.name == "hf":  # parameters built on meta, derived buffers computed on CPU
+        from plait.models.hf import build_hf
+
+        model = build_hf(cfg)
+        if torch.device(device).type != "meta":
+            model.to_empty(device=device)
+            model.init_buffers()
+        return model
     with torch.device(device):
         if m.name == "gpt":
             return GPT(gpt_args(cfg))

@@ -60,10 +60,24 @@ class ModelShape:
 
     @staticmethod
     def from_config(cfg: Config) -> ModelShape:
+        if cfg.model.name == "hf":
+            from plait.models.hf import LLAMA_STYLE, hf_config
+
+            cls, c = hf_config(cfg.model)
+            if cls.__name__ not in LLAMA_STYLE:
+                raise ConfigError(
+                    f"model.hf_arch: {cls.__name__!r} is not planned; plait plan models gpt and "
+                    f"the Llama-style Transformers models ({', '.join(LLAMA_STYLE)})"
+                )
+            kv = c.num_key_value_heads or c.num_attention_heads
+            return ModelShape(
+                c.hidden_size, c.num_hidden_layers, c.num_attention_heads, kv,
+                c.intermediate_size, c.vocab_size,
+            )  # fmt: skip
         if cfg.model.name != "gpt":
             raise ConfigError(
-                f"model.name: {cfg.model.name!r} is not planned; plait plan models gpt only "
-                "(the seed models fit anywhere)"
+                f"model.name: {cfg.model.name!r} is not planned; plait plan models gpt and "
+                "hf Llama-style models (the seed models fit anywhere)"
             )
         from plait.models import gpt_args
 
