@@ -34,6 +34,7 @@ from torch import nn
 from plait.config import Config, ModelConfig
 from plait.errors import ConfigError, did_you_mean
 from plait.models.base import PlaitModel, canonical_name, name_seed
+from plait.models.hf_weights import HFWeights, check_pretrained
 
 LLAMA_STYLE = ("LlamaForCausalLM", "MistralForCausalLM")
 GPT2_STYLE = ("GPT2LMHeadModel",)
@@ -386,77 +387,3 @@ def build_hf(cfg: Config) -> HFModel:
     arch = cls.__name__
     adapter = HFDecoder if arch in LLAMA_STYLE else HFGPT2 if arch in GPT2_STYLE else HFWhole
     return adapter(cls, config, cfg.model.hf_pretrained)
-
-
-# ---------------------------------------------------------------- pretrained weights
-
-
-def check_pretrained(model: HFModel) -> None:
-    """Every tensor the model needs is in the checkpoint with its shape (headers only)."""
-    weights = HFWeights(model.pretrained)
-    need = model.to_hf(dict(model.named_parameters()))  # meta tensors: shapes, no memory
-    for name, t in need.items():
-        if not weights.has(name) and name == model.hf_name(model.head_name()):
-            continue  # a tied checkpoint: the head is read from the embedding
-        shape = weights.shape(name)
-        if shape != tuple(t.shape):
-            raise ConfigError(
-                f"model.hf_pretrained: {name} has shape {shape} in {model.pretrained!r} but "
-                f"{tuple(t.shape)} in the configured model; drop the model.hf_overrides / "
-                "model.hf_config that change sizes, or point at a checkpoint of this shape"
-            )
-
-
-class HFWeights:
-    """Tensors of a local save_pretrained folder, read one at a time from its safetensors
-    file(s) (no pickle), so no rank ever holds the whole checkpoint."""
-
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        index = self.folder / "model.safetensors.index.json"
-        single = self.folder / "model.safetensors"
-        if index.is_file():
-            self.where = {
-                k: self.folder / f for k, f in json.loads(index.read_text())["weight_map"].items()
-            }
-        elif single.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(single), "pt") as f:
-                self.where = {k: single for k in f.keys()}  # noqa: SIM118
-        else:
-            raise ConfigError(
-                f"model.hf_pretrained: {str(self.folder)!r} has no model.safetensors(.index.json); "
-                "plait reads safetensors only (save with save_pretrained(..., safe_serialization=True))"
-            )
-
-    def _key(self, name: str) -> str | None:
-        if name in self.where:
-            return name
-        # a checkpoint of the bare base model (e.g. OpenAI's gpt2: "h.0..." not "transformer.h.0...")
-        head, _, rest = name.partition(".")
-        return rest if rest in self.where else None
-
-    def has(self, name: str) -> bool:
-        return self._key(name) is not None
-
-    def _open(self, name: str):
-        from safetensors import safe_open
-
-        key = self._key(name)
-        if key is None:
-            raise ConfigError(
-                f"model.hf_pretrained: {str(self.folder)!r} has no tensor {name!r}; is it a "
-                "checkpoint of the configured architecture?"
-            )
-        return key, safe_open(str(self.where[key]), "pt")
-
-    def get(self, name: str) -> torch.Tensor:
-        key, f = self._open(name)
-        with f:
-            return f.get_tensor(key)
-
-    def shape(self, name: str) -> tuple[int, ...] | None:
-        key, f = self._open(name)
-        with f:
-            return tuple(f.get_slice(key).get_shape())
