@@ -14,8 +14,10 @@ from torch.distributed.tensor.parallel import loss_parallel, parallelize_module
 from plait.errors import PlaitError
 from plait.tensor_parallel.styles import make_style
 
-# attribute set on the model by apply_tp: its logits are sharded on the class dim
+# attributes set on the model by apply_tp: its logits are sharded on the class dim; the
+# residual stream between blocks (so a later pipeline stage's input) is this many sequence shards
 LOSS_PARALLEL_ATTR = "tp_loss_parallel"
+SEQ_SHARDS_ATTR = "tp_seq_shards"
 
 
 def match(pattern: str, name: str) -> bool:
@@ -61,6 +63,7 @@ def apply_tp(
             "give their modules a style (e.g. 'replicate')"
         )
     setattr(model, LOSS_PARALLEL_ATTR, loss_parallel and uses_head)
+    setattr(model, SEQ_SHARDS_ATTR, tp_mesh.size() if sequence_parallel else 1)
     return model
 
 

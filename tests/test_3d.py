@@ -4,7 +4,7 @@ schedules with and without sequence parallel, accumulation and ZeRO-2/3 (ZeRO-3 
 the zero-bubble schedules: plait.pipeline.validate); plus pipeline x HSDP.
 Losses match per step within relative 1e-5 (helpers.RTOL), final full weights and held-out loss
 too. The 3-D checkpoints also load under one process, and a one-process checkpoint under 3-D
-(promise 2), training on along the straight run."""
+(promise 2), training on along the straight run. A Hugging Face Llama runs 3-D too."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ LAYOUTS = {
 }  # fmt: skip
 
 
+# a Transformers Llama through plait's HF adapter (plait.models.hf), 3-D with sequence parallel
+HF_LLAMA = ["model.name=hf", "model.hf_arch=LlamaForCausalLM", "model.hf_overrides.hidden_size=64",
+            "model.hf_overrides.intermediate_size=128", "model.hf_overrides.num_hidden_layers=2",
+            "model.hf_overrides.num_attention_heads=4", "model.hf_overrides.num_key_value_heads=2",
+            "model.hf_overrides.vocab_size=256", "model.hf_overrides.max_position_embeddings=64",
+            "data.name=synthetic", "data.seq_len=16", "train.global_batch=8", "train.steps=5",
+            "train.eval_batches=1", "optim.warmup_steps=2", "train.grad_clip=1.0"]  # fmt: skip
+HF_3D = THREE_D + pp("1F1B", 2) + ["parallel.zero_stage=3", "parallel.sequence_parallel=true"]
+
+
 def _step3(run_dir, dst):
     """A checkpoint folder holding only the step-3 checkpoint of the run in ``run_dir``."""
     shutil.copytree(run_dir / "checkpoints" / "step-00000003", dst / "step-00000003")
@@ -60,10 +70,14 @@ def test_3d_matches_one_process_and_checkpoints_cross_layouts(tmp_path):
     from_one = _step3(straight.run_dir, tmp_path / "one_to_3d")
     cfgs = {name: GPT + extra for name, extra in LAYOUTS.items()}
     cfgs["1 -> 3d"] = GPT + LAYOUTS["3d 1F1B zero3"] + [f"checkpoint.dir={from_one}"]
+    cfgs["hf llama 3d"] = HF_LLAMA + HF_3D
     results = run_distributed_many(list(cfgs.values()), 8, tmp_path / "eight", timeout=560)
     for name, got in zip(cfgs, results):
         if name == "1 -> 3d":
             _check_resumed(straight, got, name)
+            continue
+        if name == "hf llama 3d":
+            assert_same_run(run_single(HF_LLAMA, tmp_path / "hf_one"), got)
             continue
         try:
             assert_same_run(straight, got)

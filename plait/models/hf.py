@@ -35,6 +35,7 @@ from plait.config import Config, ModelConfig
 from plait.errors import ConfigError, did_you_mean
 from plait.models.base import PlaitModel, canonical_name, name_seed
 from plait.models.hf_weights import HFWeights, check_pretrained
+from plait.tensor_parallel.apply import SEQ_SHARDS_ATTR
 
 LLAMA_STYLE = ("LlamaForCausalLM", "MistralForCausalLM")
 GPT2_STYLE = ("GPT2LMHeadModel",)
@@ -311,8 +312,10 @@ class HFDecoder(HFModel):
         return ((d >= 0) & (d < w))[None, None]  # (1, 1, T, T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the first stage takes token ids (B, T), later pipeline stages hidden states (B, T, D)
-        T = x.shape[1]
+        # the first stage takes token ids (B, T), later pipeline stages hidden states (B, T, D),
+        # under sequence parallel their local sequence shard (B, T / tp, D): positions and mask
+        # are for the whole sequence, which attention sees after its all-gather
+        T = x.shape[1] * (1 if self.embed_tokens is not None else getattr(self, SEQ_SHARDS_ATTR, 1))
         h = self.embed_tokens(x) if self.embed_tokens is not None else x
         pos = torch.arange(T, device=h.device)[None]  # (1, T)
         rope = self.rotary_emb(h, pos)  # cos, sin: (1, T, E)
