@@ -45,9 +45,20 @@ SUPPORTED = LLAMA_STYLE + GPT2_STYLE  # architectures with layers for pp and a t
 # ---------------------------------------------------------------- config
 
 
+#: oldest Transformers tested: from 4.48 HF attention reshapes by -1 heads, so a rank's local
+#: heads work under tensor parallel (4.44 fails there); 4.48.3 and 5.23 pass tests/test_hf.py
+MIN_TRANSFORMERS = "4.48"
+
+
 def hf_class(arch: str) -> type:
     import transformers
+    from packaging.version import Version
 
+    if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
+        raise ConfigError(
+            f"model.name: 'hf' needs transformers>={MIN_TRANSFORMERS}, found "
+            f"{transformers.__version__}; pip install -U 'plait[hf]'"
+        )
     cls = getattr(transformers, arch, None)
     ok = (
         isinstance(cls, type)
