@@ -64,7 +64,12 @@ class ParallelDims:
         root = init_device_mesh(
             device_type, (self.pp, self.dp_replicate, self.dp_shard, self.tp), mesh_dim_names=AXES
         )
-        return Meshes(root=root, dp=root["dp_replicate", "dp_shard"]._flatten("dp"))
+        dp = root["dp_replicate", "dp_shard"]._flatten("dp")
+        if self.dp > 1 and self.tp > 1:
+            # FSDP x TP parameters live on a (dp, tp) mesh; with this flattened axis registered,
+            # DTensor reduces their norms in one all-reduce instead of one per axis
+            root["dp_replicate", "dp_shard", "tp"]._flatten("dp_tp")
+        return Meshes(root=root, dp=dp)
 
 
 @dataclass(frozen=True)
