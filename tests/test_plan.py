@@ -57,8 +57,31 @@ def test_bubble_closed_forms():
     assert bubble_fraction("GPipe", 4, 8) == pytest.approx(3 / 11)
     assert bubble_fraction("Interleaved1F1B", 4, 8, 2) == pytest.approx(3 / 19)  # (p-1)/(vm+p-1)
     assert bubble_fraction("InterleavedZeroBubble", 4, 8, 1) == pytest.approx(1 / 9)  # 1/3 of 3/8
-    assert bubble_fraction("ZBVZeroBubble", 4, 8, 2) == 0.0
+    # torch's ZB-V order is not bubble-free: it leaves ZB-H1's third of the interleaved bubble
+    assert bubble_fraction("ZBVZeroBubble", 4, 8, 2) == pytest.approx(1 / 17)  # ratio 3/48
     assert bubble_fraction("1F1B", 1, 8) == 0.0
+
+
+def test_bubble_matches_the_simulated_torch_orders():
+    """The plan's bubble against plait.pipeline.simulate run on the action orders torch 2.13
+    executes (F = I = W, no comm), for every schedule over a grid of p, v, m."""
+    from plait.pipeline.schedules import microbatch_problem
+    from plait.pipeline.simulate import simulate
+    from plait.plan.bubble import SCHEDULES
+
+    n = 0
+    for name in SCHEDULES:
+        vs = (1,) if name in ("GPipe", "1F1B") else (2,) if "V" in name else (2, 3)
+        for p in (2, 4):
+            for v in vs:
+                for m in range(p, 3 * p + 1):
+                    if microbatch_problem(name, p, v, m):
+                        continue
+                    want = simulate(name, p, m, v).bubble
+                    assert bubble_fraction(name, p, m, v) == pytest.approx(want, abs=1e-9), (
+                        name, p, v, m)  # fmt: skip
+                    n += 1
+    assert n > 60
 
 
 def test_inflight_microbatches():

@@ -1,13 +1,15 @@
 """Pipeline schedules in closed form: the idle fraction of a step and the micro-batches whose
 activations the first rank holds at once.
 
-One function each, so the integrator can later route them to the pipeline package's schedule
-simulator; the closed forms assume equal forward (F), input-backward (B) and weight-backward
-(W) times, as the papers' own formulas do.
+The closed forms assume equal forward (F), input-backward (B) and weight-backward (W) times,
+as the papers' own formulas do. The bubble is checked against plait.pipeline.simulate laying
+out the action orders torch 2.13 really runs (tests/test_plan.py, every schedule over a grid of
+p, v, m); where no closed form holds (V schedules with few micro-batches) it is simulated.
 """
 
 from __future__ import annotations
 
+import functools
 import typing
 
 from plait.config import Schedule
@@ -24,7 +26,8 @@ def bubble_ratio(schedule: str, p: int, m: int, v: int = 1) -> float:
     InterleavedZeroBubble (ZB-H1, arXiv 2401.10241 sec. 3): the 1F1B bubble
     (p-1)(F+B+W) shrinks to (p-1)(F+B-W), one third with F=B=W, divided by v.
     ZBVZeroBubble (ZB-V, arXiv 2401.10241 sec. 6) and DualPipeV (DeepSeek-V3, arXiv
-    2412.19437 table 2: (p/2-1)(F&B+B-3W)) are bubble-free when F=B=W.
+    2412.19437 table 2) are bubble-free on paper when F=B=W, but torch's orders of them leave
+    ZB-H1's (p-1)/(3·v·m) once m >= 3p/2 (simulated); below that the simulator's figure.
     """
     if p <= 1:
         return 0.0
@@ -35,8 +38,16 @@ def bubble_ratio(schedule: str, p: int, m: int, v: int = 1) -> float:
     if schedule == "InterleavedZeroBubble":
         return (p - 1) / (3 * v * m)
     if schedule in ("ZBVZeroBubble", "DualPipeV"):
-        return 0.0
+        return (p - 1) / (3 * v * m) if 2 * m >= 3 * p else _simulated_ratio(schedule, p, m, v)
     raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+
+
+@functools.lru_cache(maxsize=256)
+def _simulated_ratio(schedule: str, p: int, m: int, v: int) -> float:
+    from plait.pipeline.simulate import simulate
+
+    f = simulate(schedule, p, m, v).bubble
+    return f / (1 - f)
 
 
 def bubble_fraction(schedule: str, p: int, m: int, v: int = 1) -> float:
