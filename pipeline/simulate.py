@@ -50,6 +50,17 @@ class Simulation:
     def bubble(self) -> float:
         return bubble_fraction(self.events)
 
+    def peak_inflight(self, rank: int) -> float:
+        """Most micro-batches whose activations ``rank`` holds at once, in units of one
+        micro-batch through all its stages: a stage's activations live from its F until its
+        full backward B or, for split backwards, its weight pass W (which needs the layer
+        inputs; the input pass I alone frees little)."""
+        held = peak = 0.0
+        for _, kind, *_ in sorted((e for e in self.events if e[0] == rank), key=lambda e: e[4]):
+            held += 1 / self.v if kind == "F" else -1 / self.v if kind in ("B", "W") else 0.0
+            peak = max(peak, held)
+        return peak
+
     def plot(self, png: str) -> None:
         plot_timeline(
             self.events, png, f"{self.schedule} (simulated) p={self.pp} v={self.v} m={self.m}"

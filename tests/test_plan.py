@@ -84,6 +84,30 @@ def test_bubble_matches_the_simulated_torch_orders():
     assert n > 60
 
 
+def test_inflight_closed_forms_match_the_simulated_torch_orders():
+    """Where the plan uses closed forms (big pipelines; m a multiple of p, m >= 2p), they equal
+    the peak of the simulated torch order on every rank; small pipelines are simulated."""
+    from plait.pipeline.schedules import microbatch_problem
+    from plait.pipeline.simulate import simulate
+    from plait.plan.bubble import SCHEDULES, closed_inflight
+
+    n = 0
+    for name in SCHEDULES:
+        vs = (1,) if name in ("GPipe", "1F1B") else (2,) if "V" in name else (2, 3)
+        for p, v, m in ((p, v, k * p) for p in (2, 4, 8) for v in vs for k in (2, 3)):
+            if microbatch_problem(name, p, v, m):
+                continue
+            sim = simulate(name, p, m, v)
+            for r in range(p):
+                assert closed_inflight(name, p, m, v, r) == pytest.approx(sim.peak_inflight(r)), (
+                    name, p, v, m, r)  # fmt: skip
+            n += 1
+    assert n > 30
+    # m not a multiple of p: torch's interleaved order holds more than Megatron's formula says
+    assert inflight_microbatches("Interleaved1F1B", 4, 5, 2, rank=1) == 5.0
+    assert closed_inflight("Interleaved1F1B", 4, 5, 2, rank=1) == 4.5
+
+
 def test_inflight_microbatches():
     assert inflight_microbatches("1F1B", 4, 8) == 4
     assert inflight_microbatches("1F1B", 4, 8, rank=3) == 1

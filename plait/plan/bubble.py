@@ -9,6 +9,7 @@ p, v, m); where no closed form holds (V schedules with few micro-batches) it is 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import typing
 
@@ -56,27 +57,52 @@ def bubble_fraction(schedule: str, p: int, m: int, v: int = 1) -> float:
     return r / (1 + r)
 
 
+#: irregular pipelines (m not a multiple of p, or m < 2p) up to this many ranks x stages x
+#: micro-batches are simulated (milliseconds each); the closed forms hold for the regular ones
+SIMULATE_UP_TO = 512
+
+
 def inflight_microbatches(schedule: str, p: int, m: int, v: int = 1, rank: int = 0) -> float:
     """Micro-batches' activations pipeline ``rank`` holds at its peak, in units of one
-    micro-batch through all of that rank's layers.
+    micro-batch through all of that rank's layers (a stage's activations count from its
+    forward until its full backward, or its weight pass for split backwards).
 
-    GPipe and looped BFS keep every micro-batch (m). 1F1B: p - rank (arXiv 2104.04473). Interleaved
-    (and ZB-H1 interleaved, same peak by arXiv 2401.10241): Megatron's warm-up of
-    2(p-rank-1) + (v-1)p + 1 chunks of 1/v of the layers, i.e. p + (p-1)/v on rank 0
-    (arXiv 2205.05198 sec. 4.2.3). ZB-V keeps 1F1B's p (arXiv 2401.10241 sec. 6);
-    DualPipeV p + 1 (arXiv 2412.19437 table 2).
+    Closed forms where m is a multiple of p and m >= 2p (checked against the simulator);
+    otherwise simulated on torch's own action order (plait.pipeline.simulate). Closed forms: GPipe and looped BFS keep
+    every micro-batch (m); 1F1B p - rank (arXiv 2104.04473); Interleaved 1F1B Megatron's
+    warm-up of 2(p-rank-1) + (v-1)p + 1 chunks of 1/v of the layers (arXiv 2205.05198 sec.
+    4.2.3); ZB-V 1F1B's p (arXiv 2401.10241 sec. 6). Torch's InterleavedZeroBubble holds p on
+    every rank and its DualPipeV p + 1/v (simulated; the DualPipe paper's p + 1 is per pair
+    of chunks, arXiv 2412.19437 table 2).
     """
     if p <= 1:
         return 1.0
+    regular = m % p == 0 and m >= 2 * p
+    if not regular and p * v * m <= SIMULATE_UP_TO:
+        with contextlib.suppress(ValueError):  # a (p, v, m) torch refuses: the formula's figure
+            return _simulated_peaks(schedule, p, m, v)[rank]
+    return closed_inflight(schedule, p, m, v, rank)
+
+
+@functools.lru_cache(maxsize=256)
+def _simulated_peaks(schedule: str, p: int, m: int, v: int) -> tuple[float, ...]:
+    from plait.pipeline.simulate import simulate
+
+    sim = simulate(schedule, p, m, v)
+    return tuple(sim.peak_inflight(r) for r in range(p))
+
+
+def closed_inflight(schedule: str, p: int, m: int, v: int = 1, rank: int = 0) -> float:
+    """The closed forms of :func:`inflight_microbatches` (m a multiple of p, m >= 2p)."""
     if schedule in ("GPipe", "LoopedBFS"):
         return float(m)
     if schedule == "1F1B":
         return float(min(m, p - rank))
-    if schedule in ("Interleaved1F1B", "InterleavedZeroBubble"):
+    if schedule == "Interleaved1F1B":
         chunks = 2 * (p - rank - 1) + (v - 1) * p + 1
         return min(float(m), chunks / v)
-    if schedule == "ZBVZeroBubble":
+    if schedule in ("ZBVZeroBubble", "InterleavedZeroBubble"):
         return float(min(m, p))
     if schedule == "DualPipeV":
-        return float(min(m, p + 1))
+        return min(float(m), p + 1 / v)
     raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
