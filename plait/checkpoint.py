@@ -339,15 +339,17 @@ def export_safetensors(model: nn.Module, out: Path) -> None:
     _barrier()
 
 
-def export_checkpoint(path: Path, out: Path) -> int:
-    """One process: a DCP checkpoint of any layout -> one safetensors file of full weights."""
+def consolidated(path: Path):
+    """One process: (config, model holding the full weights on CPU, step) of a checkpoint of
+    any layout or engine (DCP, or DeepSpeed's own files)."""
     from plait.config import from_dict
     from plait.models import build_model
 
     if not is_complete(path):
         raise PlaitError(f"{str(path)!r} is not a complete plait checkpoint (no valid {MANIFEST})")
     manifest = json.loads((path / MANIFEST).read_text())
-    model = build_model(from_dict(manifest["config"]))
+    cfg = from_dict(manifest["config"])
+    model = build_model(cfg)
     model.to_empty(device="cpu")
     if manifest.get("format") == "deepspeed":
         model.load_state_dict(deepspeed_checkpoint.full_weights(path))
@@ -355,8 +357,14 @@ def export_checkpoint(path: Path, out: Path) -> int:
         state = {"model": model.state_dict()}
         dcp.load(state, checkpoint_id=str(path), no_dist=True)
         model.load_state_dict(state["model"])
+    return cfg, model, int(manifest["step"])
+
+
+def export_checkpoint(path: Path, out: Path) -> int:
+    """One process: a checkpoint of any layout -> one safetensors file of full weights."""
+    _, model, step = consolidated(path)
     export_safetensors(model, out)
-    return int(manifest["step"])
+    return step
 
 
 def write_seed_checkpoint(cfg, out: Path) -> int:

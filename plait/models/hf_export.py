@@ -10,7 +10,6 @@ model from the config, takes that state strictly, and writes it with its own
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -55,26 +54,15 @@ def export_hf(model: HFModel, state: dict[str, torch.Tensor], out: Path) -> Path
 
 
 def export_hf_checkpoint(path: Path, out: Path) -> int:
-    """One process: a plait checkpoint of any layout -> a save_pretrained folder; returns the
-    step it holds."""
-    import torch.distributed.checkpoint as dcp
+    """One process: a plait checkpoint of any layout or engine -> a save_pretrained folder;
+    returns the step it holds."""
+    from plait.checkpoint import consolidated
 
-    from plait.checkpoint import MANIFEST, is_complete
-    from plait.config import from_dict
-    from plait.models import build_model
-
-    if not is_complete(path):
-        raise PlaitError(f"{str(path)!r} is not a complete plait checkpoint (no valid {MANIFEST})")
-    manifest = json.loads((path / MANIFEST).read_text())
-    cfg = from_dict(manifest["config"])
+    cfg, model, step = consolidated(path)
     if cfg.model.name != "hf":
         raise PlaitError(
             f"--format hf: {str(path)!r} holds model.name={cfg.model.name}, not a Transformers "
             "model; export it with --format safetensors"
         )
-    model = build_model(cfg)
-    model.to_empty(device="cpu")
-    state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(path), no_dist=True)
-    export_hf(model, state["model"], out)
-    return int(manifest["step"])
+    export_hf(model, model.state_dict(), out)
+    return step
