@@ -74,9 +74,9 @@ def full_weights(folder: Path) -> dict[str, torch.Tensor]:
 
     check_files_safe(folder)
     states = sorted((folder / TAG).glob("*model_states.pt"))
-    stage = torch.load(states[0], map_location="cpu", weights_only=True, mmap=True)
-    if not list((folder / TAG).glob("*optim_states.pt")) or not _zero(stage):
-        full = stage["module"]  # ZeRO-0: the module's own full state dict
+    first = torch.load(states[0], map_location="cpu", weights_only=True, mmap=True)
+    if not list((folder / TAG).glob("*optim_states.pt")) or not _zero(first):
+        full = first["module"]  # ZeRO-0: the module's own full state dict
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from plait.config import Config
 from plait.errors import ConfigError
 from plait.mesh import ParallelDims
+from plait.parallelize import ZERO_BUBBLE
 from plait.pipeline.schedules import allowed_virtual, microbatch_problem, valid_microbatches
 
 
@@ -60,7 +61,7 @@ def check_pipeline(cfg: Config, dims: ParallelDims) -> None:
             f"step gets (train.global_batch={t.global_batch} / dp={dims.dp} / grad_accum="
             f"{t.grad_accum}); use one of {good or 'none - raise train.global_batch'}"
         )
-    if t.compile and name in ("InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV"):
+    if t.compile and name in ZERO_BUBBLE:
         raise ConfigError(
             f"train.compile: true is not allowed with pp_schedule={name} (torch splits its "
             "backward outside the compiled graph); use 1F1B, Interleaved1F1B or compile=false"

@@ -22,7 +22,7 @@ ZERO_BUBBLE = ("InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
 
 
 def layout_problem(
-    *, dp_engine: str, zero_stage: int, pp: int, dp: int, dp_replicate: int, tp: int, schedule: str
+    *, dp_engine: str, zero_stage: int, pp: int, dp: int, tp: int, schedule: str
 ) -> str | None:
     """Why this engine x layout cannot run, or None. The one statement of these rules: config
     validation raises it, and ``plait plan``'s layout search skips such layouts."""
@@ -57,8 +57,8 @@ def check_supported(cfg: Config, dims: ParallelDims) -> None:
 
     p = cfg.parallel
     problem = layout_problem(
-        dp_engine=p.dp_engine, zero_stage=p.zero_stage, pp=dims.pp, dp=dims.dp,
-        dp_replicate=dims.dp_replicate, tp=dims.tp, schedule=p.pp_schedule,
+        dp_engine=p.dp_engine, zero_stage=p.zero_stage, pp=dims.pp, dp=dims.dp, tp=dims.tp,
+        schedule=p.pp_schedule,
     )  # fmt: skip
     if problem:
         raise ConfigError(problem)

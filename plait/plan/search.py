@@ -36,7 +36,7 @@ def valid(shape: ModelShape, layout: Layout, job: Job) -> bool:
         return False
     if layout_problem(
         dp_engine=layout.dp_engine, zero_stage=layout.zero_stage, pp=p, dp=layout.dp,
-        dp_replicate=layout.dp_replicate, tp=layout.tp, schedule=layout.schedule,
+        tp=layout.tp, schedule=layout.schedule,
     ):  # fmt: skip
         return False  # plait would refuse it at launch
     if p * v > shape.n_layers or (p > 1 and layout.microbatches < p):
