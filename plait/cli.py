@@ -22,6 +22,13 @@ def _parser() -> argparse.ArgumentParser:
         "--nproc", type=int, default=1, help="local processes to start (gloo on CPU, nccl on GPU)"
     )
     t.add_argument("--run-dir", help="run folder (same as log.run_dir=...)")
+    t.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="with --nproc: restart all ranks this many times when one dies; each restart "
+        "resumes from the newest checkpoint (set checkpoint.every)",
+    )
 
     c = sub.add_parser("compare", help="two runs' loss curves side by side")
     c.add_argument("run_a")
@@ -122,14 +129,16 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"log.run_dir={args.run_dir}"] if args.run_dir else [])
     cfg = load_config(args.config, overrides)
-    if args.nproc == 1:
+    if args.max_restarts < 0:
+        raise PlaitError(f"--max-restarts: {args.max_restarts} is not allowed; must be >= 0")
+    if args.nproc == 1 and args.max_restarts == 0:  # in this process: no launcher at all
         from plait.trainer import train
 
         result = train(cfg)
     else:
         from plait.launch import run_local
 
-        result = run_local(cfg, args.nproc)
+        result = run_local(cfg, args.nproc, max_restarts=args.max_restarts)
     print(f"run folder: {result.run_dir}")
     return 0
 

@@ -5,6 +5,7 @@ folder and ends on the same trajectory as a run that never failed."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -46,5 +47,49 @@ def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
     assert [m["step"] for m in got] == list(
         range(1, 9)
     )  # steps redone after the crash replace the lost ones
+    for a, b in zip(ref.metrics, got):
+        assert abs(a["loss"] - b["loss"]) / a["loss"] < 1e-5, (a, b)
+
+
+# On the first attempt rank 1 SIGKILLs itself once the step-4 checkpoint is complete. Workers
+# of ``plait train --nproc`` are spawned by multiprocessing, which sets RANK only after the
+# interpreter (and this sitecustomize) started: wait for it.
+SIGKILL_AFTER_STEP_4 = """import os, signal, threading, time
+def _watch(path=os.environ.get("PLAIT_TEST_CKPT", "") + "/step-00000004/manifest.json"):
+    while "RANK" not in os.environ:
+        time.sleep(0.01)
+    if os.environ["RANK"] != "1" or os.environ.get("TORCHELASTIC_RESTART_COUNT") != "0":
+        return
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)
+threading.Thread(target=_watch, daemon=True).start()
+"""
+
+
+@pytest.mark.timeout(240)
+def test_plait_train_nproc_restarts_a_sigkilled_rank_and_ends_on_the_same_loss(tmp_path):
+    """The issue's own words: ``plait train --nproc 2`` with restarts; SIGKILL at a chosen step."""
+    import subprocess
+    import sys
+
+    ref = run_single(JOB, tmp_path / "ref", config=str(ROOT / CONFIG))
+    run = tmp_path / "run"
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(SIGKILL_AFTER_STEP_4)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "inject"),
+           "PLAIT_TEST_CKPT": str(run / "checkpoints")}  # fmt: skip
+    r = subprocess.run(
+        ["timeout", "-k", "5", "200", sys.executable, "-m", "plait.cli", "train", CONFIG, *JOB,
+         "--nproc", "2", "--max-restarts", "1", "--run-dir", str(run)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "exitcode: -9) local_rank: 1" in out, out[-3000:]  # rank 1 died of SIGKILL
+    assert "step-00000004 (step 4)" in out, out[-3000:]  # and resumed from the last checkpoint
+    got = [json.loads(line) for line in Path(run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in got] == list(range(1, 9))
+    assert got[-1]["loss"] == pytest.approx(ref.metrics[-1]["loss"], rel=1e-5)
     for a, b in zip(ref.metrics, got):
         assert abs(a["loss"] - b["loss"]) / a["loss"] < 1e-5, (a, b)
