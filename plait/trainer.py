@@ -64,6 +64,11 @@ class _Step:
         from plait.ddp import build_engine
 
         model = parallelize(build_model(cfg), cfg, dims, mesh, device)
+        if cfg.checkpoint.init_from:  # seed weights: before DeepSpeed copies them into its
+            # optimizer's flat fp32 partitions (loaded after, they would be overwritten)
+            from plait.checkpoint import load_safetensors
+
+            load_safetensors(model, Path(cfg.checkpoint.init_from))
         self.pipe = None  # pp > 1: the pipeline runs forward/backward (plait.pipeline.step)
         if dims.pp > 1:
             from plait.pipeline.step import PipelineEngine, PipelineStep
@@ -228,13 +233,11 @@ class _Step:
 def _setup_checkpoints(
     cfg: Config, run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, stepper: _Step
 ):
-    """Seed weights, then auto-resume from the newest complete checkpoint; returns (checkpointer
-    or None, first step to run)."""
+    """Auto-resume from the newest complete checkpoint; returns (checkpointer or None, first
+    step to run)."""
     from plait import checkpoint as ck
 
     c = cfg.checkpoint
-    if c.init_from:
-        ck.load_safetensors(stepper.model, Path(c.init_from))
     if not (c.every or c.dir):
         return None, 0
     root = Path(c.dir) if c.dir else run_dir / "checkpoints"

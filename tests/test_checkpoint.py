@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from helpers import losses, run_distributed, run_distributed_many, run_single
+from helpers import assert_same_run, losses, run_distributed, run_distributed_many, run_single
 from plait.checkpoint import is_complete, list_checkpoints
 
 GPT = [
@@ -177,11 +177,26 @@ def test_deepspeed_checkpoints_resume_export_and_refuse_other_engines(tmp_path):
         assert json.loads((src / "manifest.json").read_text())["format"] == "deepspeed"
         cks.append(tmp_path / f"ck{z}")
         shutil.copytree(src, cks[-1] / src.name)
+    # and a seed checkpoint (other weights than init would give) starts a DeepSpeed ZeRO-3 run
+    from plait.checkpoint import write_seed_checkpoint
+    from plait.config import load_config
+
+    seed = tmp_path / "seed.safetensors"
+    write_seed_checkpoint(load_config(None, GPT + ["train.seed=5"]), seed)
+    seeded = [
+        "model.dropout=0.0",
+        "train.steps=3",
+        "optim.name=adam",
+        f"checkpoint.init_from={seed}",
+    ]
     resumed = run_distributed_many(
-        [ov + [f"parallel.zero_stage={z}", f"checkpoint.dir={ck}"] for z, ck in zip(stages, cks)],
+        [ov + [f"parallel.zero_stage={z}", f"checkpoint.dir={ck}"] for z, ck in zip(stages, cks)]
+        + [GPT + seeded + ["parallel.dp_engine=deepspeed", "parallel.zero_stage=3"]],
         2,
         tmp_path / "resumed",
     )
+    one_seeded = run_single(GPT + seeded, tmp_path / "one_seeded")
+    assert_same_run(one_seeded, resumed.pop())  # the seed's weights, not DeepSpeed's own init
     for z, a, b in zip(stages, straight, resumed):
         assert [m["step"] for m in b.metrics] == [4, 5, 6], z
         assert losses(b) == losses(a)[3:], (z, losses(a), losses(b))
