@@ -4,7 +4,9 @@ against a single in-process run of the same config."""
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,3 +190,36 @@ def train_configs(cfg_dicts: list[dict]) -> list[RunResult]:
         return [train(c, return_state=True) for c in cfgs]
     finally:
         pdist.destroy_process_group()
+
+
+def assert_same_run_and_eval(ref: RunResult, got: RunResult, name: str) -> None:
+    """:func:`assert_same_run` plus the held-out metrics, failing with the layout's name."""
+    try:
+        assert_same_run(ref, got)
+        for k, want in ref.final_eval.items():
+            assert math.isclose(got.final_eval[k], want, rel_tol=1e-5), (k, got.final_eval)
+    except AssertionError as e:
+        raise AssertionError(f"{name}: {e}") from None
+
+
+def step3_checkpoint(run_dir: Path, dst: Path) -> Path:
+    """A checkpoint folder holding only the step-3 checkpoint of the run in ``run_dir`` (a fresh
+    copy per consumer: a resumed run saves into its checkpoint folder)."""
+    from plait.checkpoint import list_checkpoints
+
+    src = run_dir / "checkpoints" / "step-00000003"
+    assert src in list_checkpoints(run_dir / "checkpoints")
+    shutil.copytree(src, dst / src.name)
+    return dst
+
+
+def assert_resumed(straight: RunResult, resumed: RunResult, what: str) -> None:
+    """A run resumed from step 3 continues the straight run: steps 4.. within relative 1e-5,
+    and the same final weights."""
+    assert [m["step"] for m in resumed.metrics] == [4, 5, 6], what
+    for x, y in zip(losses(straight)[3:], losses(resumed)):
+        assert abs(x - y) / x < 1e-5, (what, losses(straight), losses(resumed))
+    for k, v in straight.state.items():
+        torch.testing.assert_close(
+            resumed.state[k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{what} {k}: {m}"
+        )

@@ -8,13 +8,16 @@ too. The 3-D checkpoints also load under one process, and a one-process checkpoi
 
 from __future__ import annotations
 
-import math
-import shutil
-
 import pytest
-import torch
 
-from helpers import assert_same_run, losses, run_distributed_many, run_single
+from helpers import (
+    assert_resumed,
+    assert_same_run,
+    assert_same_run_and_eval,
+    run_distributed_many,
+    run_single,
+    step3_checkpoint,
+)
 
 GPT = ["model.n_layers=4", "data.name=synthetic", "data.seq_len=16", "train.global_batch=8",
        "train.steps=6", "train.eval_batches=1", "optim.warmup_steps=2", "train.grad_clip=1.0",
@@ -48,44 +51,23 @@ HF_LLAMA = ["model.name=hf", "model.hf_arch=LlamaForCausalLM", "model.hf_overrid
 HF_3D = THREE_D + pp("1F1B", 2) + ["parallel.zero_stage=3", "parallel.sequence_parallel=true"]
 
 
-def _step3(run_dir, dst):
-    """A checkpoint folder holding only the step-3 checkpoint of the run in ``run_dir``."""
-    shutil.copytree(run_dir / "checkpoints" / "step-00000003", dst / "step-00000003")
-    return dst
-
-
-def _check_resumed(straight, resumed, what):
-    assert [m["step"] for m in resumed.metrics] == [4, 5, 6], what
-    for x, y in zip(losses(straight)[3:], losses(resumed)):
-        assert abs(x - y) / x <= 1e-5, (what, losses(straight), losses(resumed))
-    for k, v in straight.state.items():
-        torch.testing.assert_close(
-            resumed.state[k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{what} {k}: {m}"
-        )
-
-
 @pytest.mark.timeout(600)
 def test_3d_matches_one_process_and_checkpoints_cross_layouts(tmp_path):
     straight = run_single(GPT, tmp_path / "one")
-    from_one = _step3(straight.run_dir, tmp_path / "one_to_3d")
+    from_one = step3_checkpoint(straight.run_dir, tmp_path / "one_to_3d")
     cfgs = {name: GPT + extra for name, extra in LAYOUTS.items()}
     cfgs["1 -> 3d"] = GPT + LAYOUTS["3d 1F1B zero3"] + [f"checkpoint.dir={from_one}"]
     cfgs["hf llama 3d"] = HF_LLAMA + HF_3D
     results = run_distributed_many(list(cfgs.values()), 8, tmp_path / "eight", timeout=560)
     for name, got in zip(cfgs, results):
         if name == "1 -> 3d":
-            _check_resumed(straight, got, name)
+            assert_resumed(straight, got, name)
             continue
         if name == "hf llama 3d":
             assert_same_run(run_single(HF_LLAMA, tmp_path / "hf_one"), got)
             continue
-        try:
-            assert_same_run(straight, got)
-            for k, want in straight.final_eval.items():
-                assert math.isclose(got.final_eval[k], want, rel_tol=1e-5), (k, got.final_eval)
-        except AssertionError as e:
-            raise AssertionError(f"{name}: {e}") from None
+        assert_same_run_and_eval(straight, got, name)
     # the 3-D checkpoint (8 ranks, DTensors on a 3-D mesh) -> one process
-    to_one = _step3(results[0].run_dir, tmp_path / "3d_to_one")
+    to_one = step3_checkpoint(results[0].run_dir, tmp_path / "3d_to_one")
     got = run_single(GPT + [f"checkpoint.dir={to_one}"], tmp_path / "3d_to_one_run")
-    _check_resumed(straight, got, "3d -> 1")
+    assert_resumed(straight, got, "3d -> 1")

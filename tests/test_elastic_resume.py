@@ -4,12 +4,11 @@ folder and ends on the same trajectory as a run that never failed."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
-from launch_helpers import CONFIG, ROOT, plait_launch
+from launch_helpers import CONFIG, ROOT, metrics, plait_launch
 
 from helpers import run_single
 
@@ -29,13 +28,29 @@ JOB = [
 ]  # fmt: skip
 
 
+def _inject(tmp_path: Path, sitecustomize: str) -> tuple[Path, dict[str, str]]:
+    """The run folder, and the environment that loads the fault into every Python process."""
+    run = tmp_path / "run"
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(sitecustomize)
+    return run, {
+        "PYTHONPATH": str(tmp_path / "inject"),
+        "PLAIT_TEST_CKPT": str(run / "checkpoints"),
+    }
+
+
+def _assert_same_trajectory(ref, run: Path) -> list[dict]:
+    got = metrics(run)
+    assert [m["step"] for m in got] == list(range(1, 9))  # redone steps replace the lost ones
+    for a, b in zip(ref.metrics, got):
+        assert abs(a["loss"] - b["loss"]) / a["loss"] < 1e-5, (a, b)
+    return got
+
+
 @pytest.mark.timeout(240)
 def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
     ref = run_single(JOB, tmp_path / "ref", config=str(ROOT / CONFIG))
-    run = tmp_path / "run"
-    (tmp_path / "inject").mkdir()
-    (tmp_path / "inject" / "sitecustomize.py").write_text(KILL_AFTER_STEP_4)
-    env = {"PYTHONPATH": str(tmp_path / "inject"), "PLAIT_TEST_CKPT": str(run / "checkpoints")}
+    run, env = _inject(tmp_path, KILL_AFTER_STEP_4)
     r = plait_launch(
         "torchrun", CONFIG, *JOB, "--run-dir", str(run), "--nproc", "2", "--max-restarts", "1",
         "--rdzv-timeout", "60", timeout=200, env=env,
@@ -43,12 +58,7 @@ def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:]
     assert "failed (exitcode: 3) local_rank: 1" in r.stdout, r.stdout[-3000:]  # it did die
     assert "resumed from" in r.stdout and "step-00000004 (step 4)" in r.stdout, r.stdout[-3000:]
-    got = [json.loads(line) for line in Path(run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in got] == list(
-        range(1, 9)
-    )  # steps redone after the crash replace the lost ones
-    for a, b in zip(ref.metrics, got):
-        assert abs(a["loss"] - b["loss"]) / a["loss"] < 1e-5, (a, b)
+    _assert_same_trajectory(ref, run)
 
 
 # On the first attempt rank 1 SIGKILLs itself once the step-4 checkpoint is complete. Workers
@@ -74,22 +84,15 @@ def test_plait_train_nproc_restarts_a_sigkilled_rank_and_ends_on_the_same_loss(t
     import sys
 
     ref = run_single(JOB, tmp_path / "ref", config=str(ROOT / CONFIG))
-    run = tmp_path / "run"
-    (tmp_path / "inject").mkdir()
-    (tmp_path / "inject" / "sitecustomize.py").write_text(SIGKILL_AFTER_STEP_4)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "inject"),
-           "PLAIT_TEST_CKPT": str(run / "checkpoints")}  # fmt: skip
+    run, env = _inject(tmp_path, SIGKILL_AFTER_STEP_4)
     r = subprocess.run(
         ["timeout", "-k", "5", "200", sys.executable, "-m", "plait.cli", "train", CONFIG, *JOB,
          "--nproc", "2", "--max-restarts", "1", "--run-dir", str(run)],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
     )  # fmt: skip
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "exitcode: -9) local_rank: 1" in out, out[-3000:]  # rank 1 died of SIGKILL
     assert "step-00000004 (step 4)" in out, out[-3000:]  # and resumed from the last checkpoint
-    got = [json.loads(line) for line in Path(run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in got] == list(range(1, 9))
+    got = _assert_same_trajectory(ref, run)
     assert got[-1]["loss"] == pytest.approx(ref.metrics[-1]["loss"], rel=1e-5)
-    for a, b in zip(ref.metrics, got):
-        assert abs(a["loss"] - b["loss"]) / a["loss"] < 1e-5, (a, b)

@@ -7,11 +7,10 @@ launched group (helpers.run_distributed_many) to pay process start-up once."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
-from helpers import assert_same_run, run_distributed_many, run_single
+from helpers import assert_same_run_and_eval, run_distributed_many, run_single
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -45,12 +44,7 @@ def pp(name: str, n: int, m: int, v: int | None = None) -> list[str]:
 def check_all(ref, results, names) -> None:
     assert len(results) == len(names)
     for name, got in zip(names, results):
-        try:
-            assert_same_run(ref, got)
-            for k, want in ref.final_eval.items():
-                assert math.isclose(got.final_eval[k], want, rel_tol=1e-5), (k, got.final_eval)
-        except AssertionError as e:
-            raise AssertionError(f"{name}: {e}") from None
+        assert_same_run_and_eval(ref, got, name)
 
 
 def test_every_schedule_pp2_gpt_and_bigmodel_match_one_process(tmp_path):

@@ -5,13 +5,9 @@ training continues on the straight run's trajectory (fp32, relative 1e-5 per ste
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-import torch
 
-from helpers import losses, run_distributed_many, run_single
-from plait.checkpoint import list_checkpoints
+from helpers import assert_resumed, run_distributed_many, run_single, step3_checkpoint
 
 GPT = ["model.n_layers=2", "data.seq_len=32", "train.global_batch=8", "train.steps=6",
        "optim.warmup_steps=2", "checkpoint.every=3", "checkpoint.keep=5"]  # fmt: skip
@@ -21,24 +17,6 @@ LAYOUTS = {
     "pp": ["parallel.pp=2", "parallel.pp_microbatches=2"],
     "fsdp_tp": ["parallel.tp=2", "parallel.zero_stage=3"],
 }
-
-
-def _half_way(src_run, dst):
-    """A checkpoint folder holding only the step-3 checkpoint of ``src_run``."""
-    src = src_run / "checkpoints" / "step-00000003"
-    assert src in list_checkpoints(src_run / "checkpoints")
-    shutil.copytree(src, dst / "step-00000003")
-    return dst
-
-
-def _check(straight, resumed, what):
-    assert [m["step"] for m in resumed.metrics] == [4, 5, 6], what
-    for x, y in zip(losses(straight)[3:], losses(resumed)):
-        assert abs(x - y) / x < 1e-5, (what, losses(straight), losses(resumed))
-    for k, v in straight.state.items():
-        torch.testing.assert_close(
-            resumed.state[k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{what} {k}: {m}"
-        )
 
 
 @pytest.mark.timeout(600)
@@ -54,7 +32,9 @@ def test_reshard_matrix(tmp_path):
         return (
             GPT
             + LAYOUTS[dst]
-            + [f"checkpoint.dir={_half_way(saved[src].run_dir, tmp_path / f'{src}_to_{dst}')}"]
+            + [
+                f"checkpoint.dir={step3_checkpoint(saved[src].run_dir, tmp_path / f'{src}_to_{dst}')}"
+            ]
         )
 
     # 4 ranks: save under 2-D FSDP x TP, and load each 2-rank layout's checkpoint under 2-D
@@ -69,11 +49,11 @@ def test_reshard_matrix(tmp_path):
     results.update({f"{a} -> {b}": res for (a, b), res in zip(pairs, got)})
     # one process from each
     for k in saved:
-        ck = _half_way(saved[k].run_dir, tmp_path / f"{k}_to_one")
+        ck = step3_checkpoint(saved[k].run_dir, tmp_path / f"{k}_to_one")
         results[f"{k} -> 1"] = run_single(GPT + [f"checkpoint.dir={ck}"], tmp_path / f"{k}_1")
     assert len(results) == 3 + 9 + 4
     for what, res in results.items():
-        _check(straight, res, what)
+        assert_resumed(straight, res, what)
 
 
 @pytest.mark.timeout(600)
@@ -95,17 +75,17 @@ def test_partitioned_optimizer_checkpoints_reshard(tmp_path):
              ("1", "oss"): oss}  # fmt: skip
     cfgs = {
         f"{a} -> {b}": GPT + adam + extra
-        + [f"checkpoint.dir={_half_way(src[a].run_dir, tmp_path / f'{a}_to_{b}')}"]
+        + [f"checkpoint.dir={step3_checkpoint(src[a].run_dir, tmp_path / f'{a}_to_{b}')}"]
         for (a, b), extra in pairs.items()
     }  # fmt: skip
     bad = []
     for name, res in zip(cfgs, run_distributed_many(list(cfgs.values()), 2, tmp_path / "load2")):
         try:
-            _check(straight, res, name)
+            assert_resumed(straight, res, name)
         except AssertionError as e:
             bad.append(str(e)[:300])
     assert not bad, "\n".join(bad)
-    ck = _half_way(saved[0].run_dir, tmp_path / "zero1_to_1")
-    _check(
+    ck = step3_checkpoint(saved[0].run_dir, tmp_path / "zero1_to_1")
+    assert_resumed(
         straight, run_single(GPT + adam + [f"checkpoint.dir={ck}"], tmp_path / "z1_1"), "zero1 -> 1"
     )
