@@ -3,7 +3,9 @@ pass one in ``parallel.deepspeed_config`` whose keys override plait's).
 
 Numerics kept identical to the torch engines:
 - gradient clipping: DeepSpeed 0.19 clips to 1.0 unless told otherwise, so plait always passes
-  ``train.grad_clip`` (0 = off);
+  ``train.grad_clip`` (0 = off). Its ZeRO 1-3 optimizers take per-tensor norms in float64, as
+  plait.grad_norm does, so their clip factor is layout-independent; ZeRO-0 in fp32 would clip
+  with fp32 norms (``deepspeed.runtime.utils.clip_grad_norm_``), so there plait clips instead;
 - loss normalisation: plait already divides by the global count of the step (including
   accumulation), so backward runs with ``scale_wrt_gas=False``; DeepSpeed averages gradients
   over dp ranks like DDP does;
@@ -25,6 +27,7 @@ import torch
 from plait.config import Config
 from plait.ddp import memory
 from plait.ddp.engine import Engine
+from plait.grad_norm import clip_grad_norm
 from plait.models.base import canonical_name
 from plait.optim import build_optimizer
 
@@ -41,7 +44,7 @@ def deepspeed_config(cfg: Config, dp: int) -> dict:
         "train_batch_size": t.global_batch,
         "train_micro_batch_size_per_gpu": t.global_batch // dp // t.grad_accum,
         "gradient_accumulation_steps": t.grad_accum,
-        "gradient_clipping": t.grad_clip,
+        "gradient_clipping": 0.0 if plait_clips(cfg) else t.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": t.dtype == "bf16"},
         "fp16": {"enabled": t.dtype == "fp16"},
@@ -53,6 +56,11 @@ def deepspeed_config(cfg: Config, dp: int) -> dict:
     if p.deepspeed_config:
         ds = _merge(ds, json.loads(Path(p.deepspeed_config).read_text()))
     return ds
+
+
+def plait_clips(cfg: Config) -> bool:
+    """ZeRO-0 in fp32: DeepSpeed's engine would clip with fp32 norms, so plait clips (see top)."""
+    return cfg.parallel.zero_stage == 0 and cfg.train.dtype == "fp32"
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -81,7 +89,7 @@ class DeepSpeedEngine(Engine):
             model=model, optimizer=self._torch_opt, config=deepspeed_config(cfg, dp_size)
         )
         self.model = self.ds
-        self._unsharded, self._before, self._norm = 0, {}, None
+        self._unsharded, self._before, self._norm, self._max_norm = 0, {}, None, math.inf
 
     @property
     def lr_optimizer(self) -> torch.optim.Optimizer:
@@ -100,13 +108,14 @@ class DeepSpeedEngine(Engine):
             self.ds.step()  # counts the micro-step; DeepSpeed updates on the boundary only
 
     def clip_grad_norm(self, max_norm: float) -> float | None:
+        self._max_norm = max_norm
         return None  # DeepSpeed clips inside step(), with train.grad_clip
 
     def step(self) -> None:
         self._norm = None
-        if self.cfg.parallel.zero_stage == 0:  # ZeRO-0 reports no norm: measure it (no clip)
-            params = self.ds.module.parameters()
-            self._norm = float(torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=False))
+        if self.cfg.parallel.zero_stage == 0:  # ZeRO-0 reports no norm: measure it here
+            max_norm = self._max_norm if plait_clips(self.cfg) else math.inf
+            self._norm = clip_grad_norm(self.ds.module.parameters(), max_norm)
         self._before = self._held()  # DeepSpeed frees its gradients inside step()
         self.ds.step()
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from plait.config import Config
 from plait.ddp import memory
+from plait.grad_norm import clip_grad_norm
 from plait.models.base import PlaitModel, canonical_name
 from plait.optim import build_optimizer
 
@@ -49,10 +50,7 @@ class Engine:
     def clip_grad_norm(self, max_norm: float) -> float | None:
         """Clip to ``max_norm`` (inf: measure only) and return the global norm; None when the
         engine clips inside :meth:`step` (then :meth:`last_grad_norm` gives it)."""
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=False)
-        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor partial norm
-            norm = norm.full_tensor()
-        return float(norm)
+        return clip_grad_norm(self.model.parameters(), max_norm)  # exact whatever the sharding
 
     def step(self) -> None:
         self.optimizer.step()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from plait.ddp.ddp import apply_ddp
 from plait.ddp.engine import Engine
 from plait.ddp.zero1 import optimizer_recipe
+from plait.grad_norm import clip_grad_norm
 from plait.optim import param_groups
 
 
@@ -19,7 +20,7 @@ class FairscaleEngine(Engine):
     def __init__(self, model, inner, cfg, dp_size: int, *, dp_group, dp_mesh, device):
         from fairscale.optim import OSS
 
-        self.cfg, self.inner, self.dp_size = cfg, inner, dp_size
+        self.cfg, self.inner, self.dp_size, self.dp_group = cfg, inner, dp_size, dp_group
         cls, kw = optimizer_recipe(model, cfg.optim)
         kw.pop("weight_decay", None)  # per group
         self.optimizer = OSS(
@@ -34,8 +35,12 @@ class FairscaleEngine(Engine):
         self._unsharded = 0
 
     def clip_grad_norm(self, max_norm: float) -> float | None:
-        # each rank may hold only its shard's gradients: OSS all-reduces the partial norms
-        return float(self.optimizer.clip_grad_norm(max_norm))
+        # each rank may hold only its shard's gradients: the squared norms of the parameters it
+        # owns are summed over dp (OSS.clip_grad_norm does the same with fp32 norms, which
+        # depend on the sharding; plait.grad_norm says why)
+        oss = self.optimizer
+        owned = [p for group in oss.partition_parameters()[oss.rank] for p in group["params"]]
+        return clip_grad_norm(owned, max_norm, [self.dp_group])
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=False)  # see the module docstring

@@ -33,6 +33,7 @@ from torch.distributed.tensor import DTensor
 from plait.config import Config
 from plait.ddp import uses_fsdp
 from plait.ddp.engine import Engine
+from plait.grad_norm import clip_grad_norm
 from plait.mesh import Meshes, ParallelDims
 from plait.models.base import canonical_name
 from plait.pipeline.p2p import recv_tensor, send_tensor
@@ -162,17 +163,10 @@ class PipelineStep:
         for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads)):
             g.copy_(avg)
 
-    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        """Global 2-norm over all stages: this rank's squared norm summed over the pp group."""
-        params = [p for p in self.parts.parameters() if p.grad is not None]
-        local = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=False)
-        if isinstance(local, DTensor):  # FSDP / TP shards: the norm over the whole stage
-            local = local.full_tensor()
-        sq = (local.float() ** 2).reshape(1)
-        dist.all_reduce(sq, group=self.pp_group)
-        total = sq.sqrt()[0]
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=False)
-        return total
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Global 2-norm over all stages: each stage's float64 norm (over its FSDP / TP shards)
+        squared and summed over the pp group."""
+        return clip_grad_norm(self.parts.parameters(), max_norm, [self.pp_group], self.device)
 
     def full_state(self) -> dict[str, torch.Tensor]:
         """Every stage's weights gathered onto every rank, under single-process names."""
@@ -200,7 +194,7 @@ class PipelineEngine(Engine):
         return contextlib.nullcontext()
 
     def clip_grad_norm(self, max_norm: float) -> float:
-        return float(self.pipe.clip_grad_norm(max_norm))
+        return self.pipe.clip_grad_norm(max_norm)
 
     def full_state(self) -> dict[str, torch.Tensor]:
         return self.pipe.full_state()

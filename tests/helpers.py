@@ -25,6 +25,18 @@ BASE = ["log.wandb=off", "log.tensorboard=false", "log.progress=off"]
 RTOL = 1e-5
 
 
+# seed_bigmodel (layers.1.fc.weight: 1e7 elements) with clipping active on every step (norm ~3
+# against 0.5): fp32 norms of such a tensor depend on its sharding (tests/test_grad_norm.py)
+BIG_CLIP = [
+    "model.name=seed_bigmodel",
+    "data.name=synthetic",
+    "optim.name=adam",
+    "optim.lr=1e-4",  # Adam moves every weight by ~lr: small, so final weights compare at 1e-5
+    "train.steps=3",
+    "train.grad_clip=0.5",
+]
+
+
 def make_config(overrides: list[str], run_dir: Path, config: str | None = None) -> Config:
     return load_config(config, [*BASE, f"log.run_dir={run_dir}", *overrides])
 
@@ -143,6 +155,15 @@ def assert_same_run(ref: RunResult, got: RunResult, rtol: float = RTOL) -> None:
         torch.testing.assert_close(
             got.state[k], ref.state[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}"
         )
+
+
+def assert_same_norms(ref: RunResult, got: RunResult, name: str) -> None:
+    """Per-step global gradient norms within relative 1e-5; clipping active on every step."""
+    a = [m["grad_norm"] for m in ref.metrics]
+    b = [m["grad_norm"] for m in got.metrics]
+    assert all(x > 0.5 for x in a), f"clipping must be active on every step: {a}"
+    worst = max(abs(x - y) / x for x, y in zip(a, b))
+    assert worst <= RTOL, f"{name}: grad norms differ by {worst:.1e}\nref {a}\ngot {b}"
 
 
 def run_in_ranks(

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import assert_same_run, make_config, run_distributed_many, run_single
+from helpers import (
+    BIG_CLIP,
+    assert_same_norms,
+    assert_same_run,
+    make_config,
+    run_distributed_many,
+    run_single,
+)
 from plait.ddp.memory import bytes_per_param, zero_formula
 from plait.errors import ConfigError
 from plait.trainer import validate
@@ -35,6 +42,7 @@ MLP = [
     "train.grad_clip=0",
 ]
 ACCUM = ["train.grad_accum=2"]
+BASES = {"gpt": GPT, "mlp": MLP, "big": BIG_CLIP}
 
 
 def _z(stage: int, engine: str = "torch") -> list[str]:
@@ -45,6 +53,11 @@ def _z(stage: int, engine: str = "torch") -> list[str]:
 def refs(tmp_path_factory):
     d = tmp_path_factory.mktemp("one")
     return {"gpt": run_single(GPT, d / "gpt"), "mlp": run_single(MLP, d / "mlp")}
+
+
+@pytest.fixture(scope="module")
+def big_ref(tmp_path_factory):
+    return run_single(BIG_CLIP, tmp_path_factory.mktemp("big"))
 
 
 def _check_all(refs, runs, results):
@@ -117,13 +130,16 @@ def test_torch_engine_ddp_zero123_offload_match_one_process(refs, tmp_path):
 HSDP_RUNS = [
     ("hsdp-zero2", "gpt", ["parallel.dp_replicate=2", "parallel.dp_shard=2"] + _z(2) + ACCUM),
     ("hsdp-zero3", "gpt", ["parallel.dp_replicate=2", "parallel.dp_shard=2"] + _z(3)),
+    # clipping a 1e7-element tensor (tests/test_grad_norm.py has the 2-rank layouts)
+    ("hsdp-zero3 big clip", "big", ["parallel.dp_replicate=2", "parallel.dp_shard=2"] + _z(3)),
 ]
 
 
 @pytest.mark.timeout(300)
-def test_hsdp_2x2_matches_one_process(refs, tmp_path):
-    got = run_distributed_many([GPT + ov for _, _, ov in HSDP_RUNS], 4, tmp_path)
-    _check_all(refs, HSDP_RUNS, got)
+def test_hsdp_2x2_matches_one_process(refs, big_ref, tmp_path):
+    got = run_distributed_many([BASES[m] + ov for _, m, ov in HSDP_RUNS], 4, tmp_path)
+    _check_all({**refs, "big": big_ref}, HSDP_RUNS, got)
+    assert_same_norms(big_ref, got[2], "hsdp-zero3 big clip")
     # sharded over dp_shard=2 only, replicated across the 2 replicas
     psi = _psi(refs["gpt"])
     assert _mem(got[1], "params") == 4 * psi / 2 and _mem(got[1], "optim") == 8 * psi / 2

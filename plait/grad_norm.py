@@ -1,0 +1,65 @@
+"""The global gradient norm, the same whatever the layout, and clipping by it.
+
+torch 2.13's fp32 ``vector_norm`` on CPU loses accuracy as a tensor grows (relative error
+against float64: 1.4e-7 at 1e5 elements, 9.4e-6 at 1e6, 3.6e-4 at 1e7), so the norm of a whole
+tensor and the norm of its shards differ, and one process, FSDP, tensor parallel and the
+pipeline would each clip by a different factor. Every per-tensor norm here accumulates in
+float64 (DeepSpeed's ZeRO optimizers do the same, ``deepspeed.runtime.zero.utils.get_norm_dtype``),
+which is exact to fp32 rounding whatever the sharding; the clip factor is then applied in the
+gradients' own dtype, as torch does.
+
+Written on torch's primitives (``vector_norm(dtype=float64)`` works on DTensor shards and
+combines them by its partial-norm placement), because ``torch.nn.utils.get_total_norm`` takes
+no dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def total_norm(
+    grads: Iterable[torch.Tensor],
+    groups: Sequence[dist.ProcessGroup] = (),
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """float64 2-norm of ``grads`` viewed as one vector. DTensor shards are combined over their
+    mesh; ``groups``: process groups across which ``grads`` are further split (other pipeline
+    stages, other owners of optimizer shards), whose squared norms are summed; ``device``: where
+    the norm lives when this rank holds no gradient."""
+    norms = [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]
+    if norms:
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        if hasattr(total, "full_tensor"):  # FSDP / TP shards: reduce the partial norm
+            total = total.full_tensor()
+    else:
+        total = torch.zeros((), dtype=torch.float64, device=device)
+    if groups:
+        sq = (total**2).reshape(1)
+        for group in groups:
+            dist.all_reduce(sq, group=group)
+        total = sq.sqrt()[0]
+    return total
+
+
+def clip_(params: Iterable[torch.nn.Parameter], max_norm: float, norm: torch.Tensor) -> None:
+    """Scale gradients by ``max_norm / norm`` when that is below 1 (torch's rule and epsilon)."""
+    params = [p for p in params if p.grad is not None]
+    if params and max_norm != float("inf"):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=False)
+
+
+def clip_grad_norm(
+    params: Iterable[torch.nn.Parameter],
+    max_norm: float,
+    groups: Sequence[dist.ProcessGroup] = (),
+    device: torch.device | None = None,
+) -> float:
+    """Clip to ``max_norm`` (inf: measure only) and return the global norm before clipping."""
+    params = [p for p in params if p.grad is not None]
+    norm = total_norm([p.grad for p in params], groups, device)
+    clip_(params, max_norm, norm)
+    return float(norm)
