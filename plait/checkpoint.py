@@ -8,6 +8,7 @@ A checkpoint folder ``step-00000010/`` holds DCP's files, ``manifest.json`` (ste
 SHA-256 of every file) and ``rng/rank-R.pt``. Writes are atomic: everything goes to
 ``.tmp-step-.../`` and is renamed once every rank has finished, and a folder without a valid
 manifest is never picked up, so a save interrupted mid-write cannot be resumed from.
+Loading never unpickles arbitrary objects (plait.safe_load); export re-checks every SHA-256.
 DeepSpeed-engine runs keep the same folders and manifest around DeepSpeed's own files
 (plait.ddp.deepspeed_checkpoint); ZeRO-1 / fairscale OSS optimizer state: plait.ddp.optim_state.
 The data sampler needs no state: the batch of step k is a pure function of (seed, k).
@@ -37,6 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from plait.ddp import deepspeed_checkpoint
 from plait.errors import PlaitError
+from plait.safe_load import dcp_load, read_safetensors
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
@@ -259,7 +261,11 @@ def load(path: Path, model, optimizer, scheduler) -> int:
     saved_world = manifest.get("layout", {}).get("world_size")
     world = dist.get_world_size() if dist.is_initialized() else 1
     if rng.is_file() and saved_world == world:  # same layout: continue the very same streams
-        _set_rng_state(torch.load(rng, weights_only=True))
+        try:
+            _set_rng_state(torch.load(rng, weights_only=True))
+        except Exception as e:  # noqa: BLE001 - refused or damaged: fresh streams, said once
+            warnings.warn(f"{str(rng)!r} not restored ({type(e).__name__}): dropout and other "
+                          "random draws restart from this rank's seed", stacklevel=2)  # fmt: skip
     return int(extra["step"])
 
 
@@ -270,7 +276,7 @@ def _load_dcp(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
     # live scheduler's own state dict (an empty dict would load nothing)
     extra = {"step": 0, "scheduler": scheduler.state_dict()}
     state = app_state(model, optimizer, extra, loading=True)
-    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    dcp_load(state, path, no_dist=not dist.is_initialized())
     model = state_module(model)
     set_model_state_dict(model, state["model"])
     if optimizer is not None and is_partitioned(optimizer):
@@ -345,8 +351,11 @@ def consolidated(path: Path):
     from plait.config import from_dict
     from plait.models import build_model
 
-    if not is_complete(path):
-        raise PlaitError(f"{str(path)!r} is not a complete plait checkpoint (no valid {MANIFEST})")
+    if not is_complete(path, verify=True):
+        raise PlaitError(
+            f"{str(path)!r} is not a complete plait checkpoint: no {MANIFEST}, or files that do "
+            "not match its SHA-256s"
+        )
     manifest = json.loads((path / MANIFEST).read_text())
     cfg = from_dict(manifest["config"])
     model = build_model(cfg)
@@ -355,7 +364,7 @@ def consolidated(path: Path):
         model.load_state_dict(deepspeed_checkpoint.full_weights(path))
     else:
         state = {"model": model.state_dict()}
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        dcp_load(state, path, no_dist=True)
         model.load_state_dict(state["model"])
     return cfg, model, int(manifest["step"])
 
@@ -383,8 +392,6 @@ def write_seed_checkpoint(cfg, out: Path) -> int:
 
 def load_safetensors(model: nn.Module, path: Path) -> None:
     """Load full weights (a seed checkpoint or an export) into a model of any layout."""
-    from safetensors.torch import load_file
-
     if not Path(path).is_file():
         raise PlaitError(
             f"checkpoint.init_from: {str(path)!r} does not exist; pass a .safetensors file written by plait export"
@@ -393,7 +400,7 @@ def load_safetensors(model: nn.Module, path: Path) -> None:
 
     partial = isinstance(model, PipelineParts)  # a pipeline rank takes only its stages' weights
     model = state_module(model)
-    full = load_file(str(path))
+    full = read_safetensors(path, "checkpoint.init_from")
     expected = set(get_model_state_dict(model))
     if partial:
         full = {k: v for k, v in full.items() if k in expected}
