@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import safe_open
 
 from plait.errors import ConfigError
 
-if TYPE_CHECKING:
-    from plait.models.hf import HFModel
+if TYPE_CHECKING:  # the adapters read weights; this module only names their type
+    from plait.models.hf.base import HFModel
 
 
 def check_pretrained(model: HFModel) -> None:
@@ -45,8 +46,6 @@ class HFWeights:
                 k: self.folder / f for k, f in json.loads(index.read_text())["weight_map"].items()
             }
         elif single.is_file():
-            from safetensors import safe_open
-
             with safe_open(str(single), "pt") as f:
                 self.where = {k: single for k in f.keys()}  # noqa: SIM118
         else:
@@ -66,8 +65,6 @@ class HFWeights:
         return self._key(name) is not None
 
     def _open(self, name: str):
-        from safetensors import safe_open
-
         key = self._key(name)
         if key is None:
             raise ConfigError(
