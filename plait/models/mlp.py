@@ -89,9 +89,10 @@ def check_seed(cfg: Config) -> None:
     width = DATA.get(d.name).in_features
     if width is not None and width != SIZES[name][0]:
         fits = [n for n, sizes in SIZES.items() if sizes[0] == width]
+        only = f", which only model.name={' or '.join(fits)} takes" if fits else ""
         raise ConfigError(
-            f"data.name: {d.name!r} gives {width}-pixel images, which only model.name="
-            f"{' or '.join(fits)} takes; use data.name=synthetic for {name}"
+            f"data.name: {d.name!r} gives {width} input features{only}; {name} takes "
+            f"{SIZES[name][0]}: use data.name=synthetic for {name}"
         )
 
 
