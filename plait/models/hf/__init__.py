@@ -37,7 +37,6 @@ from plait.models.hf.base import HFModel
 from plait.models.hf.config import GPT2_STYLE, LLAMA_STYLE, SUPPORTED, hf_config
 from plait.models.hf.decoder import HFDecoder
 from plait.models.hf.gpt2 import HFGPT2
-from plait.models.hf.weights import check_pretrained
 from plait.models.hf.whole import HFWhole
 from plait.registry import DATA, register_model
 
@@ -88,7 +87,7 @@ def check_hf(cfg: Config) -> None:
             f"(token ids up to {need - 1}); needs >= {need}"
         )
     if m.hf_pretrained is not None:
-        check_pretrained(build_hf(cfg))
+        build_hf(cfg).check_pretrained()
     longest = getattr(config, "max_position_embeddings", None)
     if longest is not None and longest < d.seq_len:
         raise ConfigError(

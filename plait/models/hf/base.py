@@ -79,6 +79,21 @@ class HFModel(PlaitModel):
             return weights.get(self.hf_name(self.embed_name()))  # tied in the checkpoint
         return weights.get(self.hf_name(name))
 
+    def check_pretrained(self) -> None:
+        """Every tensor the model needs is in ``pretrained`` with its shape (headers only)."""
+        weights = HFWeights(self.pretrained)
+        need = self.to_hf(dict(self.named_parameters()))  # meta tensors: shapes, no memory
+        for name, t in need.items():
+            if not weights.has(name) and name == self.hf_name(self.head_name()):
+                continue  # a tied checkpoint: the head is read from the embedding
+            shape = weights.shape(name)
+            if shape != tuple(t.shape):
+                raise ConfigError(
+                    f"model.hf_pretrained: {name} has shape {shape} in {self.pretrained!r} but "
+                    f"{tuple(t.shape)} in the configured model; drop the model.hf_overrides / "
+                    "model.hf_config that change sizes, or point at a checkpoint of this shape"
+                )
+
     # ---- init
     def param_init(self, name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
         if self._weights is not None:
