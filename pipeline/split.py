@@ -17,7 +17,7 @@ import copy
 from torch import nn
 
 from plait.config import Config
-from plait.models.base import PlaitModel
+from plait.models.base import PlaitModel, matmul_flops
 
 V_SCHEDULES = ("ZBVZeroBubble", "DualPipeV")
 SINGLE_SCHEDULES = ("GPipe", "1F1B")
@@ -42,29 +42,18 @@ def stage_rank(schedule: str, stage: int, pp: int) -> int:
     return stage % pp
 
 
-def _linear_flops(mod: nn.Module) -> float:
-    """Multiply-adds x2 per sample/token of the matmuls in ``mod`` (embeddings are lookups)."""
-    return sum(
-        2.0 * m.weight.numel() for m in mod.modules() if isinstance(m, nn.Linear | nn.Conv1d)
-    )
-
-
 def block_costs(model: PlaitModel, balance: str, seq_len: int) -> tuple[list[float], float, float]:
     """Per-block cost and the cost of the pre / post modules, by parameter count or by forward
-    FLOPs per sample-or-token (matmuls, plus 4*T*D for attention scores and values)."""
+    FLOPs per sample-or-token (the model's ``block_flops``; pre / post: their matmuls)."""
 
-    def cost(mod: nn.Module | None) -> float:
+    def cost(mod: nn.Module | None, block: bool = False) -> float:
         if mod is None:
             return 0.0
         if balance == "params":
             return float(sum(p.numel() for p in mod.parameters()))
-        flops = _linear_flops(mod)
-        attn = getattr(mod, "attention", None)
-        if attn is not None and hasattr(attn, "wq"):
-            flops += 4.0 * seq_len * attn.wq.weight.shape[0]
-        return flops
+        return model.block_flops(mod, seq_len) if block else matmul_flops(mod)
 
-    blocks = [cost(b) for b in model.layers.values()]
+    blocks = [cost(b, block=True) for b in model.layers.values()]
     pre = sum(cost(getattr(model, n)) for n in model.pre_modules())
     post = sum(cost(getattr(model, n)) for n in model.post_modules())
     return blocks, pre, post

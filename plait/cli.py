@@ -169,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "export":
             from pathlib import Path
 
-            if args.format == "hf":
-                from plait.models.hf_export import export_hf_checkpoint as export
-            else:
-                from plait.checkpoint import export_checkpoint as export
+            from plait.checkpoint import consolidated, export_checkpoint
 
-            step = export(Path(args.checkpoint), Path(args.out))
+            if args.format == "hf":
+                from plait.models.hf.export import export_hf
+
+                _, model, step = consolidated(Path(args.checkpoint))
+                export_hf(model, model.state_dict(), Path(args.out), repr(args.checkpoint))
+            else:
+                step = export_checkpoint(Path(args.checkpoint), Path(args.out))
             print(f"wrote {args.out} (weights after step {step})")
             return 0
         if args.cmd == "seed":

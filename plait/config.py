@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from plait.errors import ConfigError, did_you_mean
+from plait.registry import DATA, MODELS, TASKS, fitting_data
 
 
 def _f(default: Any, help: str, key: str | None = None, **kw: Any) -> Any:
@@ -31,8 +32,6 @@ def _f(default: Any, help: str, key: str | None = None, **kw: Any) -> Any:
     return field(default=default, metadata=meta, **kw)
 
 
-ModelName = Literal["gpt", "seed_mlp", "seed_bigmodel", "hf"]
-DataName = Literal["synthetic", "digits", "mnist_idx", "stdlib_text"]
 Schedule = Literal[
     "GPipe",
     "1F1B",
@@ -46,8 +45,9 @@ Schedule = Literal[
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    name: ModelName = _f(
-        "gpt", "Which model to build: a zoo model, or hf (a Hugging Face Transformers model)."
+    name: str = _f(
+        "gpt",
+        "Which model to build: a zoo model, or hf (a Hugging Face Transformers model), or module:name for one registered in a module of yours (plait/registry.py).",
     )
     preset: str = _f(
         "tiny",
@@ -95,9 +95,9 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    name: DataName = _f(
+    name: str = _f(
         "stdlib_text",
-        "Dataset: synthetic (seeded), digits (sklearn, 28x28), mnist_idx (IDX files), stdlib_text (bytes of Python's stdlib sources).",
+        "Dataset: synthetic (seeded), digits (sklearn, 28x28), mnist_idx (IDX files), stdlib_text (bytes of Python's stdlib sources), or module:name for one registered in a module of yours (plait/registry.py).",
     )
     seq_len: int = _f(128, "Tokens per sample for language-model data.")
     path: str | None = _f(
@@ -488,19 +488,12 @@ def check_values(cfg: Config) -> None:
     _require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
     _require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")
     _require(cfg.log.every >= 1, "log.every", cfg.log.every, "must be >= 1")
-    if m.name in ("gpt", "hf"):
+    task = MODELS.get(m.name).task  # ConfigError for an unknown name, listing the known ones
+    if task not in DATA.get(d.name).tasks:
+        fits = [repr(n) for n in fitting_data(task)]
+        words = " or ".join([", ".join(fits[:-1]), fits[-1]] if len(fits) > 1 else fits)
         _require(
-            d.name in ("synthetic", "stdlib_text"),
-            "data.name",
-            d.name,
-            f"model {m.name} takes token data: 'synthetic' or 'stdlib_text'",
-        )
-    else:
-        _require(
-            d.name in ("synthetic", "digits", "mnist_idx"),
-            "data.name",
-            d.name,
-            f"model {m.name} takes images/vectors: 'synthetic', 'digits' or 'mnist_idx'",
+            False, "data.name", d.name, f"model {m.name} takes {TASKS.get(task, task)}: {words}"
         )
 
 

@@ -12,12 +12,12 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel, parallelize_module
 
 from plait.errors import PlaitError
+from plait.models.base import SEQ_SHARDS_ATTR
 from plait.tensor_parallel.styles import make_style
 
 # attributes set on the model by apply_tp: its logits are sharded on the class dim; the
-# residual stream between blocks (so a later pipeline stage's input) is this many sequence shards
+# residual stream between blocks is SEQ_SHARDS_ATTR sequence shards (the model interface's name)
 LOSS_PARALLEL_ATTR = "tp_loss_parallel"
-SEQ_SHARDS_ATTR = "tp_seq_shards"
 
 
 def match(pattern: str, name: str) -> bool:

@@ -1,24 +1,21 @@
-"""Offline datasets addressed by (split, step, slice): see :mod:`plait.data.base`."""
+"""Offline datasets addressed by (split, step, slice): see :mod:`plait.data.base`.
+
+Each data source registers itself in its own file (``plait.registry.register_data``);
+importing it here is what registers it.
+"""
 
 from __future__ import annotations
 
 from plait.config import Config
+from plait.data import images, synthetic, text  # noqa: F401 - importing registers them
 from plait.data.base import Batch, StepData
-from plait.data.images import Digits, MnistIdx, read_idx
-from plait.data.synthetic import SyntheticTokens, SyntheticVectors
-from plait.data.text import ByteText, read_corpus
+from plait.data.images import read_idx
+from plait.data.text import read_corpus
+from plait.registry import DATA, register_data
 
-__all__ = ["Batch", "StepData", "build_data", "read_idx", "read_corpus"]
+__all__ = ["Batch", "StepData", "build_data", "read_idx", "read_corpus", "register_data"]
 
 
 def build_data(cfg: Config, model) -> StepData:
-    d, seed = cfg.data, cfg.train.seed
-    if d.name == "synthetic":
-        if model.task == "lm":
-            return SyntheticTokens(seed, model.vocab_size, d.seq_len)
-        return SyntheticVectors(seed, model.in_features, model.num_classes)
-    if d.name == "stdlib_text":
-        return ByteText(seed, d.seq_len, d.eval_fraction, d.path)
-    if d.name == "digits":
-        return Digits(seed, d.eval_fraction)
-    return MnistIdx(seed, d.path, d.eval_fraction)
+    """The configured data source, shaped to ``model`` where it adapts (synthetic data)."""
+    return DATA.get(cfg.data.name).build(cfg, model)

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import torch
 
-from plait.models.base import name_seed
+from plait.seeding import name_seed
 
 Batch = dict[str, torch.Tensor]
 

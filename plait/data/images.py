@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from plait.config import Config
 from plait.data.base import IndexedData, generator
 from plait.errors import PlaitError
+from plait.registry import register_data
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -114,3 +116,13 @@ class Digits(IndexedData):
 class MnistIdx(IndexedData):
     def __init__(self, seed: int, folder: str | None, eval_fraction: float):
         super().__init__(seed, *load_mnist_idx(folder, eval_fraction))
+
+
+@register_data("digits", tasks=("classification",), in_features=28 * 28)
+def build_digits(cfg: Config, model) -> Digits:
+    return Digits(cfg.train.seed, cfg.data.eval_fraction)
+
+
+@register_data("mnist_idx", tasks=("classification",), in_features=28 * 28)
+def build_mnist_idx(cfg: Config, model) -> MnistIdx:
+    return MnistIdx(cfg.train.seed, cfg.data.path, cfg.data.eval_fraction)

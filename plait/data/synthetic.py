@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from plait.config import Config
 from plait.data.base import Batch, StepData, generator
+from plait.registry import register_data
 
 
 class SyntheticVectors(StepData):
@@ -41,3 +43,11 @@ class SyntheticTokens(StepData):
         seq = (start + stride * torch.arange(self.seq_len + 1)) % self.vocab_size  # (B, T+1)
         seq = seq[lo:hi]
         return {"input": seq[:, :-1], "target": seq[:, 1:]}
+
+
+@register_data("synthetic", tasks=("lm", "classification"))
+def build_synthetic(cfg: Config, model) -> StepData:
+    """Shaped to the model: its vocabulary, or its input width and classes."""
+    if model.task == "lm":
+        return SyntheticTokens(cfg.train.seed, model.vocab_size, cfg.data.seq_len)
+    return SyntheticVectors(cfg.train.seed, model.in_features, model.num_classes)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
+from plait.config import Config
 from plait.data.base import Batch, StepData, generator
 from plait.errors import PlaitError
+from plait.registry import register_data
 
 MAX_BYTES = 4 * 2**20  # enough text for CPU runs; reading more only slows start-up
 
@@ -73,3 +75,9 @@ class ByteText(StepData):
 
     def describe(self) -> str:
         return f"ByteText({sum(len(p) for p in self.parts.values())} bytes)"
+
+
+@register_data("stdlib_text", tasks=("lm",), vocab_size=256)  # bytes
+def build_text(cfg: Config, model) -> ByteText:
+    d = cfg.data
+    return ByteText(cfg.train.seed, d.seq_len, d.eval_fraction, d.path)

@@ -11,6 +11,8 @@ A plait model is an ``nn.Module`` that also says how it may be cut:
   (style names: ``plait/tensor_parallel/styles.py``); ``tp_dims()``: sizes split whole by tp.
 - ``loss(output, batch)``: the loss *summed* over samples/tokens; ``count(batch)`` how many.
   The trainer divides by the global count of the step so micro-batching, DP and PP agree.
+- ``block_flops(block, seq_len)``: forward FLOPs of one block (pipeline stages balance on it);
+  ``plan_dims()``: the decoder sizes ``plait plan`` models (None: not planned).
 - ``init_weights(seed)``: each parameter's value comes from a generator seeded by (seed,
   parameter name), drawn at full shape and then sliced to whatever shard this rank holds, so
   the value never depends on sharding, device or process count.
@@ -18,18 +20,16 @@ A plait model is an ``nn.Module`` that also says how it may be cut:
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 from torch import nn
 
+from plait.seeding import name_seed
 
-def name_seed(seed: int, name: str) -> int:
-    """A stable 63-bit seed from (seed, parameter name); Python's hash() is salted per process."""
-    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
+#: set on the model by tensor parallel: the residual stream between blocks (so a later pipeline
+#: stage's input) is this many sequence shards (sequence parallel), else absent (1)
+SEQ_SHARDS_ATTR = "tp_seq_shards"
 
 WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod")
 
@@ -84,6 +84,19 @@ class PlaitModel(nn.Module):
         for divisibility by tp before launch on top of the sharded Linear/Embedding sizes."""
         return {}
 
+    # ---- cost: pipeline balance and the planner read these, never attribute names
+    def block_flops(self, block: nn.Module, seq_len: int) -> float:
+        """Forward FLOPs per sample (per token for an lm) of ``block``, one of ``layers``.
+        Default: its matmuls (:func:`matmul_flops`); a model with attention adds the scores
+        and values (:func:`attention_flops`), which hold no weights."""
+        return matmul_flops(block)
+
+    def plan_dims(self) -> dict[str, int] | None:
+        """For ``plait plan``: the sizes of a decoder its formulas model (dim, n_layers, n_heads,
+        n_kv_heads, ffn_dim, vocab_size; parameter counts come from the modules). None: this
+        architecture is not planned."""
+        return None
+
     # ---- loss
     def loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy summed over targets; ``output`` is (..., classes) logits."""
@@ -120,6 +133,20 @@ class PlaitModel(nn.Module):
             gen = torch.Generator().manual_seed(name_seed(seed, name))
             _write_full(p, self.param_init(name, p.shape, gen))
         self.init_buffers()
+
+
+def matmul_flops(module: nn.Module) -> float:
+    """Forward FLOPs per sample or token of the Linear / Conv1d layers in ``module``: 2 x their
+    weights (multiply-adds; embeddings are lookups, norms are negligible)."""
+    return sum(
+        2.0 * m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear | nn.Conv1d)
+    )
+
+
+def attention_flops(seq_len: int, width: int) -> float:
+    """Forward FLOPs per token of attention's QK^T and AV over ``seq_len`` keys, with ``width``
+    = heads x head dim: 2·T·width each, counted over the full square as the planner does."""
+    return 4.0 * seq_len * width
 
 
 def param_count(model: nn.Module) -> int:

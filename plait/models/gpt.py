@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plait.models.base import PlaitModel
+from plait.config import Config
+from plait.errors import ConfigError, did_you_mean
+from plait.models.base import PlaitModel, attention_flops, matmul_flops
+from plait.registry import DATA, register_model
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,63 @@ PRESETS: dict[str, dict[str, int]] = {
         dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248, vocab_size=128256
     ),
 }
+
+
+def gpt_args(cfg: Config) -> GPTArgs:
+    """The preset of ``model.preset`` with the ``model.*`` sizes set on top."""
+    m = cfg.model
+    if m.preset not in PRESETS:
+        raise ConfigError(
+            f"model.preset: {m.preset!r} is not a gpt preset{did_you_mean(m.preset, PRESETS)}; "
+            f"allowed: {', '.join(PRESETS)}"
+        )
+    shape = dict(PRESETS[m.preset])
+    for k in ("dim", "n_layers", "n_heads", "ffn_dim", "vocab_size"):
+        if getattr(m, k) is not None:
+            shape[k] = getattr(m, k)
+    if m.n_kv_heads is not None:
+        shape["n_kv_heads"] = m.n_kv_heads
+    elif m.n_heads is not None:
+        shape["n_kv_heads"] = m.n_heads
+    return GPTArgs(
+        **shape,
+        max_seq_len=m.max_seq_len or cfg.data.seq_len,
+        rope_theta=m.rope_theta,
+        norm_eps=m.norm_eps,
+        dropout=m.dropout,
+    )
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def check_gpt(cfg: Config) -> None:
+    """Shapes the config asks for that the model cannot take (no process group needed)."""
+    a = gpt_args(cfg)
+    for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size"):
+        if getattr(a, k) < 1:
+            raise ConfigError(f"model.{k}: {getattr(a, k)} is not allowed; must be >= 1")
+    if a.dim % a.n_heads:
+        raise ConfigError(
+            f"model.n_heads: {a.n_heads} does not divide model.dim={a.dim}; pick n_heads among {_divisors(a.dim)}"
+        )
+    if a.head_dim % 2:
+        raise ConfigError(f"model.dim / model.n_heads = {a.head_dim} must be even for RoPE")
+    if a.n_heads % a.n_kv_heads:
+        raise ConfigError(
+            f"model.n_kv_heads: {a.n_kv_heads} does not divide model.n_heads={a.n_heads}; pick among {_divisors(a.n_heads)}"
+        )
+    need = DATA.get(cfg.data.name).vocab_size
+    if need is not None and a.vocab_size < need:
+        raise ConfigError(
+            f"model.vocab_size: {a.vocab_size} is too small for data.name={cfg.data.name} "
+            f"(token ids up to {need - 1}); needs >= {need}"
+        )
+    if a.max_seq_len < cfg.data.seq_len:
+        raise ConfigError(
+            f"model.max_seq_len: {a.max_seq_len} is shorter than data.seq_len={cfg.data.seq_len}"
+        )
 
 
 def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +258,23 @@ class GPT(PlaitModel):
             std /= math.sqrt(2 * self.args.n_layers)  # residual-branch scaling (GPT-2)
         return nn.init.trunc_normal_(torch.empty(shape), 0.0, std, -2 * std, 2 * std, generator=gen)
 
+    def block_flops(self, block: nn.Module, seq_len: int) -> float:
+        return matmul_flops(block) + attention_flops(seq_len, block.attention.wq.out_features)
+
+    def plan_dims(self) -> dict[str, int]:
+        a = self.args
+        return dict(
+            dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads,
+            ffn_dim=a.ffn_dim, vocab_size=a.vocab_size,
+        )  # fmt: skip
+
     def init_buffers(self) -> None:
         a = self.args
         cos, sin = rope_tables(a.head_dim, a.max_seq_len, a.rope_theta)
         self.rope_cos = cos.to(self.rope_cos.device)
         self.rope_sin = sin.to(self.rope_sin.device)
+
+
+@register_model("gpt", task="lm", check=check_gpt)
+def build_gpt(cfg: Config) -> GPT:
+    return GPT(gpt_args(cfg))

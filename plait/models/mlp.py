@@ -18,7 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plait.config import Config
+from plait.errors import ConfigError
 from plait.models.base import PlaitModel
+from plait.registry import DATA, register_model
 
 
 class DenseBlock(nn.Module):
@@ -72,3 +75,32 @@ class MLP(PlaitModel):
 
 SEED_MLP_SIZES = [784, 128, 64, 10]
 SEED_BIGMODEL_SIZES = [1000, 10000, 1000, 10]
+SIZES = {"seed_mlp": SEED_MLP_SIZES, "seed_bigmodel": SEED_BIGMODEL_SIZES}
+
+
+def check_seed(cfg: Config) -> None:
+    """One size each; data of a fixed width must be the model's input width."""
+    m, d = cfg.model, cfg.data
+    if m.preset not in ("tiny", "default"):
+        raise ConfigError(
+            f"model.preset: {m.preset!r} is not allowed for {m.name}; it has one size ('default')"
+        )
+    name = m.name.rpartition(":")[2]  # module:name names a built-in too
+    width = DATA.get(d.name).in_features
+    if width is not None and width != SIZES[name][0]:
+        fits = [n for n, sizes in SIZES.items() if sizes[0] == width]
+        only = f", which only model.name={' or '.join(fits)} takes" if fits else ""
+        raise ConfigError(
+            f"data.name: {d.name!r} gives {width} input features{only}; {name} takes "
+            f"{SIZES[name][0]}: use data.name=synthetic for {name}"
+        )
+
+
+@register_model("seed_mlp", task="classification", check=check_seed)
+def build_seed_mlp(cfg: Config) -> MLP:
+    return MLP(SEED_MLP_SIZES, batchnorm=cfg.model.batchnorm, dropout=cfg.model.dropout)
+
+
+@register_model("seed_bigmodel", task="classification", check=check_seed)
+def build_seed_bigmodel(cfg: Config) -> MLP:
+    return MLP(SEED_BIGMODEL_SIZES, batchnorm=cfg.model.batchnorm, dropout=cfg.model.dropout)

@@ -1,6 +1,7 @@
 """The model and the job as numbers: parameter counts per block / embedding / head, FLOPs per
-token, and the layout (how ranks split the work). Counted from the gpt shape, no tensors; a
-test checks the counts against ``plait.models.model_summary`` (built on meta)."""
+token, and the layout (how ranks split the work). From a config, the model says its sizes
+(``PlaitModel.plan_dims``) and its counts (its modules, built on meta: no memory); a shape
+written by hand (a paper's table) is a Llama-style decoder of those sizes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,23 @@ class ModelShape:
     n_kv_heads: int
     ffn_dim: int
     vocab_size: int
+    #: parameters of one block, of the modules before the first block (embedding) and after the
+    #: last (final norm + head): the model's own counts (from_config); None: those of a
+    #: Llama-style decoder of the sizes above (q, k, v, o + SwiGLU + two RMSNorms; untied head)
+    block_params: int | None = None
+    embed_params: int | None = None
+    head_params: int | None = None
+
+    def __post_init__(self) -> None:
+        d, kv = self.dim, self.kv_dim
+        llama = {
+            "block_params": d * (2 * d + 2 * kv) + 3 * d * self.ffn_dim + 2 * d,
+            "embed_params": self.vocab_size * d,
+            "head_params": self.vocab_size * d + d,
+        }
+        for k, v in llama.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)  # frozen: set once, here
 
     @property
     def head_dim(self) -> int:
@@ -26,21 +44,6 @@ class ModelShape:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_dim
-
-    @property
-    def block_params(self) -> int:
-        """wq, wk, wv, wo + SwiGLU w1, w2, w3 + two RMSNorm gains."""
-        d = self.dim
-        return d * (2 * d + 2 * self.kv_dim) + 3 * d * self.ffn_dim + 2 * d
-
-    @property
-    def embed_params(self) -> int:
-        return self.vocab_size * self.dim
-
-    @property
-    def head_params(self) -> int:
-        """Final norm + untied output projection."""
-        return self.vocab_size * self.dim + self.dim
 
     @property
     def params(self) -> int:
@@ -60,29 +63,26 @@ class ModelShape:
 
     @staticmethod
     def from_config(cfg: Config) -> ModelShape:
-        if cfg.model.name == "hf":
-            from plait.models.hf import LLAMA_STYLE, hf_config
+        from plait.models import build_model, param_count  # torch: only to plan from a config
 
-            cls, c = hf_config(cfg.model)
-            if cls.__name__ not in LLAMA_STYLE:
-                raise ConfigError(
-                    f"model.hf_arch: {cls.__name__!r} is not planned; plait plan models gpt and "
-                    f"the Llama-style Transformers models ({', '.join(LLAMA_STYLE)})"
-                )
-            kv = c.num_key_value_heads or c.num_attention_heads
-            return ModelShape(
-                c.hidden_size, c.num_hidden_layers, c.num_attention_heads, kv,
-                c.intermediate_size, c.vocab_size,
-            )  # fmt: skip
-        if cfg.model.name != "gpt":
+        model = build_model(cfg)  # meta: sizes and counts, no memory
+        dims = model.plan_dims()
+        if dims is None:
             raise ConfigError(
-                f"model.name: {cfg.model.name!r} is not planned; plait plan models gpt and "
-                "hf Llama-style models (the seed models fit anywhere)"
+                f"model.name: {cfg.model.name!r} ({type(model).__name__}) is not planned; "
+                "plait plan models decoders that give their sizes: gpt and the Llama-style "
+                "hf models (LlamaForCausalLM, MistralForCausalLM); the seed models fit anywhere"
             )
-        from plait.models import gpt_args
 
-        a = gpt_args(cfg)
-        return ModelShape(a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.ffn_dim, a.vocab_size)
+        def params(names: list[str]) -> int:
+            return sum(param_count(getattr(model, n)) for n in names)
+
+        return ModelShape(
+            **dims,
+            block_params=param_count(next(iter(model.layers.values()))),
+            embed_params=params(model.pre_modules()),
+            head_params=params(model.post_modules()),
+        )
 
 
 @dataclass(frozen=True)

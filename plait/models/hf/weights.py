@@ -1,35 +1,16 @@
 """Weights of a local Hugging Face ``save_pretrained`` folder for ``model.hf_pretrained``: read
-tensor by tensor from safetensors (never pickle), and checked against the configured model's
-shapes before launch from the file headers alone."""
+tensor by tensor from safetensors (never pickle); shapes come from the file headers alone, so
+``HFModel.check_pretrained`` compares them with the configured model before launch."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from safetensors import safe_open
 
 from plait.errors import ConfigError
-
-if TYPE_CHECKING:
-    from plait.models.hf import HFModel
-
-
-def check_pretrained(model: HFModel) -> None:
-    """Every tensor the model needs is in the checkpoint with its shape (headers only)."""
-    weights = HFWeights(model.pretrained)
-    need = model.to_hf(dict(model.named_parameters()))  # meta tensors: shapes, no memory
-    for name, t in need.items():
-        if not weights.has(name) and name == model.hf_name(model.head_name()):
-            continue  # a tied checkpoint: the head is read from the embedding
-        shape = weights.shape(name)
-        if shape != tuple(t.shape):
-            raise ConfigError(
-                f"model.hf_pretrained: {name} has shape {shape} in {model.pretrained!r} but "
-                f"{tuple(t.shape)} in the configured model; drop the model.hf_overrides / "
-                "model.hf_config that change sizes, or point at a checkpoint of this shape"
-            )
 
 
 class HFWeights:
@@ -45,8 +26,6 @@ class HFWeights:
                 k: self.folder / f for k, f in json.loads(index.read_text())["weight_map"].items()
             }
         elif single.is_file():
-            from safetensors import safe_open
-
             with safe_open(str(single), "pt") as f:
                 self.where = {k: single for k in f.keys()}  # noqa: SIM118
         else:
@@ -66,8 +45,6 @@ class HFWeights:
         return self._key(name) is not None
 
     def _open(self, name: str):
-        from safetensors import safe_open
-
         key = self._key(name)
         if key is None:
             raise ConfigError(

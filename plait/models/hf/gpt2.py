@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plait.models.hf import HFModel, HFWeights
+from plait.models.base import attention_flops, matmul_flops
+from plait.models.hf.base import HFModel
+from plait.models.hf.weights import HFWeights
 
 
 class GPT2Attention(nn.Module):
@@ -51,6 +53,7 @@ class GPT2Attention(nn.Module):
 
 class GPT2MLP(nn.Module):
     def __init__(self, c):
+        # transformers is optional and heavy: imported only when an hf model is built
         from transformers.activations import ACT2FN
 
         super().__init__()
@@ -133,6 +136,9 @@ class HFGPT2(HFModel):
             key + "num_attention_heads": c.num_attention_heads,
             key + "vocab_size": c.vocab_size,
         }
+
+    def block_flops(self, block: nn.Module, seq_len: int) -> float:
+        return matmul_flops(block) + attention_flops(seq_len, block.attn.q_proj.out_features)
 
     # ---- names and layouts: HF keeps q/k/v fused and Conv1D weights as (in, out)
     def embed_name(self) -> str:
