@@ -64,6 +64,9 @@ def _cpu_model() -> str:
 
 
 def _cache_path() -> Path:
+    """$PLAIT_CACHE_DIR, else $XDG_CACHE_HOME/plait, else ~/.cache/plait."""
+    if os.environ.get("PLAIT_CACHE_DIR"):
+        return Path(os.environ["PLAIT_CACHE_DIR"]) / "cpu_peak.json"
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "plait" / "cpu_peak.json"
 
