@@ -8,12 +8,17 @@ from plait.config import Config
 from plait.mesh import ParallelDims
 from plait.observe.peaks import Peak
 
+WRAPS = {
+    "Engine": "DDP", "Zero1Engine": "DDP + ZeroRedundancyOptimizer", "FSDPEngine": "FSDP2",
+    "DeepSpeedEngine": "DeepSpeed", "FairscaleEngine": "fairscale", "PipelineEngine": "pipeline",
+}  # fmt: skip
+
 
 def engine_name(cfg: Config, dims: ParallelDims, engine) -> str:
-    p = cfg.parallel
+    p, kind = cfg.parallel, type(engine).__name__
     if dims.dp == 1:
-        return f"none (dp 1), {type(engine).__name__}"
-    return f"{p.dp_engine} {type(engine).__name__}, ZeRO stage {p.zero_stage}"
+        return "none (dp 1)" + (", pipeline" if kind == "PipelineEngine" else "")
+    return f"{p.dp_engine} ({WRAPS.get(kind, kind)}), ZeRO stage {p.zero_stage}"
 
 
 def banner(
