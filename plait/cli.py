@@ -30,10 +30,16 @@ def _parser() -> argparse.ArgumentParser:
         "resumes from the newest checkpoint (set checkpoint.every)",
     )
 
-    c = sub.add_parser("compare", help="two runs' loss curves side by side")
-    c.add_argument("run_a")
-    c.add_argument("run_b")
-    c.add_argument("--png", help="also draw both curves to this PNG")
+    c = sub.add_parser("compare", help="runs' loss curves side by side (and a PNG)")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
+    c.add_argument("--png", help="also draw training / eval loss (and --metric) to this PNG")
+    c.add_argument("--metric", action="append", default=[], help="another panel (repeatable)")
+    c.add_argument("--x", choices=["step", "tokens"], default="step", help="x axis")
+    c.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1) (0: off)")
+
+    r = sub.add_parser("report", help="one run's loss, lr, throughput, MFU and memory")
+    r.add_argument("run")
+    r.add_argument("--png", help="draw the panels to this PNG")
 
     e = sub.add_parser(
         "export", help="a checkpoint of any layout -> one safetensors file of full weights"
@@ -161,9 +167,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "compare":
             from plait.compare import format_table, plot
 
-            print(format_table(args.run_a, args.run_b))
+            if len(args.runs) < 2 or not 0 <= args.smooth < 1:
+                raise PlaitError(
+                    "plait compare: give two or more run folders and --smooth in [0, 1)"
+                )
+            print(format_table(args.runs))
             if args.png:
-                plot(args.run_a, args.run_b, args.png)
+                plot(args.runs, args.png, metrics=args.metric, x=args.x, smooth=args.smooth)
+                print(f"wrote {args.png}")
+            return 0
+        if args.cmd == "report":
+            from plait.report import plot_report, summary
+
+            print(summary(args.run))
+            if args.png:
+                plot_report(args.run, args.png)
                 print(f"wrote {args.png}")
             return 0
         if args.cmd == "export":

@@ -217,6 +217,18 @@ class LogConfig:
         False,
         "pp > 1: time every pipeline action of the last step and write pp_timeline.json/.png (measured vs simulated bubble).",
     )
+    profile_steps: list[int] = _f(
+        [],
+        "[first, last] steps (1-based, inclusive) to trace with torch.profiler: one Chrome trace per rank in <run>/profile.",
+    )
+    memory_snapshot: int = _f(
+        0,
+        "CUDA only: record allocator history and dump a snapshot after this step (and on out-of-memory) to <run>/memory; 0: off.",
+    )
+    straggler_factor: float = _f(
+        1.5,
+        "Name the slowest rank on the log line when its busy step time exceeds this x the other ranks' median (0: off).",
+    )
 
 
 @dataclass(kw_only=True)
@@ -446,12 +458,8 @@ def check_values(cfg: Config) -> None:
         o.betas,
         "must be two numbers in [0, 1)",
     )
-    _require(
-        0 <= o.warmup_steps <= t.steps,
-        "optim.warmup_steps",
-        o.warmup_steps,
-        f"must be in [0, train.steps={t.steps}]",
-    )
+    # longer than the run: clamped to train.steps with a warning in the banner (torchtitan's)
+    _require(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
     _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     _require(d.seq_len >= 2, "data.seq_len", d.seq_len, "must be >= 2")
     _require(0 <= d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "must be in [0, 1)")

@@ -80,6 +80,15 @@ def set_cpu_threads(env: DistEnv, device: torch.device) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
 
 
+#: set unless the user did: a hung collective errors out (instead of hanging) and dumps the
+#: last collectives of every rank to /tmp/nccl_trace_rank_<r> (read with torch's fr_trace)
+NCCL_DEBUG_ENV = {
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+}
+
+
 def init_process_group(env: DistEnv, device: torch.device, timeout_s: float) -> None:
     """nccl on CUDA, gloo on CPU; the timeout bounds how long a dead peer can stall a collective."""
     if env.world_size == 1 or dist.is_initialized():
@@ -90,6 +99,9 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float) -> 
             os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
         )
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":  # nccl's flight recorder, dumped when a collective times out
+        for k, v in NCCL_DEBUG_ENV.items():
+            os.environ.setdefault(k, v)
     dist.init_process_group(
         backend=backend,
         rank=env.rank,

@@ -34,8 +34,6 @@ def _fmt(k: str, v: Any) -> str:
 
 
 class MetricsWriter:
-    CONSOLE_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "step_time_s")
-
     def __init__(
         self, cfg: Config, run_dir: Path, *, enabled: bool, total_steps: int, start_step: int = 0
     ):
@@ -110,9 +108,9 @@ class MetricsWriter:
                 )
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
-        line = f"step {step:>5} | " + " | ".join(
-            _fmt(k, record[k]) for k in self.CONSOLE_KEYS if k in record
-        )
+        from plait.observe.console import console_fields
+
+        line = f"step {step:>5} | " + " | ".join(console_fields(record))
         evals = [_fmt(k, v) for k, v in record.items() if k.startswith("eval_")]
         if evals:
             line += " | " + " | ".join(evals)

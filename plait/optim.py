@@ -32,12 +32,14 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
 
 
 def lr_factor(step: int, o: OptimConfig, total_steps: int) -> float:
-    """Multiplier of optim.lr for the update after ``step`` completed steps."""
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.schedule == "constant" or total_steps <= o.warmup_steps:
+    """Multiplier of optim.lr for the update after ``step`` completed steps. A warmup longer
+    than the run is clamped to the run (the banner warns)."""
+    warmup = min(o.warmup_steps, total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if o.schedule == "constant" or total_steps <= warmup:
         return 1.0
-    progress = min(1.0, (step - o.warmup_steps) / (total_steps - o.warmup_steps))
+    progress = min(1.0, (step - warmup) / (total_steps - warmup))
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
 

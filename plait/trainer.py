@@ -27,7 +27,10 @@ from plait.data import build_data
 from plait.errors import PlaitError
 from plait.mesh import ParallelDims
 from plait.metrics import MetricsWriter, peak_mem_bytes
-from plait.models import build_model, check_model
+from plait.models import build_model, check_model, param_count
+from plait.observe.checks import check_observe
+from plait.observe.clock import StepClock
+from plait.observe.observer import Observer
 from plait.optim import build_scheduler
 from plait.parallelize import check_supported, parallelize, unwrap
 from plait.tensor_parallel import loss_context, plain
@@ -50,6 +53,7 @@ def default_run_dir(cfg: Config) -> Path:
 def validate(cfg: Config, world_size: int) -> ParallelDims:
     """Every check that needs no process group; run before init so a mistake never hangs."""
     check_model(cfg)
+    check_observe(cfg)
     dims = ParallelDims.from_config(cfg, world_size)
     check_supported(cfg, dims)
     return dims
@@ -84,6 +88,7 @@ class _Step:
         self.optimizer = self.engine.lr_optimizer
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
         self.local_batch = cfg.train.global_batch // dims.dp
+        self.clock = StepClock(device)  # data / wait / fwd_bwd / optim split of each step
         self.lo = dp_rank * self.local_batch
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.dtype)
         if self.engine.owns_precision:
@@ -110,10 +115,12 @@ class _Step:
     def run(self, step: int) -> dict[str, float]:
         """One optimizer step on the global batch of ``step``; returns its metrics."""
         cfg, t0 = self.cfg, time.perf_counter()
+        self.clock.start()
         self.model.train()
         batch = self.data.sample(
             "train", step, self.lo, self.lo + self.local_batch, cfg.train.global_batch
         )
+        self.clock.mark("data_s")
         micro = [
             dict(zip(batch, vals))
             for vals in zip(*(v.chunk(cfg.train.grad_accum) for v in batch.values()))
@@ -121,6 +128,7 @@ class _Step:
         count = self._all_reduce(
             torch.tensor(float(sum(self.inner.count(m) for m in micro)), device=self.device)
         )
+        self.clock.mark("wait_s")  # the step's first collective: early ranks wait here
         scale = self.dims.dp / count  # see the module docstring
         loss_sum = torch.zeros((), device=self.device)
         if self.pipe is not None:
@@ -139,6 +147,7 @@ class _Step:
                 self.engine.backward(self.scaler.scale(scaled) if self.scaler else scaled, last)
             loss_sum += loss.detach().float()
         loss_val = (self._all_reduce(loss_sum) / count).item()
+        self.clock.mark("fwd_bwd_s")
 
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -165,6 +174,7 @@ class _Step:
         # after the step, before zero_grad: all state alive; on logged steps only (a collective)
         held = self.engine.held_bytes() if logged else None
         self.engine.zero_grad()
+        self.clock.mark("optim_s")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
@@ -175,8 +185,8 @@ class _Step:
             "grad_norm": grad_norm,
             "step_time_s": dt,
         }
-        rate_key = "tokens_per_s" if self.inner.task == "lm" else "samples_per_s"
-        rec[rate_key] = float(count) / dt
+        rec["tokens" if self.inner.task == "lm" else "samples"] = float(count)
+        rec.update(self.clock.read())  # rates: over the log interval (plait.observe.window)
         rec["peak_mem_bytes"] = peak_mem_bytes(self.device)
         if held is not None:
             rec.update(self._memory_record(held))
@@ -266,17 +276,17 @@ def _setup_checkpoints(
 
 
 def write_run_info(
-    run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, stepper: _Step
-) -> None:
+    run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, stepper: _Step,
+    extra: dict,
+) -> None:  # fmt: skip
     """run.json: who ran this and how, so runs from different launchers can be told apart."""
-    from plait.models import param_count
-
     info = {
         "world_size": env.world_size, "launched_by": env.source, "device": str(device),
         "layout": {"pp": dims.pp, "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp},
         "params": param_count(stepper.inner), "data": stepper.data.describe(),
         "torch": torch.__version__, "started": datetime.now().isoformat(timespec="seconds"),
     }  # fmt: skip
+    info.update(extra)
     (run_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
@@ -309,15 +319,22 @@ def _train(
     writer = MetricsWriter(
         cfg, run_dir, enabled=env.rank == 0, total_steps=cfg.train.steps, start_step=start
     )
+    obs = Observer(
+        cfg, dims, rank=env.rank, world=env.world_size, device=device, run_dir=run_dir,
+        task=stepper.inner.task, params=param_count(stepper.inner), engine=stepper.engine,
+        start_step=start,
+    )  # fmt: skip
     if env.rank == 0:
-        write_run_info(run_dir, env, dims, device, stepper)
+        write_run_info(run_dir, env, dims, device, stepper, obs.run_info())
     try:
         for step in range(start, cfg.train.steps):
+            obs.before_step(step + 1)
             try:
                 rec = stepper.run(step)
             except PlaitError:
                 raise
             except Exception as e:  # name the rank and the step; the launcher ends the others
+                obs.on_error(e)
                 raise RuntimeError(
                     f"rank {env.rank} failed at step {step + 1}: {type(e).__name__}: {e}"
                 ) from e
@@ -327,8 +344,9 @@ def _train(
             if done == cfg.train.steps:
                 result.final_eval = stepper.evaluate()
                 rec.update(result.final_eval)
+            obs.after_step(rec, done)  # interval rates, MFU, memory, stragglers on logged steps
             result.metrics.append(rec)
-            if done % cfg.log.every == 0 or done == cfg.train.steps:
+            if obs.logged(done):
                 writer.log(rec)
             if ckpt is not None:
                 ckpt.maybe_save(
@@ -337,6 +355,7 @@ def _train(
         if ckpt is not None:
             ckpt.wait()
     finally:
+        obs.close()
         writer.close()
     if stepper.pipe is not None and cfg.log.pp_timeline:
         stepper.pipe.write_timeline(run_dir, write=env.rank == 0)

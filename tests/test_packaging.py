@@ -20,6 +20,7 @@ SUBPACKAGES = [
     "plait.models",
     "plait.data",
     "plait.plan",
+    "plait.observe",
 ]
 CHECK = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; import plait.ddp as d; print(d.__file__)"
 
