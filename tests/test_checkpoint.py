@@ -248,3 +248,22 @@ def test_corrupted_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
         again = run_single(ov + ["train.steps=8"], tmp_path / "a")
     assert [m["step"] for m in again.metrics] == [5, 6, 7, 8]
     assert losses(again) == losses(straight)[4:]
+
+
+def test_resume_to_a_longer_run_follows_the_new_schedule_from_its_first_step(tmp_path, capsys):
+    """8 steps, then the same folder continued to 16 (and a new warmup): every resumed step's lr
+    is the one a straight run of the new config uses at that step, and rank 0 says the schedule
+    changed (the scheduler's saved state once gave step 9 the 8-step cosine's final lr 0.0)."""
+    ov = GPT + ["model.dropout=0.0", "checkpoint.every=4"]
+    first = run_single(ov, tmp_path / "a")
+    assert first.metrics[-1]["step"] == 8
+    capsys.readouterr()
+    longer = ["train.steps=16", "optim.warmup_steps=3"]
+    resumed = run_single(ov + longer, tmp_path / "a")
+    straight = run_single(ov + longer + ["checkpoint.every=0"], tmp_path / "b")
+    assert [m["step"] for m in resumed.metrics] == list(range(9, 17))
+    want = [m["lr"] for m in straight.metrics[8:]]
+    assert [m["lr"] for m in resumed.metrics] == want, ([m["lr"] for m in resumed.metrics], want)
+    out = capsys.readouterr().out
+    assert "lr schedule changed" in out and "train.steps 8 -> 16" in out, out
+    assert "optim.warmup_steps 2 -> 3" in out, out
