@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plait.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plait.config import Config
 
 SCHEDULE = frozenset(
     {"train.steps", "optim.lr", "optim.schedule", "optim.warmup_steps", "optim.min_lr_ratio"}
@@ -92,6 +95,20 @@ def check(checkpoint: Path, old: dict[str, Any], new: dict[str, Any]) -> ConfigC
             "plait export, then checkpoint.init_from)"
         )
     return changes
+
+
+def check_before_launch(cfg: Config) -> None:
+    """:func:`check` before any rank starts (plait train --nproc), against the newest checkpoint
+    its manifest names; the ranks verify the checksums and compare again."""
+    from plait.checkpoint import list_checkpoints
+
+    c = cfg.checkpoint
+    if c.resume != "auto" or not (c.every or c.dir) or not (c.dir or cfg.log.run_dir):
+        return
+    found = list_checkpoints(Path(c.dir) if c.dir else Path(cfg.log.run_dir) / "checkpoints")
+    old = stored_config(found[-1]) if found else None
+    if old is not None:
+        check(found[-1], old, cfg.to_dict())
 
 
 def stored_config(checkpoint: Path) -> dict[str, Any] | None:
