@@ -31,7 +31,7 @@ import torch.distributed as dist
 from plait import checkpoint as ck
 from plait.config import load_config
 from plait.models import build_model, param_count
-from plait.optim import build_optimizer, build_scheduler
+from plait.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,12 +51,10 @@ def _state(layers: int, dim: int):
     model.to_empty(device="cpu")
     model.init_weights(0)
     opt = build_optimizer(model, cfg.optim)
-    sched = build_scheduler(opt, cfg.optim, 10)
     for p in model.parameters():  # one step, so Adam's moments exist (3x the weights in all)
         p.grad = torch.randn_like(p) * 1e-3
     opt.step()
-    sched.step()
-    return cfg, model, opt, sched
+    return cfg, model, opt
 
 
 def _timed(fn) -> float:
@@ -65,7 +63,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _measure(tmp: Path, cfg, model, opt, sched) -> tuple[dict[str, float], int, int]:
+def _measure(tmp: Path, cfg, model, opt) -> tuple[dict[str, float], int, int]:
     """One round: times of every side, and the bytes of ours and of the baseline."""
     base = tmp / "base.pt"
     t = {
@@ -82,12 +80,12 @@ def _measure(tmp: Path, cfg, model, opt, sched) -> tuple[dict[str, float], int, 
     t["base_load"] = _timed(base_load)
     kw = dict(every=1, keep=1, layout={"world_size": 1}, config=cfg.to_dict())
     sync = ck.Checkpointer(tmp / "sync", async_save=False, **kw)
-    t["save"] = _timed(lambda: sync.save(1, model, opt, sched))
+    t["save"] = _timed(lambda: sync.save(1, model, opt))
     path = sync.latest()
-    t["load"] = _timed(lambda: ck.load(path, model, opt, sched))
+    t["load"] = _timed(lambda: ck.load(path, model, opt))
     asy = ck.Checkpointer(tmp / "async", async_save=True, **kw)
     t0 = time.perf_counter()
-    asy.save(1, model, opt, sched)
+    asy.save(1, model, opt)
     t["block"] = time.perf_counter() - t0
     asy.wait()
     t["async_total"] = time.perf_counter() - t0
@@ -102,11 +100,11 @@ def sizes_bench(dims: list[int], repeat: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="plait-ckbench-"))
     try:
         for dim in dims:
-            cfg, model, opt, sched = _state(4, dim * 64)
+            cfg, model, opt = _state(4, dim * 64)
             name = f"{param_count(model) / 1e6:.0f}M params"
             b: dict[str, float] = {}
             for _ in range(repeat):  # best of: the disk cache and the machine are noisy
-                t, size, base_size = _measure(tmp, cfg, model, opt, sched)
+                t, size, base_size = _measure(tmp, cfg, model, opt)
                 b = {k: min(v, b.get(k, v)) for k, v in t.items()}
             print(f"save {name} (sync): ours {b['save']:.3f} s, baseline torch.save {b['base_save']:.3f} s, "
                   f"ratio {b['save'] / b['base_save']:.2f}")  # fmt: skip

@@ -3,7 +3,7 @@ rename, keep-K and auto-resume; plait.checkpoint dispatches here).
 
 DeepSpeed's ZeRO optimizers keep flat fp32 partitions that torch's DCP state-dict helpers cannot
 see, so the files are DeepSpeed's own (``engine.save_checkpoint`` under the tag ``deepspeed``),
-with plait's step and lr-schedule state in its ``client_state``. They resume under DeepSpeed at
+with plait's step in its ``client_state``. They resume under DeepSpeed at
 the same dp size and ZeRO stage; for any other layout, ``plait export`` consolidates the fp32
 weights (DeepSpeed's ``zero_to_fp32``) into a safetensors file that ``checkpoint.init_from``
 loads under any layout (the optimizer state does not follow: DeepSpeed's universal-checkpoint

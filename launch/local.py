@@ -7,6 +7,7 @@ import os
 import uuid
 from typing import Any
 
+from plait import resume
 from plait.config import Config, from_dict
 from plait.errors import PlaitError
 
@@ -28,6 +29,7 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     if nproc < 1:
         raise PlaitError(f"--nproc: {nproc} is not allowed; must be >= 1")
     validate(cfg, nproc)
+    resume.check_before_launch(cfg)  # a refused config change, before any rank starts
     cfg_dict = cfg.to_dict()
     cfg_dict["log"]["run_dir"] = str(default_run_dir(cfg))  # one folder for all ranks
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # reliable restarts

@@ -11,7 +11,11 @@ manifest is never picked up, so a save interrupted mid-write cannot be resumed f
 Loading never unpickles arbitrary objects (plait.safe_load); export re-checks every SHA-256.
 DeepSpeed-engine runs keep the same folders and manifest around DeepSpeed's own files
 (plait.ddp.deepspeed_checkpoint); ZeRO-1 / fairscale OSS optimizer state: plait.ddp.optim_state.
-The data sampler needs no state: the batch of step k is a pure function of (seed, k).
+The data sampler needs no state: the batch of step k is a pure function of (seed, k); nor does
+the lr schedule, rebuilt from the resumed run's config at the loaded step (checkpoints written
+before this kept the scheduler's state as ``extra.scheduler``: it is ignored). The optimizer's
+state (moments, step counts) comes from the checkpoint, its hyperparameters from the config.
+plait.resume decides which config changes a resume accepts.
 """
 
 from __future__ import annotations
@@ -162,11 +166,11 @@ class Checkpointer:
             self._pg = dist.new_group(backend="gloo")
 
     # ---------------------------------------------------------------- save
-    def maybe_save(self, step: int, total: int, model, optimizer, scheduler) -> None:
+    def maybe_save(self, step: int, total: int, model, optimizer) -> None:
         if (self.every and step % self.every == 0) or step == total:
-            self.save(step, model, optimizer, scheduler, final=step == total)
+            self.save(step, model, optimizer, final=step == total)
 
-    def save(self, step: int, model, optimizer, scheduler, *, final: bool = False) -> Path:
+    def save(self, step: int, model, optimizer, *, final: bool = False) -> Path:
         self.wait()
         final_dir = self.root / f"{PREFIX}{step:08d}"
         tmp = self.root / f".tmp-{PREFIX}{step:08d}"
@@ -174,7 +178,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "rng").mkdir(parents=True)
         _barrier()
-        extra = {"step": step, "scheduler": scheduler.state_dict()}
+        extra = {"step": step}
         torch.save(_rng_state(), tmp / "rng" / f"rank-{_rank()}.pt")
         if deepspeed_checkpoint.is_deepspeed(model):  # DeepSpeed's own files (see there)
             deepspeed_checkpoint.save(model, tmp, extra)
@@ -241,22 +245,25 @@ def newest_valid(root: Path) -> Path | None:
     return None
 
 
-def load(path: Path, model, optimizer, scheduler) -> int:
-    """Load a checkpoint saved under any layout into this layout; returns the step it holds."""
+def load(path: Path, model, optimizer) -> int:
+    """Load a checkpoint saved under any layout into this layout; returns the step it holds.
+    The caller positions the lr schedule at that step (plait.optim.build_scheduler)."""
     if not is_complete(path):
         raise PlaitError(
             f"checkpoint {str(path)!r} is incomplete or not a plait checkpoint (no valid {MANIFEST})"
         )
     manifest = json.loads((path / MANIFEST).read_text())
     _check_format(path, manifest, model)
+    # the config's hyperparameters (betas, eps, weight decay, ...), not the saved ones: a
+    # resume allowed to change them (plait.resume) runs with the new values
+    hyper = [] if optimizer is None else [_hyper(g) for g in optimizer.param_groups]
     if manifest.get("format") == "deepspeed":
         extra = deepspeed_checkpoint.load(model, path)
     else:
-        extra = _load_dcp(path, model, optimizer, scheduler)
-    scheduler.load_state_dict(extra["scheduler"])
-    if optimizer is not None:  # partitioned optimizers keep their groups: lr comes from here
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
-            group["lr"] = lr
+        extra = _load_dcp(path, model, optimizer)
+    if optimizer is not None:
+        for group, h in zip(optimizer.param_groups, hyper):
+            group.update(h)
     rng = path / "rng" / f"rank-{_rank()}.pt"
     saved_world = manifest.get("layout", {}).get("world_size")
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -269,13 +276,15 @@ def load(path: Path, model, optimizer, scheduler) -> int:
     return int(extra["step"])
 
 
-def _load_dcp(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def _load_dcp(path: Path, model, optimizer) -> dict[str, Any]:
     from plait.ddp.optim_state import is_partitioned, set_owned_state
 
-    # DCP loads in place into a state dict of the same structure, so the template must be the
-    # live scheduler's own state dict (an empty dict would load nothing)
-    extra = {"step": 0, "scheduler": scheduler.state_dict()}
-    state = app_state(model, optimizer, extra, loading=True)
+    # DCP loads the template's keys only: an older checkpoint's extra.scheduler stays unread
+    state = app_state(model, optimizer, {"step": 0}, loading=True)
     dcp_load(state, path, no_dist=not dist.is_initialized())
     model = state_module(model)
     set_model_state_dict(model, state["model"])

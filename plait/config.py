@@ -198,6 +198,10 @@ class CheckpointConfig:
     resume: Literal["auto", "never"] = _f(
         "auto", "auto: continue from the newest complete checkpoint in dir."
     )
+    allow_config_change: bool = _f(
+        False,
+        "Resume even though model, data, seed, optimizer, batch, dtype or clipping differ from the checkpoint's config (the differences are warned about).",
+    )
 
 
 @dataclass(kw_only=True)

@@ -45,6 +45,14 @@ def lr_factor(step: int, o: OptimConfig, total_steps: int) -> float:
 
 
 def build_scheduler(
-    opt: torch.optim.Optimizer, o: OptimConfig, total_steps: int
+    opt: torch.optim.Optimizer, o: OptimConfig, total_steps: int, start: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o, total_steps))
+    """The schedule positioned for step ``start`` (0: a fresh run). The lr is a pure function of
+    (config, step), so a resumed run rebuilds it from the config it runs under rather than
+    restoring saved state: extending ``train.steps`` or changing warmup, decay or lr takes effect
+    from the first resumed step."""
+    for group in opt.param_groups:
+        group["initial_lr"] = o.lr  # base lr; LambdaLR reads it when it does not start at -1
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, o, total_steps), last_epoch=start - 1
+    )

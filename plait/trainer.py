@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from plait import dist as pdist
+from plait import resume
 from plait.config import Config
 from plait.data import build_data
 from plait.errors import PlaitError
@@ -268,11 +270,39 @@ def _setup_checkpoints(
     )
     start = 0
     latest = ckpt.latest() if c.resume == "auto" else None
-    if latest is not None:
-        start = ck.load(latest, stepper.model, stepper.optimizer, stepper.scheduler)
-        if env.rank == 0:
-            print(f"resumed from {latest} (step {start})", flush=True)
+    if latest is None:
+        return ckpt, start
+    changes = _check_resume_config(cfg, latest, env.rank == 0)
+    start = ck.load(latest, stepper.model, stepper.optimizer)
+    # the lr is a pure function of (config, step): the new config's schedule from the first
+    # resumed step, whatever the checkpoint's run used
+    stepper.scheduler = build_scheduler(stepper.optimizer, cfg.optim, cfg.train.steps, start)
+    if env.rank == 0:
+        print(f"resumed from {latest} (step {start})", flush=True)
+        if changes is not None and changes.schedule:
+            lr = stepper.scheduler.get_last_lr()[0]
+            print(
+                f"lr schedule changed on resume: {resume.describe(changes.schedule)}; steps "
+                f"{start + 1}.. follow the new schedule (lr {lr:.3g} at step {start + 1})",
+                flush=True,
+            )
     return ckpt, start
+
+
+def _check_resume_config(cfg: Config, latest: Path, warn: bool):
+    """Compare the checkpoint's stored config with this run's (plait.resume): refuse a change to
+    the numbers unless allowed, warn about an allowed one. None: the manifest stored none."""
+    old = resume.stored_config(latest)
+    if old is None:
+        return None
+    changes = resume.check(latest, old, cfg.to_dict())
+    if changes.numbers and warn:
+        warnings.warn(
+            f"resuming {latest} with a changed config (checkpoint.allow_config_change=true): "
+            f"{resume.describe(changes.numbers)}",
+            stacklevel=2,
+        )
+    return changes
 
 
 def write_run_info(
@@ -349,9 +379,7 @@ def _train(
             if obs.logged(done):
                 writer.log(rec)
             if ckpt is not None:
-                ckpt.maybe_save(
-                    done, cfg.train.steps, stepper.model, stepper.optimizer, stepper.scheduler
-                )
+                ckpt.maybe_save(done, cfg.train.steps, stepper.model, stepper.optimizer)
         if ckpt is not None:
             ckpt.wait()
     finally:

@@ -211,8 +211,9 @@ def test_deepspeed_checkpoints_resume_export_and_refuse_other_engines(tmp_path):
             torch.testing.assert_close(
                 got[k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k, z=z: f"{z} {k}: {m}"
             )
+    torch_engine = [o for o in ov if not o.startswith("parallel.dp_engine")]  # only that differs
     with pytest.raises(PlaitError, match="dp_engine=deepspeed.*plait export"):
-        run_single(GPT + [f"checkpoint.dir={cks[1]}"], tmp_path / "torch")
+        run_single(torch_engine + [f"checkpoint.dir={cks[1]}"], tmp_path / "torch")
 
 
 def test_seed_checkpoint_holds_the_initial_weights_and_starts_any_run(tmp_path):
@@ -248,3 +249,69 @@ def test_corrupted_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
         again = run_single(ov + ["train.steps=8"], tmp_path / "a")
     assert [m["step"] for m in again.metrics] == [5, 6, 7, 8]
     assert losses(again) == losses(straight)[4:]
+
+
+def test_resume_to_a_longer_run_follows_the_new_schedule_from_its_first_step(
+    tmp_path, capsys, monkeypatch
+):
+    """8 steps, then the same folder continued to 16 (and a new warmup): every resumed step's lr
+    is the one a straight run of the new config uses at that step, and rank 0 says the schedule
+    changed. The first run writes checkpoints as plait did before, with the scheduler's state
+    (which once gave step 9 the 8-step cosine's final lr 0.0): they still resume."""
+    from plait import checkpoint as ck
+
+    app_state = ck.app_state
+
+    def old_format(model, optimizer, extra, *, loading=False):
+        if not loading:
+            extra = {**extra, "scheduler": {"last_epoch": 8, "_last_lr": [0.0, 0.0]}}
+        return app_state(model, optimizer, extra, loading=loading)
+
+    ov = GPT + ["model.dropout=0.0", "checkpoint.every=4"]
+    with monkeypatch.context() as m:
+        m.setattr(ck, "app_state", old_format)
+        first = run_single(ov, tmp_path / "a")
+    assert first.metrics[-1]["lr"] > 0 and first.metrics[-1]["step"] == 8
+    capsys.readouterr()
+    longer = ["train.steps=16", "optim.warmup_steps=3"]
+    resumed = run_single(ov + longer, tmp_path / "a")
+    straight = run_single(ov + longer + ["checkpoint.every=0"], tmp_path / "b")
+    assert [m["step"] for m in resumed.metrics] == list(range(9, 17))
+    want = [m["lr"] for m in straight.metrics[8:]]
+    assert [m["lr"] for m in resumed.metrics] == want, ([m["lr"] for m in resumed.metrics], want)
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "lr schedule changed" in ln)
+    assert "optim.warmup_steps 2 -> 3, train.steps 8 -> 16" in line, line
+
+
+def test_resume_refuses_a_config_that_changes_the_numbers_unless_allowed(tmp_path):
+    """A seed or optimizer change on resume is refused in one line naming the keys, before any
+    rank starts (plait train --nproc) or any step runs; with checkpoint.allow_config_change the
+    run continues, warns, and the optimizer runs with the new hyperparameters."""
+    from helpers import make_config
+    from plait import checkpoint as ck
+    from plait.errors import ConfigError
+    from plait.launch import run_local
+    from plait.models import build_model
+    from plait.optim import build_optimizer
+
+    ov = GPT + ["model.dropout=0.0", "checkpoint.every=4", "checkpoint.keep=5"]
+    run_single(ov, tmp_path / "a")
+    root = tmp_path / "a" / "checkpoints"
+    changed = ov + ["train.seed=1", "optim.weight_decay=0.1", "train.steps=12"]
+    want = r"step-00000008.*optim\.weight_decay 0\.0 -> 0\.1, train\.seed 0 -> 1; .*allow_config"
+    with pytest.raises(ConfigError, match=want):
+        run_single(changed, tmp_path / "a")
+    with pytest.raises(ConfigError, match=want):  # raised in this process: no rank was started
+        run_local(make_config(changed, tmp_path / "a"), 2)
+    assert [c.name for c in list_checkpoints(root)] == ["step-00000004", "step-00000008"]
+    allow = changed + ["checkpoint.allow_config_change=true"]
+    with pytest.warns(UserWarning, match="changed config.*optim.weight_decay 0.0 -> 0.1"):
+        res = run_single(allow, tmp_path / "a")
+    assert [m["step"] for m in res.metrics] == [9, 10, 11, 12]
+    cfg = make_config(allow, tmp_path / "a")
+    model = build_model(cfg)
+    model.to_empty(device="cpu")
+    opt = build_optimizer(model, cfg.optim)
+    assert ck.load(root / "step-00000008", model, opt) == 8
+    assert opt.state and [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
