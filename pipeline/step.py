@@ -43,9 +43,6 @@ from plait.tensor_parallel import loss_context, plain
 
 class PipelineStep:
     def __init__(self, parts: PipelineParts, cfg: Config, dims: ParallelDims, mesh: Meshes, device):
-        from torch.distributed.pipelining import PipelineStage
-        from torch.distributed.pipelining.schedules import PipelineScheduleSingle
-
         p = cfg.parallel
         self.parts, self.inner, self.dp = parts, parts[0], dims.dp
         self.pp_group = mesh.root["pp"].get_group()
@@ -59,23 +56,43 @@ class PipelineStep:
         self.schedule_name, self.pp, self.n_stages = p.pp_schedule, dims.pp, S
         self.v, self.m = p.pp_virtual_stages, p.pp_microbatches
         self.pp_rank = mesh.root["pp"].get_local_rank()
-        self.stages = [
-            PipelineStage(mod, sid, S, device, group=self.pp_group)
-            for sid, mod in zip(parts.stage_ids, parts)
-        ]
-        cls = schedule_class(p.pp_schedule)
-        single = issubclass(cls, PipelineScheduleSingle)
-        self.schedule = cls(
-            self.stages[0] if single else self.stages,
-            p.pp_microbatches,
-            loss_fn=self._loss_fn,
-            scale_grads=False,
-        )
+        self.cfg, self.stages, self.schedule = cfg, [], None  # built on the first step
         self.scale = 1.0
         self.device = device
         self.events: list | None = None
         self.steps_run, self.total_steps = 0, cfg.train.steps
         self.record_last = cfg.log.pp_timeline
+
+    def _build(self, chunk_input: torch.Tensor) -> list:
+        """Stages and schedule, given their boundary shapes (plait.pipeline.shapes) for
+        micro-batches of this accumulation chunk; returns first-step shape-check hooks."""
+        from torch.distributed.pipelining import PipelineStage
+        from torch.distributed.pipelining.schedules import PipelineScheduleSingle
+
+        from plait.pipeline.shapes import boundary_tensors, check_boundary
+        from plait.tensor_parallel.apply import SEQ_SHARDS_ATTR
+
+        micro = chunk_input.tensor_split(self.m)[0]  # torch's own split of the chunk
+        seq_shards = getattr(self.inner, SEQ_SHARDS_ATTR, 1)
+        bounds = boundary_tensors(self.cfg, micro, seq_shards)
+        S, hooks = self.n_stages, []
+        for sid, mod in zip(self.parts.stage_ids, self.parts):
+            self.stages.append(
+                PipelineStage(
+                    mod, sid, S, self.device, bounds[sid], bounds[sid + 1], group=self.pp_group
+                )
+            )
+            if sid < S - 1:
+                hooks.append(check_boundary(mod, sid, bounds[sid + 1]))
+        cls = schedule_class(self.schedule_name)
+        single = issubclass(cls, PipelineScheduleSingle)
+        self.schedule = cls(
+            self.stages[0] if single else self.stages,
+            self.m,
+            loss_fn=self._loss_fn,
+            scale_grads=False,
+        )
+        return hooks
 
     def record(self) -> list:
         """Time every stage action from now on (for the measured timeline)."""
@@ -107,6 +124,7 @@ class PipelineStep:
         """Run the schedule on each accumulation chunk; returns this dp rank's summed (unscaled)
         loss on every pipeline rank. Gradients are left averaged over dp."""
         self.scale, self.steps_run = scale, self.steps_run + 1
+        hooks = self._build(micro[0]["input"]) if self.schedule is None else []
         if self.record_last and self.steps_run == self.total_steps:
             self.record()  # the last step: warm, so its times are representative
         loss_sum = torch.zeros((), device=self.device)
@@ -118,6 +136,8 @@ class PipelineStep:
                 self.schedule.step(*args, target=target, losses=losses, return_outputs=False)
             if self.last:
                 loss_sum += sum(loss.detach().float() for loss in losses) / scale
+        for h in hooks:
+            h.remove()
         self._average_grads()
         return self._from_last(loss_sum)
 
