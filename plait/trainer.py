@@ -268,13 +268,14 @@ def _setup_checkpoints(
 def write_run_info(
     run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, stepper: _Step
 ) -> None:
-    """run.json: who ran this and how, so runs from different launchers can be told apart."""
-    from plait.models import param_count
+    """run.json: who ran this and how, so runs from different launchers can be told apart.
+    ``params`` counts the whole model on meta (a pipeline rank holds only its stages)."""
+    from plait.models import build_model, param_count
 
     info = {
         "world_size": env.world_size, "launched_by": env.source, "device": str(device),
         "layout": {"pp": dims.pp, "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp},
-        "params": param_count(stepper.inner), "data": stepper.data.describe(),
+        "params": param_count(build_model(stepper.cfg)), "data": stepper.data.describe(),
         "torch": torch.__version__, "started": datetime.now().isoformat(timespec="seconds"),
     }  # fmt: skip
     (run_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
