@@ -25,6 +25,7 @@ from plait import dist as pdist
 from plait.config import Config
 from plait.data import build_data
 from plait.errors import PlaitError
+from plait.layout_notes import layout_note
 from plait.mesh import ParallelDims
 from plait.metrics import MetricsWriter, peak_mem_bytes
 from plait.models import build_model, check_model
@@ -270,7 +271,7 @@ def write_run_info(
 ) -> None:
     """run.json: who ran this and how, so runs from different launchers can be told apart.
     ``params`` counts the whole model on meta (a pipeline rank holds only its stages)."""
-    from plait.models import build_model, param_count
+    from plait.models import param_count
 
     info = {
         "world_size": env.world_size, "launched_by": env.source, "device": str(device),
@@ -312,6 +313,8 @@ def _train(
     )
     if env.rank == 0:
         write_run_info(run_dir, env, dims, device, stepper)
+        if note := layout_note(cfg, dims):
+            print(note, flush=True)
     try:
         for step in range(start, cfg.train.steps):
             try:
