@@ -133,24 +133,3 @@ def test_block_costs_by_params_and_flops():
     assert fpre == 0.0 and fpost == 2.0 * 64 * 256  # embedding is a lookup, head a matmul
     assert fblocks[0] == 2.0 * (4 * 64 * 64 + 3 * 64 * 192) + 4.0 * 16 * 64
 
-
-def test_stage_boundaries_come_from_a_meta_forward_without_running_the_stages():
-    """What PipelineStage is given instead of inferring it by a training-mode forward (which
-    poisoned BatchNorm): every boundary of the cut model for one micro-batch, the local
-    sequence shard (B, T/tp, D) under sequence parallel; activations require grad."""
-    import torch
-
-    from plait.pipeline.shapes import boundary_tensors
-
-    gpt = load_config(None, ["data.name=synthetic", "data.seq_len=16", "parallel.pp=2",
-                             "parallel.pp_schedule=Interleaved1F1B", "parallel.pp_virtual_stages=2"])  # fmt: skip
-    tokens = torch.zeros(2, 16, dtype=torch.long)  # (B, T)
-    got = [(tuple(t.shape), t.dtype, t.requires_grad, t.device.type)
-           for t in boundary_tensors(gpt, tokens, seq_shards=2)]  # fmt: skip
-    hidden = ((2, 8, 64), torch.float32, True, "meta")
-    assert got == [((2, 16), torch.int64, False, "meta"), hidden, hidden, hidden,
-                   ((2, 16, 256), torch.float32, True, "meta")]  # fmt: skip
-    mlp = load_config(None, ["model.name=seed_mlp", "model.batchnorm=true", "data.name=digits",
-                             "parallel.pp=2"])  # fmt: skip
-    shapes = [tuple(t.shape) for t in boundary_tensors(mlp, torch.zeros(4, 1, 28, 28), 1)]
-    assert shapes == [(4, 1, 28, 28), (4, 128), (4, 10)]  # cut after block 0 (by parameters)
