@@ -132,4 +132,3 @@ def test_block_costs_by_params_and_flops():
     fblocks, fpre, fpost = block_costs(model, "flops", 16)
     assert fpre == 0.0 and fpost == 2.0 * 64 * 256  # embedding is a lookup, head a matmul
     assert fblocks[0] == 2.0 * (4 * 64 * 64 + 3 * 64 * 192) + 4.0 * 16 * 64
-
