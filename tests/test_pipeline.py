@@ -70,6 +70,8 @@ def test_every_schedule_pp2_every_model_matches_one_process(tmp_path):
         "mlp": (MLP, MLP + pp("1F1B", 2, 4)),
         "mlp dropout": (MLP + ["model.dropout=0.2"], MLP + ["model.dropout=0.2"] + pp("1F1B", 2, 4)),
         "gpt dropout": (GPT + ["model.dropout=0.2"], GPT + ["model.dropout=0.2"] + pp("GPipe", 2, 4)),
+        # bf16 autocast: seed_mlp's stage boundary is bf16 (the stages are given its real dtype)
+        "mlp bn bf16": (MLP_BN + ["train.dtype=bf16"], MLP_BN + ["train.dtype=bf16"] + pp("1F1B", 2, 4)),
     }  # fmt: skip
     cfgs = {**gpt_cfgs, **big_cfgs, **bn_cfgs, **{k: v[1] for k, v in other.items()}}
     results = run_distributed_many(list(cfgs.values()), 2, tmp_path / "pp2", timeout=450)
