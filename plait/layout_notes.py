@@ -36,6 +36,6 @@ def layout_note(cfg: Config, dims: ParallelDims) -> str | None:
     if not notes:
         return None
     return (
-        f"note: {'; '.join(notes)}: this run's numbers differ from one process's "
-        "(layout-dependent options, see README)"
+        f"note: {'; '.join(notes)}, so this run's numbers differ from one process with "
+        "grad_accum=1 (layout-dependent options: README, 'Any layout, same numbers')"
     )
