@@ -14,7 +14,10 @@ from plait.errors import PlaitError
 
 def _worker(cfg_dict: dict[str, Any], return_state: bool):
     """Runs in each child: rebuild the config (already validated) and train."""
+    from plait.dist import LAUNCHER_ENV
     from plait.trainer import train
+
+    os.environ[LAUNCHER_ENV] = "plait train --nproc"  # run.json's launched_by
 
     return train(from_dict(cfg_dict), return_state=return_state)
 

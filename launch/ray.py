@@ -36,7 +36,10 @@ def ray_launch(
 def _worker(loop_config: dict[str, Any]) -> None:
     """Runs in each Ray Train worker: the process group and rank variables are already set."""
     from plait.config import from_dict
+    from plait.dist import LAUNCHER_ENV
     from plait.trainer import train
+
+    os.environ[LAUNCHER_ENV] = "ray"  # run.json's launched_by
 
     train(from_dict(loop_config["cfg"]))
 

@@ -44,9 +44,6 @@ from plait.tensor_parallel import loss_context, plain
 
 class PipelineStep:
     def __init__(self, parts: PipelineParts, cfg: Config, dims: ParallelDims, mesh: Meshes, device):
-        from torch.distributed.pipelining import PipelineStage
-        from torch.distributed.pipelining.schedules import PipelineScheduleSingle
-
         p = cfg.parallel
         self.parts, self.inner, self.dp = parts, parts[0], dims.dp
         self.pp_group = mesh.root["pp"].get_group()
@@ -60,23 +57,53 @@ class PipelineStep:
         self.schedule_name, self.pp, self.n_stages = p.pp_schedule, dims.pp, S
         self.v, self.m = p.pp_virtual_stages, p.pp_microbatches
         self.pp_rank = mesh.root["pp"].get_local_rank()
-        self.stages = [
-            PipelineStage(mod, sid, S, device, group=self.pp_group)
-            for sid, mod in zip(parts.stage_ids, parts)
-        ]
-        cls = schedule_class(p.pp_schedule)
-        single = issubclass(cls, PipelineScheduleSingle)
-        self.schedule = cls(
-            self.stages[0] if single else self.stages,
-            p.pp_microbatches,
-            loss_fn=self._loss_fn,
-            scale_grads=False,
-        )
+        self.cfg, self.stages, self.schedule = cfg, [], None  # built on the first step
         self.scale = 1.0
         self.device = device
         self.events: list | None = None
         self.steps_run, self.total_steps = 0, cfg.train.steps
         self.record_last = cfg.log.pp_timeline
+
+    def _build(self, chunk_input: torch.Tensor) -> None:
+        """Stages and schedule, each stage given example input and output tensors.
+
+        Without them torch 2.13 infers a stage's metadata by running it once more in training
+        mode, on the first micro-batch (first stage) or on uninitialised ``torch.empty``
+        placeholders (later stages): BatchNorm folded that into its running statistics
+        (``num_batches_tracked`` one too many, garbage growing to inf/NaN) and dropout drew an
+        extra mask. Here the boundaries are measured by one evaluation-mode, no-grad pass of the
+        first micro-batch along the stages, which changes no statistics, draws no random numbers
+        and gives the exact shapes and dtypes under any model, tp / sequence parallel ((B, T/tp,
+        D) boundaries) and autocast (a meta-device forward knows no autocast dtype)."""
+        from torch.distributed.pipelining import PipelineStage
+        from torch.distributed.pipelining.schedules import PipelineScheduleSingle
+
+        micro = chunk_input.tensor_split(self.m)[0]  # torch's own split of the chunk
+        seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        training = self.parts.training
+        self.parts.eval()
+        with torch.no_grad():
+            self._chain(micro, seen)
+        self.parts.train(training)
+
+        def example(t: torch.Tensor, grad: bool) -> torch.Tensor:  # metadata only: meta device
+            meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
+            return meta.requires_grad_(grad and t.is_floating_point())
+
+        for sid, mod in zip(self.parts.stage_ids, self.parts):
+            x, y = seen[sid]
+            ex_in, ex_out = example(x, sid > 0), example(y, True)
+            stage = PipelineStage(mod, sid, self.n_stages, self.device, ex_in, ex_out,
+                                  group=self.pp_group)  # fmt: skip
+            self.stages.append(stage)
+        cls = schedule_class(self.schedule_name)
+        single = issubclass(cls, PipelineScheduleSingle)
+        self.schedule = cls(
+            self.stages[0] if single else self.stages,
+            self.m,
+            loss_fn=self._loss_fn,
+            scale_grads=False,
+        )
 
     def record(self) -> list:
         """Time every stage action from now on (for the measured timeline)."""
@@ -108,6 +135,8 @@ class PipelineStep:
         """Run the schedule on each accumulation chunk; returns this dp rank's summed (unscaled)
         loss on every pipeline rank. Gradients are left averaged over dp."""
         self.scale, self.steps_run = scale, self.steps_run + 1
+        if self.schedule is None:
+            self._build(micro[0]["input"])
         if self.record_last and self.steps_run == self.total_steps:
             self.record()  # the last step: warm, so its times are representative
         loss_sum = torch.zeros((), device=self.device)
@@ -124,30 +153,40 @@ class PipelineStep:
 
     @torch.no_grad()
     def eval_batch(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(loss sum, correct, count) of one batch, on every rank. A plain forward chain over
-        the stages, by hand because torch 2.13's ``schedule.eval()`` still runs the backward
-        actions of V schedules and fails there; evaluation has no bubble worth scheduling."""
+        """(loss sum, correct, count) of one batch, on every rank."""
         acc = torch.zeros(2, device=self.device)
-        h = None
-        for s in range(self.n_stages):
-            owner = stage_rank(self.schedule_name, s, self.pp)
-            if owner == self.pp_rank:
-                part = self.parts[self.parts.stage_ids.index(s)]
-                h = part(mb["input"] if s == 0 else h)
-                if s == self.n_stages - 1:
-                    with loss_context(part):
-                        acc[0] = plain(part.loss(h, mb)).float()
-                    if part.task == "classification":  # lm logits may be vocabulary-sharded
-                        acc[1] = (h.argmax(-1) == mb["target"]).sum()
-                elif stage_rank(self.schedule_name, s + 1, self.pp) != owner:
-                    send_tensor(h, stage_rank(self.schedule_name, s + 1, self.pp), self.pp_group)
-            elif (
-                s < self.n_stages - 1
-                and stage_rank(self.schedule_name, s + 1, self.pp) == self.pp_rank
-            ):
-                h = recv_tensor(owner, self.pp_group, acc.device)
+        h = self._chain(mb["input"])
+        if h is not None:  # this rank holds the last stage
+            part = self.head
+            with loss_context(part):
+                acc[0] = plain(part.loss(h, mb)).float()
+            if part.task == "classification":  # lm logits may be vocabulary-sharded
+                acc[1] = (h.argmax(-1) == mb["target"]).sum()
         out = self._from_last(acc)
         return torch.cat([out, out.new_tensor([float(self.inner.count(mb))])])
+
+    def _chain(self, x: torch.Tensor, seen: dict | None = None) -> torch.Tensor | None:
+        """A plain forward along the stages, hand to hand (point-to-point between ranks), by
+        hand because torch 2.13's ``schedule.eval()`` still runs the backward actions of V
+        schedules and fails there; evaluation has no bubble worth scheduling. Returns the last
+        stage's output on the rank holding it, else None; ``seen``: each local stage's
+        (input, output)."""
+        h, last = None, self.n_stages - 1
+        for s in range(self.n_stages):
+            owner = stage_rank(self.schedule_name, s, self.pp)
+            nxt = stage_rank(self.schedule_name, s + 1, self.pp) if s < last else None
+            if owner == self.pp_rank:
+                inp = x if s == 0 else h
+                h = self.parts[self.parts.stage_ids.index(s)](inp)
+                if seen is not None:
+                    seen[s] = (inp, h)
+                if s == last:
+                    return h
+                if nxt != owner:
+                    send_tensor(h, nxt, self.pp_group)
+            elif nxt == self.pp_rank:
+                h = recv_tensor(owner, self.pp_group, self.device)
+        return None
 
     def _from_last(self, t: torch.Tensor) -> torch.Tensor:
         dist.broadcast(t, group=self.pp_group, group_src=self.last_rank)

@@ -3,6 +3,7 @@
 Every launcher ends in the same entry point; this reads whatever it set: torchrun, DeepSpeed's
 launcher, accelerate and Ray Train (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) or SLURM's
 srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID). No variable set: one process, no group.
+Which launcher it was (run.json's ``launched_by``) is told by a variable only that one sets.
 """
 
 from __future__ import annotations
@@ -16,6 +17,25 @@ import torch
 import torch.distributed as dist
 
 from plait.errors import ConfigError
+
+# set in each rank by plait's own launchers (plait.launch.local, plait.launch.ray)
+LAUNCHER_ENV = "PLAIT_LAUNCHER"
+
+
+def launcher_name(env: dict[str, str]) -> str:
+    """The launcher that set RANK/WORLD_SIZE, by a variable only it sets: accelerate launch
+    (ACCELERATE_MIXED_PRECISION; it starts ranks through torch elastic, so it is checked
+    before torchrun), DeepSpeed's launcher (CROSS_RANK, deepspeed/launcher/launch.py),
+    torchrun (TORCHELASTIC_RUN_ID); plait's own launchers name themselves."""
+    if env.get(LAUNCHER_ENV):
+        return env[LAUNCHER_ENV]
+    if "ACCELERATE_MIXED_PRECISION" in env:
+        return "accelerate"
+    if "CROSS_RANK" in env:
+        return "deepspeed"
+    if "TORCHELASTIC_RUN_ID" in env:  # plait's sbatch script: srun starts torchrun per node
+        return "srun+torchrun" if "SLURM_JOB_ID" in env else "torchrun"
+    return "RANK/WORLD_SIZE"  # another launcher, or variables set by hand
 
 
 @dataclass(frozen=True)
@@ -33,14 +53,14 @@ class DistEnv:
                 int(env["RANK"]),
                 int(env["WORLD_SIZE"]),
                 int(env.get("LOCAL_RANK", 0)),
-                "RANK/WORLD_SIZE",
+                launcher_name(env),
             )
         if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
             return DistEnv(
                 int(env["SLURM_PROCID"]),
                 int(env["SLURM_NTASKS"]),
                 int(env.get("SLURM_LOCALID", 0)),
-                "SLURM",
+                "srun",
             )
         return DistEnv()
 

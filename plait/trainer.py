@@ -27,6 +27,7 @@ from plait import resume
 from plait.config import Config
 from plait.data import build_data
 from plait.errors import PlaitError
+from plait.layout_notes import layout_note
 from plait.mesh import ParallelDims
 from plait.metrics import MetricsWriter, peak_mem_bytes
 from plait.models import build_model, check_model, param_count
@@ -309,11 +310,12 @@ def write_run_info(
     run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, stepper: _Step,
     extra: dict,
 ) -> None:  # fmt: skip
-    """run.json: who ran this and how, so runs from different launchers can be told apart."""
+    """run.json: who ran this and how, so runs from different launchers can be told apart.
+    ``params`` counts the whole model on meta (a pipeline rank holds only its stages)."""
     info = {
         "world_size": env.world_size, "launched_by": env.source, "device": str(device),
         "layout": {"pp": dims.pp, "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp},
-        "params": param_count(stepper.inner), "data": stepper.data.describe(),
+        "params": param_count(build_model(stepper.cfg)), "data": stepper.data.describe(),
         "torch": torch.__version__, "started": datetime.now().isoformat(timespec="seconds"),
     }  # fmt: skip
     info.update(extra)
@@ -351,11 +353,13 @@ def _train(
     )
     obs = Observer(
         cfg, dims, rank=env.rank, world=env.world_size, device=device, run_dir=run_dir,
-        task=stepper.inner.task, params=param_count(stepper.inner), engine=stepper.engine,
+        task=stepper.inner.task, params=param_count(build_model(cfg)), engine=stepper.engine,
         start_step=start,
     )  # fmt: skip
     if env.rank == 0:
         write_run_info(run_dir, env, dims, device, stepper, obs.run_info())
+        if note := layout_note(cfg, dims):
+            print(note, flush=True)
     try:
         for step in range(start, cfg.train.steps):
             obs.before_step(step + 1)

@@ -244,3 +244,14 @@ def assert_resumed(straight: RunResult, resumed: RunResult, what: str) -> None:
         torch.testing.assert_close(
             resumed.state[k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{what} {k}: {m}"
         )
+
+
+def eval_of(state: dict[str, torch.Tensor], overrides: list[str], run_dir: Path) -> dict:
+    """One process's held-out metrics of the given full weights and buffers (e.g. a pipeline
+    run's final state), for options whose training numbers depend on the layout."""
+    from plait.trainer import _Step, validate
+
+    cfg = make_config(overrides, run_dir)
+    stepper = _Step(cfg, validate(cfg, 1), None, torch.device("cpu"), 0)
+    stepper.model.load_state_dict(state)
+    return stepper.evaluate()

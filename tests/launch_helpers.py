@@ -87,15 +87,16 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_losses(ref_dir: Path, got_dir: Path, world_size: int) -> None:
-    """Same trajectory, same metric keys, and run.json says how many ranks really ran."""
+def assert_same_losses(ref_dir: Path, got_dir: Path, world_size: int, launched_by: str) -> None:
+    """Same trajectory, same metric keys, and run.json says how many ranks really ran and
+    which launcher started them."""
     a, b = metrics(ref_dir), metrics(got_dir)
     assert [m["step"] for m in a] == [m["step"] for m in b]
     assert [sorted(m) for m in a] == [sorted(m) for m in b]
     worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
     assert worst <= RTOL, f"max relative loss difference {worst:.2e}"
     info = json.loads((Path(got_dir) / "run.json").read_text())
-    assert info["world_size"] == world_size, info
+    assert info["world_size"] == world_size and info["launched_by"] == launched_by, info
     for name in ("config.yaml", "metrics.jsonl", "run.json"):
         assert (Path(got_dir) / name).is_file(), name
 

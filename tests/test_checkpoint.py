@@ -127,6 +127,9 @@ def test_pipeline_checkpoint_resumes_in_one_process(tmp_path):
     ov = GPT + ["model.dropout=0.0", "checkpoint.every=4", "parallel.pp_microbatches=2"]
     straight = run_single(ov, tmp_path / "one")
     two = run_distributed(ov + ["parallel.pp=2"], 2, tmp_path / "pp")
+    info = json.loads((two.run_dir / "run.json").read_text())  # whole model, not rank 0's stage
+    assert info["launched_by"] == "plait train --nproc", info
+    assert info["params"] == sum(v.numel() for v in straight.state.values()), info
     crash_after(two.run_dir / "checkpoints", 4)
     resumed = run_single(ov, tmp_path / "pp")  # 2 pipeline stages -> 1 process, optimizer included
     for x, y in zip(losses(straight)[4:], losses(resumed)):

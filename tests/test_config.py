@@ -100,3 +100,31 @@ def test_no_process_group_is_created_for_a_bad_layout(monkeypatch):
     with pytest.raises(ConfigError):
         train(load_config(None, ["parallel.tp=4", "parallel.dp_shard=1"]))
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    "overrides, world, note",
+    [
+        (["model.name=seed_mlp", "model.batchnorm=true"], 1, None),
+        (["model.name=seed_mlp", "model.batchnorm=true"], 2, "model.batchnorm normalises per slice (dp=2)"),
+        (["model.name=seed_mlp", "model.batchnorm=true", "parallel.pp=2"], 2,
+         "model.batchnorm normalises per slice (pp_microbatches=4)"),
+        (["model.name=seed_mlp", "model.batchnorm=true", "train.grad_accum=2"], 1,
+         "model.batchnorm normalises per slice (grad_accum=2)"),
+        (["model.name=seed_mlp", "model.dropout=0.1"], 1, None),
+        (["model.name=seed_mlp", "model.dropout=0.1", "parallel.tp=2"], 2,
+         "model.dropout draws other masks (tp=2)"),
+        (["model.dropout=0.1", "parallel.pp=2", "train.grad_accum=2"], 4,
+         "model.dropout draws other masks (dp=2, pp=2, grad_accum=2)"),
+        (["model.name=seed_mlp", "model.batchnorm=true", "model.dropout=0.1"], 2,
+         "model.batchnorm normalises per slice (dp=2); model.dropout draws other masks (dp=2)"),
+        (["model.name=seed_mlp"], 8, None),  # nothing layout-dependent: no note
+    ],
+)  # fmt: skip
+def test_layout_note_names_options_whose_numbers_depend_on_the_layout(overrides, world, note):
+    from plait.layout_notes import layout_note
+    from plait.mesh import ParallelDims
+
+    cfg = load_config(None, ["data.name=synthetic", *overrides])
+    got = layout_note(cfg, ParallelDims.from_config(cfg, world))
+    assert got is None if note is None else got.startswith(f"note: {note}, so this run"), got

@@ -140,3 +140,31 @@ def test_cli_dry_run_prints_exactly_the_built_command(tmp_path):
     want = dry_run(CASES["torchrun_single"])
     assert r.stdout.replace(sys.executable, "PYTHON").replace(str(ROOT), "CWD") == want
     assert not Path(RUN).exists()
+
+
+@pytest.mark.parametrize(
+    "extra, name",
+    [
+        ({"TORCHELASTIC_RUN_ID": "x", "TORCHELASTIC_RESTART_COUNT": "0"}, "torchrun"),
+        ({"PLAIT_LAUNCHER": "plait train --nproc", "TORCHELASTIC_RUN_ID": "x"}, "plait train --nproc"),
+        ({"TORCHELASTIC_RUN_ID": "x", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0"}, "srun+torchrun"),
+        ({"CROSS_RANK": "0", "CROSS_SIZE": "1", "LOCAL_SIZE": "2"}, "deepspeed"),
+        ({"ACCELERATE_MIXED_PRECISION": "no", "TORCHELASTIC_RUN_ID": "x"}, "accelerate"),
+        ({"PLAIT_LAUNCHER": "ray", "ACCELERATE_TORCH_DEVICE": "cpu"}, "ray"),
+        ({}, "RANK/WORLD_SIZE"),
+    ],
+)  # fmt: skip
+def test_launched_by_names_each_launcher(extra, name):
+    """run.json's launched_by: each launcher told apart by a variable only it sets."""
+    from plait.dist import DistEnv
+
+    env = DistEnv.from_environ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", **extra})
+    assert (env.rank, env.world_size, env.local_rank, env.source) == (1, 2, 1, name)
+
+
+def test_srun_alone_and_no_launcher():
+    from plait.dist import DistEnv
+
+    srun = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "7"}
+    assert DistEnv.from_environ(srun) == DistEnv(3, 4, 1, "srun")
+    assert DistEnv.from_environ({}) == DistEnv(0, 1, 0, "single process")

@@ -76,4 +76,4 @@ def test_torchrun_two_nodes_over_veth(tmp_path, tmp_path_factory):
     for h, text in out.items():
         assert text.startswith(f"# on {h}:\n"), text[:200]  # each host ran its own command
         assert "--rdzv-endpoint nodeA:29511" in text
-    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=4)
+    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=4, launched_by="torchrun")

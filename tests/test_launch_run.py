@@ -42,7 +42,9 @@ def test_torchrun_single_node_elastic_restart(tmp_path, tmp_path_factory):
     )
     assert "--standalone" in r.stdout and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in r.stdout
     assert "failed (exitcode: 3) local_rank: 1" in r.stdout, r.stdout[-3000:]  # it did restart
-    assert_same_losses(reference_dir(tmp_path_factory), tmp_path / "run", world_size=2)
+    assert_same_losses(
+        reference_dir(tmp_path_factory), tmp_path / "run", world_size=2, launched_by="torchrun"
+    )
 
 
 @pytest.mark.timeout(200)
@@ -50,7 +52,7 @@ def test_deepspeed_launcher_with_generated_hostfile(tmp_path, tmp_path_factory):
     run = tmp_path / "run"
     _launch("deepspeed", run, "--port", str(free_port()))
     assert (run / "hostfile").read_text() == "localhost slots=2\n"
-    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2)
+    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2, launched_by="deepspeed")
 
 
 @pytest.mark.timeout(200)
@@ -59,7 +61,7 @@ def test_accelerate_really_starts_n_processes(tmp_path, tmp_path_factory):
     _launch("accelerate", run, "--port", str(free_port()))
     assert "num_processes: 2" in (run / "accelerate-node0.yaml").read_text()
     # world_size 2 in run.json: the --cpu path of accelerate would have run ONE process
-    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2)
+    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2, launched_by="accelerate")
 
 
 @pytest.fixture
@@ -73,4 +75,4 @@ def test_ray_train_on_a_cluster_started_here(ray_cluster, tmp_path_factory):
     address, run, env = ray_cluster
     _launch("ray", run, "--address", address, timeout=200, env=env)
     assert (run / "ray").is_dir()  # Ray Train's results live in the run folder
-    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2)
+    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2, launched_by="ray")

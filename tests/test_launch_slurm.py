@@ -40,7 +40,9 @@ def test_slurm_single_node_sbatch(tmp_path, tmp_path_factory):
     run = tmp_path / "run"
     with local_slurm(tmp_path / "slurm") as (env, pre):
         _submit(run, env, pre, "--nproc", "2", "--port", str(free_port()))
-    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2)
+    assert_same_losses(
+        reference_dir(tmp_path_factory), run, world_size=2, launched_by="srun+torchrun"
+    )
 
 
 @pytest.mark.timeout(240)
@@ -49,4 +51,6 @@ def test_slurm_two_nodes_over_veth(tmp_path, tmp_path_factory):
     with two_nodes(tmp_path) as nodes, local_slurm(tmp_path / "slurm", nodes, ADDRS) as (env, pre):
         log = _submit(run, env, pre, "--nnodes", "2", "--nproc", "2", "--port", "29513")
     assert "plait: 2 node(s) nodeA,nodeB, rendezvous on nodeA:29513" in log, log[-2000:]
-    assert_same_losses(reference_dir(tmp_path_factory), run, world_size=4)
+    assert_same_losses(
+        reference_dir(tmp_path_factory), run, world_size=4, launched_by="srun+torchrun"
+    )

@@ -7,10 +7,10 @@ so a pipeline can cut between any two of them and tensor parallelism can shard e
 Optional BatchNorm and dropout follow the seed's regularisation chapter (weight decay is the
 optimizer's ``weight_decay``).
 
-Layout note: BatchNorm normalises with the statistics of the batch a rank sees, so under data
-parallel each rank uses its local slice's statistics (as torch DDP does, and SyncBatchNorm is
-CUDA-only); it is the one option whose numbers depend on the dp degree. Dropout masks are
-drawn per dp rank for the same reason. Equivalence tests therefore run with both off.
+Layout note: BatchNorm normalises with the statistics of the batch a forward sees (a dp rank's
+slice, a pipeline micro-batch, a grad_accum chunk; as torch DDP does, and SyncBatchNorm is
+CUDA-only), and dropout masks depend on each rank's generator; plait.layout_notes says which
+layouts change their numbers. Equivalence tests compare them like with like.
 """
 
 from __future__ import annotations
