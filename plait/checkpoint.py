@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -35,8 +36,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from plait.config import from_dict
 from plait.ddp import deepspeed_checkpoint
+from plait.ddp.optim_state import is_partitioned, load_template, owned_state, set_owned_state
 from plait.errors import PlaitError
+from plait.models import build_model, param_count
+from plait.wrapped import is_pipeline, state_module
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
@@ -90,28 +95,6 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
-def state_module(model: nn.Module) -> nn.Module:
-    """The module whose parameter names are the single-process ones: a data-parallel wrapper's
-    inner model (torch's state_dict helpers strip only their own wrappers). A pipeline rank holds its
-    stages as a ModuleList (names would gain a "0." prefix), so build a view that shares their
-    parameters under the whole model's attribute names: the rank's blocks in one ``layers`` and
-    whichever pre/post modules its stages own."""
-    from plait.models.base import PlaitModel
-    from plait.pipeline.split import PipelineParts
-
-    if isinstance(getattr(model, "module", None), PlaitModel):  # DDP, fairscale ShardedDDP
-        return model.module
-    if not isinstance(model, PipelineParts):
-        return model
-    view = nn.Module()
-    view.layers = nn.ModuleDict({k: b for part in model for k, b in part.layers.items()})
-    for part in model:
-        for name in part.pre_modules() + part.post_modules():
-            if getattr(part, name, None) is not None:
-                setattr(view, name, getattr(part, name))
-    return view
-
-
 def app_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -119,8 +102,6 @@ def app_state(
     *,
     loading: bool = False,
 ) -> dict[str, Any]:
-    from plait.ddp.optim_state import is_partitioned, load_template, owned_state
-
     model = state_module(model)
     state: dict[str, Any] = {"model": get_model_state_dict(model)}
     if optimizer is not None and is_partitioned(optimizer):  # ZeRO-1 / fairscale OSS
@@ -264,8 +245,6 @@ def load(path: Path, model, optimizer, scheduler) -> int:
 
 
 def _load_dcp(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
-    from plait.ddp.optim_state import is_partitioned, set_owned_state
-
     # DCP loads in place into a state dict of the same structure, so the template must be the
     # live scheduler's own state dict (an empty dict would load nothing)
     extra = {"step": 0, "scheduler": scheduler.state_dict()}
@@ -328,8 +307,6 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 def export_safetensors(model: nn.Module, out: Path) -> None:
     """Full weights under single-process names into one safetensors file (rank 0 writes)."""
-    from safetensors.torch import save_file
-
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -342,9 +319,6 @@ def export_safetensors(model: nn.Module, out: Path) -> None:
 def consolidated(path: Path):
     """One process: (config, model holding the full weights on CPU, step) of a checkpoint of
     any layout or engine (DCP, or DeepSpeed's own files)."""
-    from plait.config import from_dict
-    from plait.models import build_model
-
     if not is_complete(path):
         raise PlaitError(f"{str(path)!r} is not a complete plait checkpoint (no valid {MANIFEST})")
     manifest = json.loads((path / MANIFEST).read_text())
@@ -372,8 +346,6 @@ def write_seed_checkpoint(cfg, out: Path) -> int:
     so every layout starts from the very same file (torchtitan's seed checkpoint); for models
     whose init is not a pure function of the parameter name, this is what makes layouts agree.
     Returns the parameter count."""
-    from plait.models import build_model, param_count
-
     model = build_model(cfg)
     model.to_empty(device="cpu")
     model.init_weights(cfg.train.seed)
@@ -383,15 +355,11 @@ def write_seed_checkpoint(cfg, out: Path) -> int:
 
 def load_safetensors(model: nn.Module, path: Path) -> None:
     """Load full weights (a seed checkpoint or an export) into a model of any layout."""
-    from safetensors.torch import load_file
-
     if not Path(path).is_file():
         raise PlaitError(
             f"checkpoint.init_from: {str(path)!r} does not exist; pass a .safetensors file written by plait export"
         )
-    from plait.pipeline.split import PipelineParts
-
-    partial = isinstance(model, PipelineParts)  # a pipeline rank takes only its stages' weights
+    partial = is_pipeline(model)  # a pipeline rank takes only its stages' weights
     model = state_module(model)
     full = load_file(str(path))
     expected = set(get_model_state_dict(model))

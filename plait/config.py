@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from plait.errors import ConfigError, did_you_mean
+from plait.rules import SCHEDULES
 
 
 def _f(default: Any, help: str, key: str | None = None, **kw: Any) -> Any:
@@ -33,15 +34,7 @@ def _f(default: Any, help: str, key: str | None = None, **kw: Any) -> Any:
 
 ModelName = Literal["gpt", "seed_mlp", "seed_bigmodel", "hf"]
 DataName = Literal["synthetic", "digits", "mnist_idx", "stdlib_text"]
-Schedule = Literal[
-    "GPipe",
-    "1F1B",
-    "Interleaved1F1B",
-    "LoopedBFS",
-    "InterleavedZeroBubble",
-    "ZBVZeroBubble",
-    "DualPipeV",
-]
+Schedule = Literal[tuple(SCHEDULES)]  # plait.rules' table of schedules and their traits
 
 
 @dataclass(kw_only=True)

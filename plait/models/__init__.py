@@ -11,6 +11,7 @@ from plait.errors import ConfigError, did_you_mean
 from plait.models.base import PlaitModel, name_seed, param_count
 from plait.models.gpt import GPT, PRESETS, GPTArgs
 from plait.models.mlp import MLP, SEED_BIGMODEL_SIZES, SEED_MLP_SIZES
+from plait.rules import divisors
 
 __all__ = ["PlaitModel", "build_model", "gpt_args", "check_model", "name_seed", "param_count"]
 
@@ -53,13 +54,13 @@ def check_model(cfg: Config) -> None:
                 raise ConfigError(f"model.{k}: {getattr(a, k)} is not allowed; must be >= 1")
         if a.dim % a.n_heads:
             raise ConfigError(
-                f"model.n_heads: {a.n_heads} does not divide model.dim={a.dim}; pick n_heads among {_divisors(a.dim)}"
+                f"model.n_heads: {a.n_heads} does not divide model.dim={a.dim}; pick n_heads among {divisors(a.dim)}"
             )
         if a.head_dim % 2:
             raise ConfigError(f"model.dim / model.n_heads = {a.head_dim} must be even for RoPE")
         if a.n_heads % a.n_kv_heads:
             raise ConfigError(
-                f"model.n_kv_heads: {a.n_kv_heads} does not divide model.n_heads={a.n_heads}; pick among {_divisors(a.n_heads)}"
+                f"model.n_kv_heads: {a.n_kv_heads} does not divide model.n_heads={a.n_heads}; pick among {divisors(a.n_heads)}"
             )
         if d.name == "stdlib_text" and a.vocab_size < 256:
             raise ConfigError(
@@ -78,10 +79,6 @@ def check_model(cfg: Config) -> None:
             raise ConfigError(
                 f"data.name: {d.name!r} gives 784-pixel images, which only model.name=seed_mlp takes; use data.name=synthetic for {m.name}"
             )
-
-
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
 
 
 def build_model(cfg: Config, device: str | torch.device = "meta") -> PlaitModel:

@@ -35,7 +35,7 @@ from plait.config import Config, ModelConfig
 from plait.errors import ConfigError, did_you_mean
 from plait.models.base import PlaitModel, canonical_name, name_seed
 from plait.models.hf_weights import HFWeights, check_pretrained
-from plait.tensor_parallel.apply import SEQ_SHARDS_ATTR
+from plait.parallel_attrs import SEQ_SHARDS_ATTR
 
 LLAMA_STYLE = ("LlamaForCausalLM", "MistralForCausalLM")
 GPT2_STYLE = ("GPT2LMHeadModel",)
