@@ -16,6 +16,7 @@ Numerics kept identical to the torch engines:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -63,6 +64,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def import_deepspeed():
+    # deferred here and below: deepspeed is an optional extra
     import deepspeed
     import deepspeed.ops
 
@@ -90,8 +92,6 @@ class DeepSpeedEngine(Engine):
         return self._torch_opt
 
     def sync(self, last: bool):
-        import contextlib
-
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
@@ -149,7 +149,7 @@ class DeepSpeedEngine(Engine):
 
     def full_state(self) -> dict[str, torch.Tensor]:
         if self.cfg.parallel.zero_stage == 3:
-            import deepspeed
+            import deepspeed  # deferred: optional extra
 
             with deepspeed.zero.GatheredParameters(list(self.ds.module.parameters())):
                 return _cpu_state(self.inner)

@@ -17,7 +17,7 @@ from plait.optim import param_groups
 
 class FairscaleEngine(Engine):
     def __init__(self, model, inner, cfg, dp_size: int, *, dp_group, dp_mesh, device):
-        from fairscale.optim import OSS
+        from fairscale.optim import OSS  # deferred: fairscale is an optional extra
 
         self.cfg, self.inner, self.dp_size = cfg, inner, dp_size
         cls, kw = optimizer_recipe(model, cfg.optim)
@@ -26,7 +26,7 @@ class FairscaleEngine(Engine):
             param_groups(model, cfg.optim.weight_decay), optim=cls, group=dp_group, **kw
         )
         if cfg.parallel.zero_stage == 2:
-            from fairscale.nn.data_parallel import ShardedDataParallel
+            from fairscale.nn.data_parallel import ShardedDataParallel  # optional extra
 
             self.model = ShardedDataParallel(model, self.optimizer, process_group=dp_group)
         else:

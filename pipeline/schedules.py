@@ -33,6 +33,7 @@ def action_order(
     """Per rank, the compute actions (kind, stage, microbatch) in the order torch runs them;
     kind is F (forward), B (full backward), I (backward for inputs) or W (backward for weights).
     Raises ValueError when torch refuses (pp, v, m) for this schedule."""
+    # deferred: torch.distributed.pipelining (see schedule_class)
     from torch.distributed.pipelining.schedules import PipelineScheduleSingle
     from torch.distributed.pipelining.stage import PipelineStage
 

@@ -51,6 +51,7 @@ def instrument(
 
 def plot_timeline(events: list[Event], png: str, title: str = "") -> None:
     """One row per rank, one bar per action, labelled with its microbatch."""
+    # deferred: matplotlib (heavy) only when a picture is drawn
     import matplotlib
 
     matplotlib.use("Agg")

@@ -42,6 +42,7 @@ def format_table(a: str | Path, b: str | Path) -> str:
 
 
 def plot(a: str | Path, b: str | Path, png: str | Path) -> None:
+    # deferred: matplotlib (heavy) only when a picture is asked for
     import matplotlib
 
     matplotlib.use("Agg")
