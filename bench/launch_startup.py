@@ -68,7 +68,7 @@ def against_torchrun(rounds: int, tmp: Path) -> None:
         base.append(first_step(hand))
         print(f"round {r + 1}: plait {ours[-1]:.2f}s, torchrun script {base[-1]:.2f}s", flush=True)
     a, b = statistics.median(ours), statistics.median(base)
-    print(f"plait train --nproc 2: {a:.2f}s; hand-written torchrun: {b:.2f}s; ratio {a / b:.2f}")
+    print(f"plait train --nproc 2 (medians): ours {a:.2f}s, baseline {b:.2f}s, ratio {a / b:.2f}")
 
 
 def launchers(a: argparse.Namespace, tmp: Path) -> None:

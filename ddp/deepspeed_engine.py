@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from plait.config import Config
+from plait.config import Config, merge
 from plait.ddp import memory
 from plait.ddp.engine import Engine
 from plait.models.base import canonical_name
@@ -52,15 +52,8 @@ def deepspeed_config(cfg: Config, dp: int) -> dict:
         "wall_clock_breakdown": False,
     }
     if p.deepspeed_config:
-        ds = _merge(ds, json.loads(Path(p.deepspeed_config).read_text()))
+        ds = merge(ds, json.loads(Path(p.deepspeed_config).read_text()))
     return ds
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def import_deepspeed():

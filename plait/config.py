@@ -379,10 +379,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s keys, nested dicts merged key by key (overrides, DeepSpeed's
+    config file over plait's)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -401,7 +403,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(
                 f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0]
             ) from None
-    cfg = from_dict(_merge(raw, parse_overrides(overrides or [])))
+    cfg = from_dict(merge(raw, parse_overrides(overrides or [])))
     return cfg
 
 

@@ -32,27 +32,13 @@ class DPEngine:
     tp_2d: bool = False  # shards over tensor-parallel DTensors (tp > 1 with dp > 1)
 
 
+_FSDP2 = dict(offload=True, hsdp=True, pipeline=True, tp_2d=True)  # what FSDP2 composes with
+
 DP_ENGINES: dict[tuple[str, int], DPEngine] = {
     ("torch", 0): DPEngine("DDP", "ddp", "plain", pipeline=True),
     ("torch", 1): DPEngine("DDP + ZeroRedundancyOptimizer", "ddp", "zero1"),
-    ("torch", 2): DPEngine(
-        "FSDP2, no reshard after forward (+HSDP)",
-        "fsdp",
-        "fsdp",
-        offload=True,
-        hsdp=True,
-        pipeline=True,
-        tp_2d=True,
-    ),  # fmt: skip
-    ("torch", 3): DPEngine(
-        "FSDP2, reshard after forward (+HSDP)",
-        "fsdp",
-        "fsdp",
-        offload=True,
-        hsdp=True,
-        pipeline=True,
-        tp_2d=True,
-    ),  # fmt: skip
+    ("torch", 2): DPEngine("FSDP2, no reshard after forward (+HSDP)", "fsdp", "fsdp", **_FSDP2),
+    ("torch", 3): DPEngine("FSDP2, reshard after forward (+HSDP)", "fsdp", "fsdp", **_FSDP2),
     ("deepspeed", 0): DPEngine("DeepSpeed ZeRO-0", "engine", "deepspeed"),
     ("deepspeed", 1): DPEngine("DeepSpeed ZeRO-1", "engine", "deepspeed", offload=True),
     ("deepspeed", 2): DPEngine("DeepSpeed ZeRO-2", "engine", "deepspeed", offload=True),
