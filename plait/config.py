@@ -2,8 +2,9 @@
 
 Every key is a dataclass field with a ``help`` string; a mistake (unknown key, typo, wrong type,
 impossible value) raises :class:`ConfigError` naming the key, the value and what is allowed,
-before any process group, model or dataset exists. Checks that need the world size live in
-:mod:`plait.mesh`; checks that need the model's shapes in :func:`plait.models.check_model`.
+before any process group, model or dataset exists. Checks that need the world size or the
+model's shapes live in :mod:`plait.preflight`; which engine, stage, schedule and layout combine
+is stated once, torch-free, in :mod:`plait.rules`.
 """
 
 from __future__ import annotations
