@@ -2,8 +2,9 @@
 progress bar. Other ranks get a writer that does nothing, so callers never branch on rank.
 
 TensorBoard and wandb take seconds to import and start, so they start in a background thread
-while the first steps run; records logged before they are up are handed to them once they are
-(jsonl and console are written at once)."""
+once the first record is out (off the path to the first step, whose CPU they would share);
+records logged before they are up are handed to them once they are (jsonl and console are
+written at once)."""
 
 from __future__ import annotations
 
@@ -71,11 +72,10 @@ class MetricsWriter:
             raise ConfigError(
                 "log.wandb: 'online' needs the wandb package (pip install 'plait[wandb]'), or set log.wandb=off"
             )
-        if cfg.log.tensorboard or cfg.log.wandb != "off":
+        if cfg.log.tensorboard or cfg.log.wandb != "off":  # started by the first log()
             self._starting = threading.Thread(
                 target=self._start_backends, args=(cfg, run_dir), daemon=True
             )
-            self._starting.start()
         show = cfg.log.progress == "on" or (cfg.log.progress == "auto" and sys.stderr.isatty())
         if show:
             self._bar = tqdm(
@@ -99,8 +99,10 @@ class MetricsWriter:
         """True once TensorBoard/wandb are started (``wait``: block until they are); hands
         them the records logged meanwhile."""
         if self._starting is not None:
-            if not wait and self._starting.is_alive():
+            if not wait and (self._starting.ident is None or self._starting.is_alive()):
                 return False
+            if self._starting.ident is None:  # closed before any record: start it now
+                self._starting.start()
             self._starting.join()
             self._starting = None
             if self._failed is not None:
@@ -146,6 +148,8 @@ class MetricsWriter:
             self._bar.write(line)
         else:
             print(line, flush=True)
+        if self._starting is not None and self._starting.ident is None:
+            self._starting.start()
 
     def _write_backends(self, scalars: dict[str, float], step: int) -> None:
         if self._tb is not None:
