@@ -15,7 +15,7 @@ from pathlib import Path
 from plait.config import Config
 from plait.errors import ConfigError
 from plait.mesh import ParallelDims
-from plait.models import build_model
+from plait.models import build_model, check_model
 from plait.models.base import PlaitModel
 from plait.pipeline.validate import check_pipeline
 from plait.rules import divisors, dp_engine, layout_problem
@@ -30,8 +30,13 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def validate(cfg: Config, world_size: int) -> ParallelDims:
-    """Every check that needs no process group; run before init so a mistake never hangs."""
-    model = build_model(cfg)  # meta device: shapes only; runs the model's own checks
+    """Every check that needs no process group; run before init so a mistake never hangs.
+    The meta model is built at most once, and only when a check reads its modules (pipeline
+    stages, tensor-parallel shapes): its first build loads torch's meta kernels (seconds)."""
+    p = cfg.parallel
+    model = build_model(cfg) if p.pp > 1 or p.tp > 1 or p.pp_cuts else None
+    if model is None:
+        check_model(cfg)  # build_model runs it too
     dims = ParallelDims.from_config(cfg, world_size, hint=lambda c, w: layouts_hint(c, w, model))
     check_supported(cfg, dims, model)
     return dims
