@@ -1,14 +1,11 @@
-"""Data-parallel engines behind one switch (``parallel.dp_engine`` x ``parallel.zero_stage``).
+"""Data-parallel engines behind one switch (``parallel.dp_engine`` x ``parallel.zero_stage``);
+what each cell wraps is the table :data:`plait.rules.DP_ENGINES`, and its option checks are in
+:func:`plait.preflight.check_dp`.
 
-| engine    | 0   | 1                        | 2                           | 3                        |
-|-----------|-----|--------------------------|-----------------------------|--------------------------|
-| torch     | DDP | DDP + ZeroRedundancyOpt. | FSDP2, no reshard (+HSDP)   | FSDP2, reshard (+HSDP)   |
-| deepspeed | ZeRO-0 | ZeRO-1                | ZeRO-2                      | ZeRO-3                   |
-| fairscale | -   | DDP + OSS                | ShardedDDP + OSS            | -                        |
-
-:func:`apply_sharded` runs at wrap step 5 (meta model), :func:`apply_replicated` after
-materialisation, :func:`build_engine` last: it makes the optimizer and wraps what needs both
-(DeepSpeed, fairscale), and returns the :class:`~plait.ddp.engine.Engine` the trainer drives.
+:func:`apply_sharded` runs at wrap step 5 of plait.parallelize (meta model),
+:func:`apply_replicated` at step 7 after materialisation, :func:`build_engine` last: it makes the
+optimizer and wraps what needs both (DeepSpeed, fairscale), and returns the
+:class:`~plait.ddp.engine.Engine` the trainer drives.
 """
 
 from __future__ import annotations
@@ -16,11 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plait import rules
 from plait.config import Config
-from plait.ddp.checks import check_dp
 from plait.ddp.ddp import apply_ddp, no_sync
 from plait.ddp.engine import Engine
 from plait.mesh import ParallelDims
+from plait.wrapped import unwrap
 
 __all__ = [
     "Engine",
@@ -28,13 +26,14 @@ __all__ = [
     "apply_replicated",
     "apply_sharded",
     "build_engine",
-    "check_dp",
     "no_sync",
+    "uses_fsdp",
 ]
 
 
 def uses_fsdp(cfg: Config, dims: ParallelDims) -> bool:
-    return cfg.parallel.dp_engine == "torch" and cfg.parallel.zero_stage >= 2 and dims.dp > 1
+    """FSDP2 shards this model (plait.rules.DP_ENGINES: torch, zero_stage 2/3, dp > 1)."""
+    return rules.uses_fsdp(cfg.parallel.dp_engine, cfg.parallel.zero_stage, dims.dp)
 
 
 def fsdp_mesh(meshes, dims: ParallelDims):
@@ -48,6 +47,7 @@ def apply_sharded(model: nn.Module, cfg: Config, dims: ParallelDims, meshes, dev
     """Step 5 of the wrap order: FSDP2 on the meta model (torch engine, zero_stage 2/3)."""
     if not uses_fsdp(cfg, dims):
         return
+    # deferred: FSDP2 loads torch.distributed.fsdp/tensor, which DDP runs never need (start-up)
     from plait.ddp.fsdp import apply_fsdp
 
     apply_fsdp(
@@ -63,9 +63,9 @@ def apply_sharded(model: nn.Module, cfg: Config, dims: ParallelDims, meshes, dev
 def apply_replicated(
     model: nn.Module, cfg: Config, dims: ParallelDims, meshes, device
 ) -> nn.Module:
-    """Step 6: torch DDP around the materialised model (torch engine, zero_stage 0/1). DeepSpeed
+    """Step 7: torch DDP around the materialised model (torch engine, zero_stage 0/1). DeepSpeed
     and fairscale wrap in :func:`build_engine`, since they need the optimizer too."""
-    if dims.dp == 1 or cfg.parallel.dp_engine != "torch" or cfg.parallel.zero_stage >= 2:
+    if not rules.uses_ddp(cfg.parallel.dp_engine, cfg.parallel.zero_stage, dims.dp):
         return model
     return apply_ddp(model, dp_mesh=meshes.dp, device=device)
 
@@ -73,29 +73,29 @@ def apply_replicated(
 def build_engine(
     model: nn.Module, cfg: Config, dims: ParallelDims, meshes, device: torch.device
 ) -> Engine:
-    from plait.parallelize import unwrap
-
+    """The engine of this engine x stage cell (plait.rules.DP_ENGINES); the plain one at dp=1."""
     inner = unwrap(model)
     p = cfg.parallel
-    if dims.dp == 1:
-        return Engine(model, inner, cfg, 1)
+    kind = rules.dp_engine(p.dp_engine, p.zero_stage).engine
+    if dims.dp == 1 or kind == "plain":
+        return Engine(model, inner, cfg, dims.dp)
     group = meshes.dp.get_group()
-    if p.dp_engine == "deepspeed":
+    # each engine's module is imported only when chosen: deferred optional heavy dependencies
+    # (deepspeed, fairscale) and torch.distributed.fsdp/optim that DDP runs never need
+    if kind == "deepspeed":
         from plait.ddp.deepspeed_engine import DeepSpeedEngine
 
         return DeepSpeedEngine(model, inner, cfg, dims.dp, device=device)
-    if p.dp_engine == "fairscale":
+    if kind == "fairscale":
         from plait.ddp.fairscale_engine import FairscaleEngine
 
         return FairscaleEngine(
             model, inner, cfg, dims.dp, dp_group=group, dp_mesh=meshes.dp, device=device
         )
-    if p.zero_stage == 1:
+    if kind == "zero1":
         from plait.ddp.zero1 import Zero1Engine
 
         return Zero1Engine(model, inner, cfg, dims.dp, dp_group=group)
-    if p.zero_stage >= 2:
-        from plait.ddp.fsdp import FSDPEngine
+    from plait.ddp.fsdp import FSDPEngine
 
-        return FSDPEngine(model, inner, cfg, dims.dp)
-    return Engine(model, inner, cfg, dims.dp)
+    return FSDPEngine(model, inner, cfg, dims.dp)

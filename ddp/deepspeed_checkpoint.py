@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from plait.errors import PlaitError
+from plait.models.base import canonical_name
 
 TAG = "deepspeed"
 
@@ -37,6 +38,7 @@ def save(engine, folder: Path, extra: dict[str, Any]) -> None:
 
 def _safe_globals() -> list:
     """Classes DeepSpeed pickles into its checkpoint files besides tensors and containers."""
+    # deferred: deepspeed is an optional extra (this module is imported by every checkpoint)
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -70,14 +72,13 @@ def load(engine, folder: Path) -> dict[str, Any]:
 
 def full_weights(folder: Path) -> dict[str, torch.Tensor]:
     """One process: consolidated fp32 weights under single-process names (ZeRO 0-3)."""
-    from plait.models.base import canonical_name
-
     check_files_safe(folder)
     states = sorted((folder / TAG).glob("*model_states.pt"))
     first = torch.load(states[0], map_location="cpu", weights_only=True, mmap=True)
     if not list((folder / TAG).glob("*optim_states.pt")) or not _zero(first):
         full = first["module"]  # ZeRO-0: the module's own full state dict
     else:
+        # deferred: deepspeed is an optional extra
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         full = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=TAG)

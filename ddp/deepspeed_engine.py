@@ -18,13 +18,14 @@ Numerics kept identical to the torch engines:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 
 import torch
 
-from plait.config import Config
+from plait.config import Config, merge
 from plait.ddp import memory
 from plait.ddp.engine import Engine
 from plait.grad_norm import clip_grad_norm
@@ -54,7 +55,7 @@ def deepspeed_config(cfg: Config, dp: int) -> dict:
         "wall_clock_breakdown": False,
     }
     if p.deepspeed_config:
-        ds = _merge(ds, json.loads(Path(p.deepspeed_config).read_text()))
+        ds = merge(ds, json.loads(Path(p.deepspeed_config).read_text()))
     return ds
 
 
@@ -63,14 +64,8 @@ def plait_clips(cfg: Config) -> bool:
     return cfg.parallel.zero_stage == 0 and cfg.train.dtype == "fp32"
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def import_deepspeed():
+    # deferred here and below: deepspeed is an optional extra
     import deepspeed
     import deepspeed.ops
 
@@ -98,8 +93,6 @@ class DeepSpeedEngine(Engine):
         return self._torch_opt
 
     def sync(self, last: bool):
-        import contextlib
-
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
@@ -158,7 +151,7 @@ class DeepSpeedEngine(Engine):
 
     def full_state(self) -> dict[str, torch.Tensor]:
         if self.cfg.parallel.zero_stage == 3:
-            import deepspeed
+            import deepspeed  # deferred: optional extra
 
             with deepspeed.zero.GatheredParameters(list(self.ds.module.parameters())):
                 return _cpu_state(self.inner)

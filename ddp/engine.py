@@ -15,6 +15,7 @@ from torch import nn
 from plait.config import Config
 from plait.ddp import memory
 from plait.grad_norm import clip_grad_norm
+from plait.ddp.ddp import no_sync
 from plait.models.base import PlaitModel, canonical_name
 from plait.optim import build_optimizer
 
@@ -40,8 +41,6 @@ class Engine:
 
     def sync(self, last: bool):
         """Context for one micro-batch's forward+backward: gradient all-reduce only on the last."""
-        from plait.ddp.ddp import no_sync
-
         return no_sync(self.model, sync=last)
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:

@@ -18,7 +18,7 @@ from plait.optim import param_groups
 
 class FairscaleEngine(Engine):
     def __init__(self, model, inner, cfg, dp_size: int, *, dp_group, dp_mesh, device):
-        from fairscale.optim import OSS
+        from fairscale.optim import OSS  # deferred: fairscale is an optional extra
 
         self.cfg, self.inner, self.dp_size, self.dp_group = cfg, inner, dp_size, dp_group
         cls, kw = optimizer_recipe(model, cfg.optim)
@@ -27,7 +27,7 @@ class FairscaleEngine(Engine):
             param_groups(model, cfg.optim.weight_decay), optim=cls, group=dp_group, **kw
         )
         if cfg.parallel.zero_stage == 2:
-            from fairscale.nn.data_parallel import ShardedDataParallel
+            from fairscale.nn.data_parallel import ShardedDataParallel  # optional extra
 
             self.model = ShardedDataParallel(model, self.optimizer, process_group=dp_group)
         else:

@@ -21,6 +21,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+)
+from torch.distributed.tensor import DTensor
 
 from plait.ddp import memory
 from plait.ddp.engine import Engine
@@ -42,13 +49,6 @@ def apply_fsdp(
 
     Mixed precision: on GPU, bf16/fp16 compute copies with fp32 gradient reduction and fp32
     sharded master parameters; on CPU everything stays fp32 (autocast does the casting)."""
-    from torch.distributed.fsdp import (
-        CPUOffloadPolicy,
-        MixedPrecisionPolicy,
-        OffloadPolicy,
-        fully_shard,
-    )
-
     mp = MixedPrecisionPolicy()
     if device.type == "cuda" and dtype in DTYPES:
         mp = MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
@@ -64,8 +64,6 @@ def apply_fsdp(
 def unsharded_param_bytes(model: nn.Module) -> int:
     """Bytes of parameters FSDP2 currently holds gathered (it swaps plain tensors in for the
     sharded DTensors while a unit is unsharded)."""
-    from torch.distributed.tensor import DTensor
-
     plain = (p for p in model.parameters() if not isinstance(p, DTensor))
     return memory.storage_bytes(plain, set())
 

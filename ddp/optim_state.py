@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import _init_optim_state
+from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from plait.models.base import canonical_name
 
 
 def is_partitioned(optimizer: torch.optim.Optimizer) -> bool:
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         return True
     return type(optimizer).__module__.startswith("fairscale") and hasattr(optimizer, "optim")
@@ -54,8 +54,6 @@ def owned_state(model: nn.Module, optimizer) -> dict[str, Any]:
 def load_template(model: nn.Module, optimizer) -> dict[str, Any]:
     """What this rank reads back: the state of the parameters it owns (made now if the run has
     not stepped yet, so DCP has tensors to load into)."""
-    from torch.distributed.checkpoint.state_dict import _init_optim_state
-
     local = optimizer.optim
     if not local.state:
         _init_optim_state(local)  # torch's own: one step with zero gradients at lr 0

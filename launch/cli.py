@@ -8,8 +8,14 @@ import socket
 import sys
 from pathlib import Path
 
+from plait.config import load_config
 from plait.errors import PlaitError
+from plait.launch import accelerate as acc
+from plait.launch import deepspeed as ds
+from plait.launch import slurm
+from plait.launch import torchrun as tr
 from plait.launch.command import Entry, Launch, run
+from plait.launch.ray import ray_launch
 
 BACKENDS = ("torchrun", "deepspeed", "accelerate", "slurm", "ray")
 _T, _D, _A, _S, _R = BACKENDS
@@ -73,8 +79,9 @@ def main(args: argparse.Namespace) -> int:
 
 def build(args: argparse.Namespace) -> list[Launch]:
     """Validate the options and the config (before anything starts), then build the command(s)."""
-    from plait.config import load_config
-    from plait.trainer import default_run_dir, validate
+    # deferred: preflight loads torch (it builds the meta model); the plait parser imports this
+    # module, and --help stays instant
+    from plait.preflight import default_run_dir, validate
 
     for key, backends in APPLIES.items():
         if getattr(args, key) is not None and args.backend not in backends:
@@ -96,8 +103,6 @@ def build(args: argparse.Namespace) -> list[Launch]:
     if b == _A:
         return _accelerate(args, entry, py, cfg, validate, run_dir)
     if b == _S:
-        from plait.launch import slurm
-
         nnodes = args.nnodes or 1
         validate(cfg, nnodes * args.nproc)
         script = slurm.sbatch_script(
@@ -107,8 +112,6 @@ def build(args: argparse.Namespace) -> list[Launch]:
             port=args.port or slurm.DEFAULT_PORT, max_restarts=args.max_restarts or 0,
         )  # fmt: skip
         return [slurm.sbatch_launch(run_dir / "launch.sbatch", script, wait=bool(args.wait))]
-    from plait.launch.ray import ray_launch
-
     validate(cfg, args.nproc)
     return [ray_launch(entry, py, address=args.address, workers=args.nproc, use_gpu=bool(args.gpu))]
 
@@ -120,8 +123,6 @@ def _host_list(args) -> list[str] | None:
 
 
 def _torchrun(args, entry, py, cfg, validate) -> list[Launch]:
-    from plait.launch import torchrun as tr
-
     kw = dict(
         max_restarts=args.max_restarts or 0,
         rdzv_timeout=args.rdzv_timeout or 300,
@@ -147,8 +148,6 @@ def _torchrun(args, entry, py, cfg, validate) -> list[Launch]:
 
 
 def _deepspeed(args, entry, py, cfg, validate, run_dir) -> list[Launch]:
-    from plait.launch import deepspeed as ds
-
     if args.hostfile and args.hosts:
         raise PlaitError("--hostfile and --hosts: give one")
     if args.hostfile:
@@ -168,8 +167,6 @@ def _deepspeed(args, entry, py, cfg, validate, run_dir) -> list[Launch]:
 
 
 def _accelerate(args, entry, py, cfg, validate, run_dir) -> list[Launch]:
-    from plait.launch import accelerate as acc
-
     hosts = _host_list(args) or ["127.0.0.1"]
     nnodes = args.nnodes or len(hosts)
     if nnodes != len(hosts):

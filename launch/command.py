@@ -3,6 +3,7 @@ that nothing it started outlives it."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import signal
@@ -12,6 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENTRY_MODULE = "plait.train"
+
+
+def run_entry(function: str, *args):
+    """Call ``plait.train.<function>`` in a launched process. Launchers name the training entry
+    point, as every command line does (``python -m plait.train``), and never import the trainer
+    themselves (pyproject's import contracts: launch sits above no trainer or engine)."""
+    return getattr(importlib.import_module(ENTRY_MODULE), function)(*args)
 
 
 @dataclass(frozen=True)

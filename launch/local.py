@@ -8,26 +8,27 @@ import uuid
 from typing import Any
 
 from plait import resume
-from plait.config import Config, from_dict
+from plait.config import Config
 from plait.errors import PlaitError
+from plait.launch.command import run_entry
 
 
 def _worker(cfg_dict: dict[str, Any], return_state: bool):
     """Runs in each child: rebuild the config (already validated) and train."""
-    from plait.dist import LAUNCHER_ENV
-    from plait.trainer import train
+    from plait.dist import LAUNCHER_ENV  # deferred: plait.dist imports torch (see run_local)
 
     os.environ[LAUNCHER_ENV] = "plait train --nproc"  # run.json's launched_by
-
-    return train(from_dict(cfg_dict), return_state=return_state)
+    return run_entry("run_config", cfg_dict, return_state)
 
 
 def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restarts: int = 0):
     """Train on ``nproc`` local processes; returns rank 0's :class:`RunResult`."""
+    # deferred: torch (preflight builds the meta model) loads only when a job starts, so the
+    # plait parser (which imports this package) and --help stay instant
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from plait.trainer import default_run_dir, validate
+    from plait.preflight import default_run_dir, validate
 
     if nproc < 1:
         raise PlaitError(f"--nproc: {nproc} is not allowed; must be >= 1")

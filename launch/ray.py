@@ -12,8 +12,9 @@ import os
 import sys
 from typing import Any
 
+from plait.config import load_config
 from plait.errors import PlaitError
-from plait.launch.command import Entry, Launch
+from plait.launch.command import Entry, Launch, run_entry
 
 ENV = {"RAY_AUTH_MODE": "disabled"}  # a token would otherwise be written under ~/.ray
 
@@ -35,13 +36,10 @@ def ray_launch(
 
 def _worker(loop_config: dict[str, Any]) -> None:
     """Runs in each Ray Train worker: the process group and rank variables are already set."""
-    from plait.config import from_dict
-    from plait.dist import LAUNCHER_ENV
-    from plait.trainer import train
+    from plait.dist import LAUNCHER_ENV  # deferred: plait.dist imports torch
 
     os.environ[LAUNCHER_ENV] = "ray"  # run.json's launched_by
-
-    train(from_dict(loop_config["cfg"]))
+    run_entry("run_config", loop_config["cfg"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
+    # deferred: ray is an optional extra, and preflight loads torch only once a job starts
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from plait.config import load_config
-    from plait.trainer import default_run_dir, validate
+    from plait.preflight import default_run_dir, validate
 
     cfg = load_config(args.config, args.overrides)
     validate(cfg, args.workers)

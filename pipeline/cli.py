@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from plait.config import load_config
 from plait.errors import PlaitError
+from plait.pipeline.schedules import microbatch_problem
+from plait.pipeline.simulate import Costs, simulate
+from plait.pipeline.timeline import plot_timeline
 
 
 def pp_timeline(
     config: str | None, overrides: list[str], png: str, costs: str, run: str | None
 ) -> str:
-    from plait.config import load_config
-    from plait.pipeline.schedules import microbatch_problem
-    from plait.pipeline.simulate import Costs, simulate
-    from plait.pipeline.timeline import plot_timeline
 
     if run:
         path = Path(run) / "pp_timeline.json"

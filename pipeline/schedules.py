@@ -5,17 +5,17 @@ accept is exactly what torch accepts."""
 
 from __future__ import annotations
 
-import typing
 from functools import lru_cache
 from unittest import mock
 
-from plait.config import Schedule
-from plait.pipeline.split import SINGLE_SCHEDULES, V_SCHEDULES
+from plait import rules
 
-SCHEDULES = typing.get_args(Schedule)  # one list of names: the config's
+SCHEDULES = tuple(rules.SCHEDULES)  # one list of names: plait.rules' table
 
 
 def schedule_class(name: str):
+    # deferred (here and below): torch.distributed.pipelining only once a pipeline is checked,
+    # simulated or run, so data-parallel runs and plait plan start without it
     from torch.distributed.pipelining.schedules import get_schedule_class
 
     return get_schedule_class(name)
@@ -23,11 +23,7 @@ def schedule_class(name: str):
 
 def allowed_virtual(name: str) -> tuple[int, ...] | None:
     """Stages per rank a schedule allows: exactly (1,) or (2,), or None for any >= 1."""
-    if name in SINGLE_SCHEDULES:
-        return (1,)
-    if name in V_SCHEDULES:
-        return (2,)
-    return None
+    return rules.schedule(name).stages_per_rank
 
 
 @lru_cache(maxsize=256)
@@ -37,6 +33,7 @@ def action_order(
     """Per rank, the compute actions (kind, stage, microbatch) in the order torch runs them;
     kind is F (forward), B (full backward), I (backward for inputs) or W (backward for weights).
     Raises ValueError when torch refuses (pp, v, m) for this schedule."""
+    # deferred: torch.distributed.pipelining (see schedule_class)
     from torch.distributed.pipelining.schedules import PipelineScheduleSingle
     from torch.distributed.pipelining.stage import PipelineStage
 

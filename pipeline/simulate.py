@@ -14,7 +14,9 @@ the input-gradient chain runs back at I per hop instead of I + W; with F = I = W
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from plait.pipeline.schedules import action_order
 from plait.pipeline.split import stage_rank
@@ -142,3 +144,39 @@ def simulate(schedule: str, pp: int, m: int, v: int = 1, costs: Costs = Costs())
         free[r] = end
         sim.events.append((r, kind, s, i, start, end))
     return sim
+
+
+def mean_costs(events: list[Event], v: int):
+    """Per-microbatch costs of one rank's share (v stages) from measured actions: forward,
+    backward-input and backward-weight means (a full backward counts as input + weight, split
+    evenly when the schedule never splits it)."""
+
+    def mean(kind: str) -> float | None:
+        d = [e[5] - e[4] for e in events if e[1] == kind]
+        return sum(d) / len(d) if d else None
+
+    f, b, i, w = mean("F"), mean("B"), mean("I"), mean("W")
+    if i is None or w is None:
+        i = w = (b or 0.0) / 2
+    return Costs(forward=(f or 0.0) * v, backward_input=i * v, backward_weight=w * v, comm=0.0)
+
+
+def write_measured(events: list[Event], run_dir, schedule: str, pp: int, v: int, m: int) -> dict:
+    """pp_timeline.json (events, measured and simulated bubble) and the two pictures."""
+    run_dir = Path(run_dir)
+    costs = mean_costs(events, v)
+    sim = simulate(schedule, pp, m, v=v, costs=costs)
+    t0 = min(e[4] for e in events)
+    info = {
+        "schedule": schedule, "pp": pp, "virtual_stages": v, "microbatches": m,
+        "measured_bubble": bubble_fraction(events), "simulated_bubble": sim.bubble,
+        "measured_step_s": max(e[5] for e in events) - t0, "simulated_step_s": sim.step_time,
+        "costs_s": costs.__dict__,
+        "events": [[r, k, s, i, a - t0, b - t0] for r, k, s, i, a, b in events],
+    }  # fmt: skip
+    (run_dir / "pp_timeline.json").write_text(json.dumps(info) + "\n")
+    plot_timeline(
+        events, str(run_dir / "pp_timeline.png"), f"{schedule} (measured) p={pp} v={v} m={m}"
+    )
+    sim.plot(str(run_dir / "pp_timeline_sim.png"))
+    return info

@@ -16,15 +16,14 @@ import copy
 
 from torch import nn
 
+from plait import rules
 from plait.config import Config
 from plait.models.base import PlaitModel, matmul_flops
 
-V_SCHEDULES = ("ZBVZeroBubble", "DualPipeV")
-SINGLE_SCHEDULES = ("GPipe", "1F1B")
-
 
 def style(schedule: str) -> str:
-    return "v" if schedule in V_SCHEDULES else "loop"
+    """How stages map to ranks: ``v`` (plait.rules: V-shaped) or ``loop``."""
+    return "v" if rules.schedule(schedule).v_shape else "loop"
 
 
 def stage_ids(schedule: str, pp_rank: int, pp: int, v: int) -> list[int]:

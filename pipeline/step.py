@@ -28,6 +28,8 @@ import contextlib
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining.schedules import PipelineScheduleSingle
 from torch.distributed.tensor import DTensor
 
 from plait.config import Config
@@ -38,7 +40,9 @@ from plait.mesh import Meshes, ParallelDims
 from plait.models.base import canonical_name
 from plait.pipeline.p2p import recv_tensor, send_tensor
 from plait.pipeline.schedules import schedule_class
+from plait.pipeline.simulate import write_measured
 from plait.pipeline.split import PipelineParts, stage_rank
+from plait.pipeline.timeline import instrument
 from plait.tensor_parallel import loss_context, plain
 
 
@@ -107,8 +111,6 @@ class PipelineStep:
 
     def record(self) -> list:
         """Time every stage action from now on (for the measured timeline)."""
-        from plait.pipeline.timeline import instrument
-
         self.events = []
         rank = dist.get_rank(self.pp_group)
         for st in self.stages:
@@ -118,8 +120,6 @@ class PipelineStep:
     def write_timeline(self, run_dir, *, write: bool) -> None:
         """Gather the recorded actions of all pipeline ranks (same host: one monotonic clock)
         and, on the writing rank, save them with the simulated bubble for the measured costs."""
-        from plait.pipeline.timeline import write_measured
-
         pieces: list = [None] * self.pp
         dist.all_gather_object(pieces, self.events or [], group=self.pp_group)
         if write:

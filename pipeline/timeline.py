@@ -51,6 +51,7 @@ def instrument(
 
 def plot_timeline(events: list[Event], png: str, title: str = "") -> None:
     """One row per rank, one bar per action, labelled with its microbatch."""
+    # deferred: matplotlib (heavy) only when a picture is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,45 +84,3 @@ def plot_timeline(events: list[Event], png: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
-
-
-def mean_costs(events: list[Event], v: int):
-    """Per-microbatch costs of one rank's share (v stages) from measured actions: forward,
-    backward-input and backward-weight means (a full backward counts as input + weight, split
-    evenly when the schedule never splits it)."""
-    from plait.pipeline.simulate import Costs
-
-    def mean(kind: str) -> float | None:
-        d = [e[5] - e[4] for e in events if e[1] == kind]
-        return sum(d) / len(d) if d else None
-
-    f, b, i, w = mean("F"), mean("B"), mean("I"), mean("W")
-    if i is None or w is None:
-        i = w = (b or 0.0) / 2
-    return Costs(forward=(f or 0.0) * v, backward_input=i * v, backward_weight=w * v, comm=0.0)
-
-
-def write_measured(events: list[Event], run_dir, schedule: str, pp: int, v: int, m: int) -> dict:
-    """pp_timeline.json (events, measured and simulated bubble) and the two pictures."""
-    import json
-    from pathlib import Path
-
-    from plait.pipeline.simulate import simulate
-
-    run_dir = Path(run_dir)
-    costs = mean_costs(events, v)
-    sim = simulate(schedule, pp, m, v=v, costs=costs)
-    t0 = min(e[4] for e in events)
-    info = {
-        "schedule": schedule, "pp": pp, "virtual_stages": v, "microbatches": m,
-        "measured_bubble": bubble_fraction(events), "simulated_bubble": sim.bubble,
-        "measured_step_s": max(e[5] for e in events) - t0, "simulated_step_s": sim.step_time,
-        "costs_s": costs.__dict__,
-        "events": [[r, k, s, i, a - t0, b - t0] for r, k, s, i, a, b in events],
-    }  # fmt: skip
-    (run_dir / "pp_timeline.json").write_text(json.dumps(info) + "\n")
-    plot_timeline(
-        events, str(run_dir / "pp_timeline.png"), f"{schedule} (measured) p={pp} v={v} m={m}"
-    )
-    sim.plot(str(run_dir / "pp_timeline_sim.png"))
-    return info

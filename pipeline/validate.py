@@ -1,22 +1,18 @@
 """Pipeline config checks, run before any process group (called from
-``plait.parallelize.check_supported``). Each refusal names the key, the value and what works."""
+``plait.preflight.check_supported``). Each refusal names the key, the value and what works."""
 
 from __future__ import annotations
 
 from plait.config import Config
 from plait.errors import ConfigError
 from plait.mesh import ParallelDims
-from plait.parallelize import ZERO_BUBBLE
+from plait.models import build_model
 from plait.pipeline.schedules import allowed_virtual, microbatch_problem, valid_microbatches
+from plait.rules import ZERO_BUBBLE
 
 
-def n_blocks(cfg: Config) -> int:
-    from plait.models import build_model
-
-    return len(build_model(cfg).layers)  # meta device: no memory
-
-
-def check_pipeline(cfg: Config, dims: ParallelDims) -> None:
+def check_pipeline(cfg: Config, dims: ParallelDims, n_blocks: int | None = None) -> None:
+    """``n_blocks``: the model's block count, when the caller has built the meta model."""
     p, t = cfg.parallel, cfg.train
     if dims.pp == 1:
         if p.pp_cuts:
@@ -29,7 +25,8 @@ def check_pipeline(cfg: Config, dims: ParallelDims) -> None:
             f"parallel.pp_virtual_stages: {v} is not allowed with pp_schedule={name}; "
             f"it needs {allowed[0]} stage(s) per rank"
         )
-    stages, blocks = dims.pp * v, n_blocks(cfg)
+    blocks = n_blocks if n_blocks is not None else len(build_model(cfg).layers)  # meta: no memory
+    stages = dims.pp * v
     if blocks < stages:
         ok = [
             f"pp={q} x pp_virtual_stages={w}"

@@ -20,7 +20,6 @@ plait.resume decides which config changes a resume accepts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -40,12 +40,22 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from plait.checkpoint_files import (  # noqa: F401 - re-exported
+    MANIFEST,
+    PREFIX,
+    _files,
+    _sha256,
+    is_complete,
+    list_checkpoints,
+    newest_valid,
+)
+from plait.config import from_dict
 from plait.ddp import deepspeed_checkpoint
+from plait.ddp.optim_state import is_partitioned, load_template, owned_state, set_owned_state
 from plait.errors import PlaitError
+from plait.models import build_model, param_count
 from plait.safe_load import dcp_load, read_safetensors
-
-PREFIX = "step-"
-MANIFEST = "manifest.json"
+from plait.wrapped import is_pipeline, state_module
 
 
 def _rank() -> int:
@@ -57,67 +67,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def is_complete(folder: Path, verify: bool = False) -> bool:
-    """A folder is a checkpoint only with a manifest; ``verify`` also re-checks every checksum."""
-    m = folder / MANIFEST
-    if not m.is_file():
-        return False
-    try:
-        manifest = json.loads(m.read_text())
-    except ValueError:
-        return False
-    files = manifest.get("files", {})
-    for rel, digest in files.items():
-        p = folder / rel
-        if not p.is_file() or (verify and _sha256(p) != digest):
-            return False
-    return True
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [
-        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and is_complete(p)
-    ]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
-
-
-def state_module(model: nn.Module) -> nn.Module:
-    """The module whose parameter names are the single-process ones: a data-parallel wrapper's
-    inner model (torch's state_dict helpers strip only their own wrappers). A pipeline rank holds its
-    stages as a ModuleList (names would gain a "0." prefix), so build a view that shares their
-    parameters under the whole model's attribute names: the rank's blocks in one ``layers`` and
-    whichever pre/post modules its stages own."""
-    from plait.models.base import PlaitModel
-    from plait.pipeline.split import PipelineParts
-
-    if isinstance(getattr(model, "module", None), PlaitModel):  # DDP, fairscale ShardedDDP
-        return model.module
-    if not isinstance(model, PipelineParts):
-        return model
-    view = nn.Module()
-    view.layers = nn.ModuleDict({k: b for part in model for k, b in part.layers.items()})
-    for part in model:
-        for name in part.pre_modules() + part.post_modules():
-            if getattr(part, name, None) is not None:
-                setattr(view, name, getattr(part, name))
-    return view
-
-
 def app_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -125,8 +74,6 @@ def app_state(
     *,
     loading: bool = False,
 ) -> dict[str, Any]:
-    from plait.ddp.optim_state import is_partitioned, load_template, owned_state
-
     model = state_module(model)
     state: dict[str, Any] = {"model": get_model_state_dict(model)}
     if optimizer is not None and is_partitioned(optimizer):  # ZeRO-1 / fairscale OSS
@@ -229,22 +176,6 @@ class Checkpointer:
         return Path(box[0]) if box[0] else None
 
 
-def newest_valid(root: Path) -> Path | None:
-    """Newest ``step-*`` folder under ``root`` that passes :func:`is_complete` with checksums."""
-    if not root.is_dir():
-        return None
-    named = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-    for p in sorted(named, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True):
-        if is_complete(p, verify=True):
-            return p
-        warnings.warn(
-            f"checkpoint {str(p)!r} does not match its {MANIFEST} (missing, truncated or corrupted "
-            "files): skipping it and resuming from the previous one",
-            stacklevel=2,
-        )
-    return None
-
-
 def load(path: Path, model, optimizer) -> int:
     """Load a checkpoint saved under any layout into this layout; returns the step it holds.
     The caller positions the lr schedule at that step (plait.optim.build_scheduler)."""
@@ -281,8 +212,6 @@ def _hyper(group: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_dcp(path: Path, model, optimizer) -> dict[str, Any]:
-    from plait.ddp.optim_state import is_partitioned, set_owned_state
-
     # DCP loads the template's keys only: an older checkpoint's extra.scheduler stays unread
     state = app_state(model, optimizer, {"step": 0}, loading=True)
     dcp_load(state, path, no_dist=not dist.is_initialized())
@@ -343,8 +272,6 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 def export_safetensors(model: nn.Module, out: Path) -> None:
     """Full weights under single-process names into one safetensors file (rank 0 writes)."""
-    from safetensors.torch import save_file
-
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -357,9 +284,6 @@ def export_safetensors(model: nn.Module, out: Path) -> None:
 def consolidated(path: Path):
     """One process: (config, model holding the full weights on CPU, step) of a checkpoint of
     any layout or engine (DCP, or DeepSpeed's own files)."""
-    from plait.config import from_dict
-    from plait.models import build_model
-
     if not is_complete(path, verify=True):
         raise PlaitError(
             f"{str(path)!r} is not a complete plait checkpoint: no {MANIFEST}, or files that do "
@@ -390,8 +314,6 @@ def write_seed_checkpoint(cfg, out: Path) -> int:
     so every layout starts from the very same file (torchtitan's seed checkpoint); for models
     whose init is not a pure function of the parameter name, this is what makes layouts agree.
     Returns the parameter count."""
-    from plait.models import build_model, param_count
-
     model = build_model(cfg)
     model.to_empty(device="cpu")
     model.init_weights(cfg.train.seed)
@@ -405,9 +327,7 @@ def load_safetensors(model: nn.Module, path: Path) -> None:
         raise PlaitError(
             f"checkpoint.init_from: {str(path)!r} does not exist; pass a .safetensors file written by plait export"
         )
-    from plait.pipeline.split import PipelineParts
-
-    partial = isinstance(model, PipelineParts)  # a pipeline rank takes only its stages' weights
+    partial = is_pipeline(model)  # a pipeline rank takes only its stages' weights
     model = state_module(model)
     full = read_safetensors(path, "checkpoint.init_from")
     expected = set(get_model_state_dict(model))

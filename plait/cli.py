@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from plait.errors import PlaitError
+from plait.config import load_config
+from plait.errors import ConfigError, PlaitError
+from plait.launch import run_local
+from plait.launch.cli import add_parser as add_launch
+from plait.launch.cli import main as launch
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,13 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         "--costs", default="1,1,1,0", help="forward,backward-input,backward-weight,comm"
     )
     pt.add_argument("--run", help="draw this run's measured pp_timeline.json instead")
-    from plait.launch.cli import add_parser as add_launch
-
     add_launch(sub)
     return ap
 
 
-# ---- plait plan (issue 9): kept together so other subcommands merge around it
+# ---- plait plan
 def _plan_parser(sub) -> None:
     p = sub.add_parser(
         "plan", help="memory per rank and step time of a layout, and a layout search"
@@ -106,8 +108,8 @@ def _plan_parser(sub) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from plait.config import load_config
-    from plait.errors import ConfigError
+    # deferred (here and in main): what loads torch is imported by the subcommand that runs, so
+    # plait --help and the parser stay instant (start-up)
     from plait.plan import Job, Layout, ModelShape, make_cluster, plan_memory, search, step_time
     from plait.plan.report import format_plan, format_table
 
@@ -131,19 +133,15 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from plait.config import load_config
-
     overrides = list(args.overrides) + ([f"log.run_dir={args.run_dir}"] if args.run_dir else [])
     cfg = load_config(args.config, overrides)
     if args.max_restarts < 0:
         raise PlaitError(f"--max-restarts: {args.max_restarts} is not allowed; must be >= 0")
     if args.nproc == 1 and args.max_restarts == 0:  # in this process: no launcher at all
-        from plait.trainer import train
+        from plait.trainer import train  # deferred: torch (start-up, see _plan)
 
         result = train(cfg)
     else:
-        from plait.launch import run_local
-
         result = run_local(cfg, args.nproc, max_restarts=args.max_restarts)
     print(f"run folder: {result.run_dir}")
     return 0
@@ -165,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "train":
             return _train(args)
         if args.cmd == "compare":
-            from plait.compare import format_table, plot
+            from plait.compare import format_table, plot  # deferred: torch (see _plan)
 
             if len(args.runs) < 2 or not 0 <= args.smooth < 1:
                 raise PlaitError(
@@ -184,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 plot_report(args.run, args.png)
                 print(f"wrote {args.png}")
             return 0
-        if args.cmd == "export":
+        if args.cmd == "export":  # deferred imports: torch (see _plan), transformers
             from pathlib import Path
 
             from plait.checkpoint import consolidated, export_checkpoint
@@ -199,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out} (weights after step {step})")
             return 0
         if args.cmd == "seed":
-            from pathlib import Path
-
-            from plait.checkpoint import write_seed_checkpoint
-            from plait.config import load_config
+            from plait.checkpoint import write_seed_checkpoint  # deferred: torch (see _plan)
 
             n = write_seed_checkpoint(
                 load_config(args.config, list(args.overrides)), Path(args.out)
@@ -210,16 +205,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out} ({n:,} parameters)")
             return 0
         if args.cmd == "pp-timeline":
-            from plait.pipeline.cli import pp_timeline
+            from plait.pipeline.cli import pp_timeline  # deferred: torch (see _plan)
 
             print(pp_timeline(args.config, args.overrides, args.png, args.costs, args.run))
             return 0
         if args.cmd == "launch":
-            from plait.launch.cli import main as launch
-
             return launch(args)
         if args.cmd == "info":
-            from plait.info import format_info
+            from plait.info import format_info  # deferred: torch (see _plan)
 
             print(format_info())
             return 0

@@ -72,6 +72,7 @@ def ema(ys: list[float], weight: float) -> list[float]:
 
 
 def pyplot():
+    # deferred: matplotlib (heavy) only when a picture is asked for
     import matplotlib
 
     matplotlib.use("Agg")

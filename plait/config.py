@@ -2,8 +2,9 @@
 
 Every key is a dataclass field with a ``help`` string; a mistake (unknown key, typo, wrong type,
 impossible value) raises :class:`ConfigError` naming the key, the value and what is allowed,
-before any process group, model or dataset exists. Checks that need the world size live in
-:mod:`plait.mesh`; checks that need the model's shapes in :func:`plait.models.check_model`.
+before any process group, model or dataset exists. Checks that need the world size or the
+model's shapes live in :mod:`plait.preflight`; which engine, stage, schedule and layout combine
+is stated once, torch-free, in :mod:`plait.rules`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 
 from plait.errors import ConfigError, did_you_mean
 from plait.registry import DATA, MODELS, TASKS, fitting_data
+from plait.rules import SCHEDULES
 
 
 def _f(default: Any, help: str, key: str | None = None, **kw: Any) -> Any:
@@ -32,15 +34,7 @@ def _f(default: Any, help: str, key: str | None = None, **kw: Any) -> Any:
     return field(default=default, metadata=meta, **kw)
 
 
-Schedule = Literal[
-    "GPipe",
-    "1F1B",
-    "Interleaved1F1B",
-    "LoopedBFS",
-    "InterleavedZeroBubble",
-    "ZBVZeroBubble",
-    "DualPipeV",
-]
+Schedule = Literal[tuple(SCHEDULES)]  # plait.rules' table of schedules and their traits
 
 
 @dataclass(kw_only=True)
@@ -402,10 +396,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s keys, nested dicts merged key by key (overrides, DeepSpeed's
+    config file over plait's)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -424,7 +420,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(
                 f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0]
             ) from None
-    cfg = from_dict(_merge(raw, parse_overrides(overrides or [])))
+    cfg = from_dict(merge(raw, parse_overrides(overrides or [])))
     return cfg
 
 

@@ -3,6 +3,7 @@ then turned into one DeviceMesh with named axes (pp, dp_replicate, dp_shard, tp)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from plait.config import Config
@@ -24,15 +25,24 @@ class ParallelDims:
         """Ranks that see different data (replicas x shards)."""
         return self.dp_replicate * self.dp_shard
 
+    def layout(self) -> dict[str, int]:
+        """The degrees by axis name (run.json, checkpoint metadata)."""
+        return {axis: getattr(self, axis) for axis in AXES}
+
     @staticmethod
-    def from_config(cfg: Config, world_size: int) -> ParallelDims:
+    def from_config(
+        cfg: Config, world_size: int, *, hint: Callable[[Config, int], str] | None = None
+    ) -> ParallelDims:
+        """The configured dimensions over ``world_size`` ranks; ``hint`` (plait.preflight's list
+        of layouts that would work) is appended to a mismatch error."""
         p = cfg.parallel
+        more = (lambda: f"; {hint(cfg, world_size)}") if hint else (lambda: "")
         fixed = p.pp * p.dp_replicate * p.tp
         if p.dp_shard == -1:
             if world_size % fixed:
                 raise ConfigError(
                     f"parallel: pp={p.pp} x dp_replicate={p.dp_replicate} x tp={p.tp} = {fixed} does not divide "
-                    f"the world size {world_size}; {_factorizations(cfg, world_size)}"
+                    f"the world size {world_size}{more()}"
                 )
             dp_shard = world_size // fixed
         else:
@@ -42,7 +52,7 @@ class ParallelDims:
         if product != world_size:
             raise ConfigError(
                 f"parallel: pp={p.pp} x dp_replicate={p.dp_replicate} x dp_shard={dp_shard} x tp={p.tp} = {product}, "
-                f"but the world size is {world_size}; {_factorizations(cfg, world_size)}"
+                f"but the world size is {world_size}{more()}"
             )
         dims.check_batch(cfg)
         return dims
@@ -59,6 +69,7 @@ class ParallelDims:
 
     def build_mesh(self, device_type: str) -> Meshes:
         """One DeviceMesh over all four axes, plus its flattened 'dp' axis (replicate x shard)."""
+        # deferred: config checks and plait plan use ParallelDims without torch.distributed
         from torch.distributed.device_mesh import init_device_mesh
 
         root = init_device_mesh(
@@ -79,42 +90,3 @@ class Meshes:
 
     root: object
     dp: object
-
-
-def valid_layouts(cfg: Config, world_size: int) -> list[tuple[int, int, int]]:
-    """(pp, dp_shard, tp) factorizations of ``world_size`` that this model and config accept:
-    tp divides the model's heads/ffn/vocab, pp fits the blocks and schedule, the batch splits."""
-    import dataclasses
-
-    from plait.parallelize import check_supported
-
-    divs = [d for d in range(1, world_size + 1) if world_size % d == 0]
-    out = []
-    for pp in divs:
-        for tp in divs:
-            if world_size % (pp * tp):
-                continue
-            dp = world_size // (pp * tp)
-            par = dataclasses.replace(cfg.parallel, pp=pp, tp=tp, dp_shard=dp, dp_replicate=1)
-            if tp > 1 and dp > 1 and par.zero_stage < 2:
-                par = dataclasses.replace(par, zero_stage=3)
-            trial = dataclasses.replace(cfg, parallel=par)
-            try:
-                dims = ParallelDims(pp, 1, dp, tp, world_size)
-                dims.check_batch(trial)
-                check_supported(trial, dims)
-            except ConfigError:
-                continue
-            out.append((pp, dp, tp))
-    return out
-
-
-def _factorizations(cfg: Config, world_size: int) -> str:
-    combos = [f"pp={pp} x dp_shard={dp} x tp={tp}" for pp, dp, tp in valid_layouts(cfg, world_size)]
-    if not combos:
-        return f"no layout of {world_size} ranks fits this model and batch"
-    return (
-        f"layouts of {world_size} ranks this model and batch accept: "
-        + "; ".join(combos[:12])
-        + (" ..." if len(combos) > 12 else "")
-    )

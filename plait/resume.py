@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from plait.checkpoint_files import list_checkpoints
 from plait.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -100,8 +101,6 @@ def check(checkpoint: Path, old: dict[str, Any], new: dict[str, Any]) -> ConfigC
 def check_before_launch(cfg: Config) -> None:
     """:func:`check` before any rank starts (plait train --nproc), against the newest checkpoint
     its manifest names; the ranks verify the checksums and compare again."""
-    from plait.checkpoint import list_checkpoints
-
     c = cfg.checkpoint
     if c.resume != "auto" or not (c.every or c.dir) or not (c.dir or cfg.log.run_dir):
         return

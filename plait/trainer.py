@@ -26,17 +26,21 @@ from plait import dist as pdist
 from plait import resume
 from plait.config import Config
 from plait.data import build_data
+from plait.ddp import build_engine
 from plait.errors import PlaitError
 from plait.layout_notes import layout_note
 from plait.mesh import ParallelDims
 from plait.metrics import MetricsWriter, peak_mem_bytes
-from plait.models import build_model, check_model, param_count
-from plait.observe.checks import check_observe
+from plait.models import build_model, param_count
 from plait.observe.clock import StepClock
 from plait.observe.observer import Observer
 from plait.optim import build_scheduler
-from plait.parallelize import check_supported, parallelize, unwrap
+from plait.parallelize import parallelize
+from plait.preflight import default_run_dir, validate
 from plait.tensor_parallel import loss_context, plain
+from plait.wrapped import unwrap
+
+__all__ = ["RunResult", "default_run_dir", "train", "validate", "write_run_info"]
 
 
 @dataclass
@@ -47,37 +51,21 @@ class RunResult:
     state: dict[str, torch.Tensor] | None = None  # full weights, when asked for (tests)
 
 
-def default_run_dir(cfg: Config) -> Path:
-    if cfg.log.run_dir:
-        return Path(cfg.log.run_dir)
-    return Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def validate(cfg: Config, world_size: int) -> ParallelDims:
-    """Every check that needs no process group; run before init so a mistake never hangs."""
-    check_model(cfg)
-    check_observe(cfg)
-    dims = ParallelDims.from_config(cfg, world_size)
-    check_supported(cfg, dims)
-    return dims
-
-
 class _Step:
     """Everything one rank needs to run steps: built once by :func:`train`."""
 
     def __init__(self, cfg: Config, dims: ParallelDims, mesh, device: torch.device, dp_rank: int):
         self.cfg, self.dims, self.device = cfg, dims, device
         self.dp_group = mesh.dp.get_group() if mesh is not None and dims.dp > 1 else None
-        from plait.ddp import build_engine
-
         model = parallelize(build_model(cfg), cfg, dims, mesh, device)
         if cfg.checkpoint.init_from:  # seed weights: before DeepSpeed copies them into its
             # optimizer's flat fp32 partitions (loaded after, they would be overwritten)
-            from plait.checkpoint import load_safetensors
+            from plait.checkpoint import load_safetensors  # deferred: see _setup_checkpoints
 
             load_safetensors(model, Path(cfg.checkpoint.init_from))
         self.pipe = None  # pp > 1: the pipeline runs forward/backward (plait.pipeline.step)
         if dims.pp > 1:
+            # deferred: torch.distributed.pipelining only when pp > 1 (start-up)
             from plait.pipeline.step import PipelineEngine, PipelineStep
 
             self.pipe = PipelineStep(model, cfg, dims, mesh, device)
@@ -248,19 +236,15 @@ def _setup_checkpoints(
 ):
     """Auto-resume from the newest complete checkpoint; returns (checkpointer or None, first
     step to run)."""
-    from plait import checkpoint as ck
-
     c = cfg.checkpoint
     if not (c.every or c.dir):
         return None, 0
+    # deferred: torch.distributed.checkpoint loads torch.distributed.tensor and sympy (seconds),
+    # which runs without checkpoints never need (start-up)
+    from plait import checkpoint as ck
+
     root = Path(c.dir) if c.dir else run_dir / "checkpoints"
-    layout = {
-        "world_size": env.world_size,
-        "pp": dims.pp,
-        "dp_replicate": dims.dp_replicate,
-        "dp_shard": dims.dp_shard,
-        "tp": dims.tp,
-    }
+    layout = {"world_size": env.world_size, **dims.layout()}
     ckpt = ck.Checkpointer(
         root,
         every=c.every,
@@ -314,7 +298,7 @@ def write_run_info(
     ``params`` counts the whole model on meta (a pipeline rank holds only its stages)."""
     info = {
         "world_size": env.world_size, "launched_by": env.source, "device": str(device),
-        "layout": {"pp": dims.pp, "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp},
+        "layout": dims.layout(),
         "params": param_count(build_model(stepper.cfg)), "data": stepper.data.describe(),
         "torch": torch.__version__, "started": datetime.now().isoformat(timespec="seconds"),
     }  # fmt: skip

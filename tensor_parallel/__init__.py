@@ -15,8 +15,18 @@ are not the single-process ones, so dropout > 0 under tp > 1 does not reproduce 
 (DTensor's offset-based RNG that would do so is CUDA-only). With dropout 0, runs match.
 """
 
-from plait.tensor_parallel.apply import apply_tp, loss_context, plain
 from plait.tensor_parallel.check import check_tp
-from plait.tensor_parallel.styles import STYLES
+from plait.tensor_parallel.loss import loss_context, plain
+from plait.tensor_parallel.spec import STYLES
 
 __all__ = ["apply_tp", "check_tp", "loss_context", "plain", "STYLES"]
+
+
+def __getattr__(name: str):
+    # deferred: apply_tp loads torch.distributed.tensor (and sympy), which data-parallel-only
+    # runs never need; importing this package stays cheap (start-up)
+    if name == "apply_tp":
+        from plait.tensor_parallel.apply import apply_tp
+
+        return apply_tp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

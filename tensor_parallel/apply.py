@@ -3,27 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from fnmatch import fnmatchcase
-
-import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.parallel import loss_parallel, parallelize_module
+from torch.distributed.tensor.parallel import parallelize_module
 
 from plait.errors import PlaitError
-from plait.models.base import SEQ_SHARDS_ATTR
+from plait.parallel_attrs import LOSS_PARALLEL_ATTR, SEQ_SHARDS_ATTR
+from plait.tensor_parallel.spec import match
 from plait.tensor_parallel.styles import make_style
-
-# attributes set on the model by apply_tp: its logits are sharded on the class dim; the
-# residual stream between blocks is SEQ_SHARDS_ATTR sequence shards (the model interface's name)
-LOSS_PARALLEL_ATTR = "tp_loss_parallel"
-
-
-def match(pattern: str, name: str) -> bool:
-    """``layers.*.attention.wq`` matches ``layers.3.attention.wq``: one ``*`` per name part."""
-    p, n = pattern.split("."), name.split(".")
-    return len(p) == len(n) and all(fnmatchcase(b, a) for a, b in zip(p, n))
 
 
 def apply_tp(
@@ -65,18 +52,3 @@ def apply_tp(
     setattr(model, LOSS_PARALLEL_ATTR, loss_parallel and uses_head)
     setattr(model, SEQ_SHARDS_ATTR, tp_mesh.size() if sequence_parallel else 1)
     return model
-
-
-def loss_context(model: nn.Module):
-    """Enter around forward, loss and backward: ``loss_parallel()`` when the model's logits are
-    vocabulary-sharded, so cross-entropy works on the shards (a max, a sum-exp and the target
-    logit are all-reduced; the (B, T, V) logits are never gathered), else a null context."""
-    if getattr(model, LOSS_PARALLEL_ATTR, False):
-        return loss_parallel()
-    return contextlib.nullcontext()
-
-
-def plain(t: torch.Tensor) -> torch.Tensor:
-    """A loss computed under loss_parallel is a replicated DTensor; the trainer mixes it with
-    plain tensors (scaling, sums), so take its (identical) local value, keeping autograd."""
-    return t.full_tensor() if isinstance(t, DTensor) else t

@@ -9,22 +9,20 @@ import math
 from plait.config import Config
 from plait.errors import ConfigError
 from plait.mesh import ParallelDims
+from plait.models import build_model
+from plait.models.base import PlaitModel
+from plait.rules import divisors
+from plait.tensor_parallel.spec import STYLES, match
 
 
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
-
-
-def check_tp(cfg: Config, dims: ParallelDims) -> None:
-    """Refuse a tp degree the model's shapes cannot split; a no-op at tp=1."""
-    from plait.models import build_model
-    from plait.tensor_parallel.apply import match
-    from plait.tensor_parallel.styles import STYLES
-
+def check_tp(cfg: Config, dims: ParallelDims, model: PlaitModel | None = None) -> None:
+    """Refuse a tp degree the model's shapes cannot split; a no-op at tp=1. ``model``: the meta
+    model, when the caller has built it already."""
     tp = dims.tp
     if tp == 1:
         return
-    model = build_model(cfg)  # meta device: shapes only, no memory
+    if model is None:
+        model = build_model(cfg)  # meta device: shapes only, no memory
     plan = model.tp_plan()
     if not plan:
         raise ConfigError(
@@ -65,7 +63,7 @@ def check_tp(cfg: Config, dims: ParallelDims) -> None:
         )
     if cfg.parallel.sequence_parallel:
         sizes["data.seq_len"] = cfg.data.seq_len  # the residual stream is split on it
-    works = _divisors(math.gcd(*sizes.values()))
+    works = divisors(math.gcd(*sizes.values()))
     for key, size in sizes.items():
         if size % tp:
             raise ConfigError(

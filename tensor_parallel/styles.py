@@ -28,7 +28,6 @@ Styles (the names models use):
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
@@ -39,6 +38,8 @@ from torch.distributed.tensor.parallel import (
     RowwiseParallel,
     SequenceParallel,
 )
+
+from plait.tensor_parallel.spec import STYLES
 
 
 class ReplicateParallel(ParallelStyle):
@@ -116,15 +117,3 @@ def make_style(
     if name == "replicate":
         return ReplicateParallel()
     raise ValueError(f"unknown tensor-parallel style {name!r}; known: {', '.join(STYLES)}")
-
-
-#: style name -> (what is sharded, attribute of the module holding that size) for validation
-STYLES: dict[str, tuple[str, Callable[[nn.Module], int] | None]] = {
-    "colwise": ("out_features", lambda m: m.out_features),
-    "rowwise": ("in_features", lambda m: m.in_features),
-    "gather_input": ("", None),
-    "norm": ("", None),
-    "vocab_embedding": ("num_embeddings", lambda m: m.num_embeddings),
-    "vocab_head": ("out_features", lambda m: m.out_features),
-    "replicate": ("", None),
-}

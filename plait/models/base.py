@@ -27,10 +27,6 @@ from torch import nn
 
 from plait.seeding import name_seed
 
-#: set on the model by tensor parallel: the residual stream between blocks (so a later pipeline
-#: stage's input) is this many sequence shards (sequence parallel), else absent (1)
-SEQ_SHARDS_ATTR = "tp_seq_shards"
-
 WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod")
 
 

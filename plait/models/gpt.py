@@ -18,6 +18,7 @@ from plait.config import Config
 from plait.errors import ConfigError, did_you_mean
 from plait.models.base import PlaitModel, attention_flops, matmul_flops
 from plait.registry import DATA, register_model
+from plait.rules import divisors
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,6 @@ def gpt_args(cfg: Config) -> GPTArgs:
     )
 
 
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
-
-
 def check_gpt(cfg: Config) -> None:
     """Shapes the config asks for that the model cannot take (no process group needed)."""
     a = gpt_args(cfg)
@@ -91,13 +88,13 @@ def check_gpt(cfg: Config) -> None:
             raise ConfigError(f"model.{k}: {getattr(a, k)} is not allowed; must be >= 1")
     if a.dim % a.n_heads:
         raise ConfigError(
-            f"model.n_heads: {a.n_heads} does not divide model.dim={a.dim}; pick n_heads among {_divisors(a.dim)}"
+            f"model.n_heads: {a.n_heads} does not divide model.dim={a.dim}; pick n_heads among {divisors(a.dim)}"
         )
     if a.head_dim % 2:
         raise ConfigError(f"model.dim / model.n_heads = {a.head_dim} must be even for RoPE")
     if a.n_heads % a.n_kv_heads:
         raise ConfigError(
-            f"model.n_kv_heads: {a.n_kv_heads} does not divide model.n_heads={a.n_heads}; pick among {_divisors(a.n_heads)}"
+            f"model.n_kv_heads: {a.n_kv_heads} does not divide model.n_heads={a.n_heads}; pick among {divisors(a.n_heads)}"
         )
     need = DATA.get(cfg.data.name).vocab_size
     if need is not None and a.vocab_size < need:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import typing
 
-from plait.config import Schedule
+from plait import rules
+from plait.pipeline.simulate import simulate
 
-SCHEDULES = typing.get_args(Schedule)  # one list of names: the config's
+SCHEDULES = tuple(rules.SCHEDULES)  # one list of names: plait.rules' table
 
 
 def bubble_ratio(schedule: str, p: int, m: int, v: int = 1) -> float:
@@ -32,21 +32,18 @@ def bubble_ratio(schedule: str, p: int, m: int, v: int = 1) -> float:
     """
     if p <= 1:
         return 0.0
-    if schedule in ("GPipe", "1F1B"):
+    s = rules.schedule(schedule)  # raises for an unknown name
+    if s.single:
         return (p - 1) / m
-    if schedule in ("Interleaved1F1B", "LoopedBFS"):
+    if not s.zero_bubble:
         return (p - 1) / (v * m)
-    if schedule == "InterleavedZeroBubble":
-        return (p - 1) / (3 * v * m)
-    if schedule in ("ZBVZeroBubble", "DualPipeV"):
-        return (p - 1) / (3 * v * m) if 2 * m >= 3 * p else _simulated_ratio(schedule, p, m, v)
-    raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    if s.v_shape and 2 * m < 3 * p:
+        return _simulated_ratio(schedule, p, m, v)
+    return (p - 1) / (3 * v * m)
 
 
 @functools.lru_cache(maxsize=256)
 def _simulated_ratio(schedule: str, p: int, m: int, v: int) -> float:
-    from plait.pipeline.simulate import simulate
-
     f = simulate(schedule, p, m, v).bubble
     return f / (1 - f)
 
@@ -86,15 +83,13 @@ def inflight_microbatches(schedule: str, p: int, m: int, v: int = 1, rank: int =
 
 @functools.lru_cache(maxsize=256)
 def _simulated_peaks(schedule: str, p: int, m: int, v: int) -> tuple[float, ...]:
-    from plait.pipeline.simulate import simulate
-
     sim = simulate(schedule, p, m, v)
     return tuple(sim.peak_inflight(r) for r in range(p))
 
 
 def closed_inflight(schedule: str, p: int, m: int, v: int = 1, rank: int = 0) -> float:
     """The closed forms of :func:`inflight_microbatches` (m a multiple of p, m >= 2p)."""
-    if schedule in ("GPipe", "LoopedBFS"):
+    if rules.schedule(schedule).breadth_first:
         return float(m)
     if schedule == "1F1B":
         return float(min(m, p - rank))

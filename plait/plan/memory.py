@@ -1,12 +1,10 @@
 """Memory per rank: model states (parameters, gradients, optimizer state) by engine / ZeRO
 stage / dtype / offload, activations by block and pipeline schedule, and temporary buffers.
 
-Model states follow the ZeRO paper (Rajbhandari et al., arXiv 1910.02054, sec. 3 and 5):
-with Ψ parameters, N_d data-parallel ranks and K bytes of optimizer state per parameter,
-DDP holds (2 + 2 + K)Ψ, ZeRO-1 2Ψ + 2Ψ + KΨ/N_d, ZeRO-2 2Ψ + (2 + K)Ψ/N_d, ZeRO-3
-(2 + 2 + K)Ψ/N_d. ``precision="mixed"`` is that paper's accounting (fp16/bf16 weights and
-grads, fp32 master + Adam moments: K = 12); ``"autocast"`` is plait's own trainer (fp32 weights,
-grads and moments, bf16/fp16 only inside autocast: 4 + 4 + 8).
+Model states follow the ZeRO formulas of :mod:`plait.zero` (arXiv 1910.02054, sec. 3 and 5).
+``precision="mixed"`` is that paper's accounting (fp16/bf16 weights and grads, fp32 master +
+Adam moments: K = 12); ``"autocast"`` is plait's own trainer (fp32 weights, grads and moments,
+bf16/fp16 only inside autocast: 4 + 4 + 8).
 
 Activations are counted from what autograd saves for backward in plait's gpt block (checked
 against a saved-tensor hook measurement in tests/test_plan_measure.py), per token:
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field
 from plait.plan.bubble import inflight_microbatches
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
+from plait.zero import bytes_per_param, zero_formula
 
 RESERVE = 0.10  # of device memory kept free: CUDA context, NCCL buffers, allocator fragmentation
 DS_BUCKET = 5e8  # DeepSpeed reduce_bucket_size / allgather_bucket_size default, in elements
@@ -36,19 +35,13 @@ DS_PREFETCH = 5e7  # DeepSpeed stage3_prefetch_bucket_size default, in elements
 
 def state_bytes(job: Job) -> tuple[int, int, int]:
     """Bytes per parameter of (weights, gradients, optimizer state incl. fp32 master)."""
-    moments = {"adam": 2, "adamw": 2, "sgd": 1 if job.momentum else 0}[job.optimizer]
-    if job.precision == "mixed":
-        return 2, 2, 4 + 4 * moments  # fp32 master copy + fp32 moments
-    return 4, 4, 4 * moments
+    return bytes_per_param(job.optimizer, job.momentum, job.precision == "mixed")
 
 
 def zero_model_states(psi: float, nd: int, stage: int, k: int = 12, pb: int = 2, gb: int = 2):
-    """(params, grads, optimizer) bytes per rank for ZeRO stage 0-3 (arXiv 1910.02054 fig. 1)."""
-    return (
-        pb * psi / (nd if stage >= 3 else 1),
-        gb * psi / (nd if stage >= 2 else 1),
-        k * psi / (nd if stage >= 1 else 1),
-    )
+    """(params, grads, optimizer) bytes per rank for ZeRO stage 0-3 (plait.zero)."""
+    f = zero_formula(stage, float(psi), nd, (pb, gb, k))
+    return f["params"], f["grads"], f["optim"]
 
 
 # ------------------------------------------------------------------------- activations

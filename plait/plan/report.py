@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from plait.plan.hardware import Cluster
-from plait.plan.memory import RESERVE, Memory
+from plait.plan.memory import RESERVE, Memory, block_activation_bytes
 from plait.plan.search import Candidate
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.steptime import StepTime
@@ -19,8 +19,6 @@ def gib(b: float) -> str:
 def format_plan(
     shape: ModelShape, layout: Layout, job: Job, cluster: Cluster, mem: Memory, t: StepTime
 ) -> str:
-    from plait.plan.memory import block_activation_bytes
-
     g = cluster.gpu
     mb_tokens = job.tokens // (layout.dp * layout.microbatches)
     per_block = [

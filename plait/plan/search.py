@@ -10,6 +10,7 @@ from plait.plan.hardware import Cluster
 from plait.plan.memory import Memory, plan_memory
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.steptime import StepTime, step_time
+from plait.rules import divisors, layout_problem
 
 SEARCH_SCHEDULES = (("1F1B", 1), ("Interleaved1F1B", 2), ("ZBVZeroBubble", 2))
 
@@ -21,16 +22,10 @@ class Candidate:
     time: StepTime
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def valid(shape: ModelShape, layout: Layout, job: Job) -> bool:
     """Shape rules plait's wrappers need (TP splits heads and kv heads, each pipeline chunk
     gets a block, the global batch splits into dp x micro-batches, pipelines have m >= p) and
-    the engine x layout rules launch enforces (plait.parallelize.layout_problem)."""
-    from plait.parallelize import layout_problem
-
+    the engine x layout rules launch enforces (plait.rules.layout_problem)."""
     p, v = layout.pp, layout.v
     if shape.n_heads % layout.tp or shape.n_kv_heads % layout.tp:
         return False
@@ -48,10 +43,10 @@ def layouts(shape: ModelShape, job: Job, cluster: Cluster, base: Layout) -> list
     """Every combination, keeping ``base``'s engine and offload choices. Sequence parallel is
     on whenever tp > 1: it moves the same bytes as TP's all-reduces and saves memory."""
     n, out = cluster.gpus, []
-    for tp in _divisors(n):
+    for tp in divisors(n):
         if tp > cluster.gpus_per_node:  # TP across nodes is never worth it
             continue
-        for pp in _divisors(n // tp):
+        for pp in divisors(n // tp):
             dp = n // (tp * pp)
             # HSDP: only the usual split, sharded inside one node and replicated across nodes
             node_shard = max(1, cluster.gpus_per_node // tp)
@@ -62,7 +57,7 @@ def layouts(shape: ModelShape, job: Job, cluster: Cluster, base: Layout) -> list
                 scheds = SEARCH_SCHEDULES if pp > 1 else (("1F1B", 1),)
                 for sched, v in scheds:
                     per_dp = job.global_batch // dp if job.global_batch % dp == 0 else 0
-                    mbs = [m for m in _divisors(per_dp) if pp == 1 or m >= pp] if per_dp else []
+                    mbs = [m for m in divisors(per_dp) if pp == 1 or m >= pp] if per_dp else []
                     for m in mbs[:6] if pp == 1 else mbs:
                         for stage in stages:
                             for ac in ("none", "full"):

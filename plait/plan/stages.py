@@ -6,8 +6,7 @@ import math
 from dataclasses import dataclass
 
 from plait.plan.shapes import Layout, ModelShape
-
-V_SCHEDULES = ("ZBVZeroBubble", "DualPipeV")  # first and last chunk both on rank 0
+from plait.rules import schedule
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,6 @@ def rank_parts(shape: ModelShape, layout: Layout) -> list[RankPart]:
     blocks = math.ceil(shape.n_layers / p)
     if p == 1:
         return [RankPart(0, shape.n_layers, True, True)]
-    if layout.schedule in V_SCHEDULES:
+    if schedule(layout.schedule).v_shape:  # first and last chunk both on rank 0
         return [RankPart(0, blocks, True, True), RankPart(p - 1, blocks, False, False)]
     return [RankPart(0, blocks, True, False), RankPart(p - 1, blocks, False, True)]

@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plait.models.base import SEQ_SHARDS_ATTR, attention_flops, matmul_flops
+from plait.models.base import attention_flops, matmul_flops
 from plait.models.hf.base import HFModel, hf_skeleton
+from plait.parallel_attrs import SEQ_SHARDS_ATTR
 
 
 class HFDecoder(HFModel):

@@ -1,0 +1,8 @@
+"""Attributes the parallel wrappers set on a model for the model (and the trainer) to read: its
+side of the tensor-parallel contract, kept apart so models need not import the wrappers."""
+
+#: set by plait.tensor_parallel.apply_tp: the logits are sharded on the class dim (loss_parallel)
+LOSS_PARALLEL_ATTR = "tp_loss_parallel"
+#: set by apply_tp: the residual stream between blocks (so a later pipeline stage's input) is
+#: this many sequence shards
+SEQ_SHARDS_ATTR = "tp_seq_shards"

@@ -1,0 +1,157 @@
+"""Every check that needs no process group, in one place, run before any process starts or any
+group exists so that a mistake never hangs: the model's shapes, the world size split into
+(pp, dp_replicate, dp_shard, tp), the engine x layout rules (plait.rules), the data-parallel
+engine's options, the pipeline schedule and the tensor-parallel shapes. The meta model is built
+once for all of them. ``plait train``, ``plait launch`` and each rank's trainer call
+:func:`validate`; the run folder's name is chosen here too, once, by the launching process."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from datetime import datetime
+from pathlib import Path
+
+from plait.config import Config
+from plait.errors import ConfigError
+from plait.mesh import ParallelDims
+from plait.models import build_model, check_model
+from plait.models.base import PlaitModel
+from plait.observe.checks import check_observe
+from plait.pipeline.validate import check_pipeline
+from plait.rules import divisors, dp_engine, layout_problem
+from plait.tensor_parallel.check import check_tp
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """``log.run_dir``, else ``runs/<name>-<time>``."""
+    if cfg.log.run_dir:
+        return Path(cfg.log.run_dir)
+    return Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def validate(cfg: Config, world_size: int) -> ParallelDims:
+    """Every check that needs no process group; run before init so a mistake never hangs.
+    The meta model is built at most once, and only when a check reads its modules (pipeline
+    stages, tensor-parallel shapes): its first build loads torch's meta kernels (seconds)."""
+    p = cfg.parallel
+    model = build_model(cfg) if p.pp > 1 or p.tp > 1 or p.pp_cuts else None
+    if model is None:
+        check_model(cfg)  # build_model runs it too
+    check_observe(cfg)
+    dims = ParallelDims.from_config(cfg, world_size, hint=lambda c, w: layouts_hint(c, w, model))
+    check_supported(cfg, dims, model)
+    return dims
+
+
+def check_supported(cfg: Config, dims: ParallelDims, model: PlaitModel | None = None) -> None:
+    """Refuse engine x layout combinations that cannot work, before any process group exists.
+    ``model``: the meta model, when the caller has built it already."""
+    p = cfg.parallel
+    problem = layout_problem(
+        dp_engine=p.dp_engine, zero_stage=p.zero_stage, pp=dims.pp, dp=dims.dp, tp=dims.tp,
+        schedule=p.pp_schedule,
+    )  # fmt: skip
+    if problem:
+        raise ConfigError(problem)
+    check_dp(cfg, dims)
+    if dims.pp == 1 and dims.tp == 1 and not cfg.parallel.pp_cuts:
+        return  # the shape checks below have nothing to check: no model needed
+    model = model if model is not None else build_model(cfg)
+    check_pipeline(cfg, dims, n_blocks=len(model.layers))
+    check_tp(cfg, dims, model)
+
+
+def check_dp(cfg: Config, dims: ParallelDims) -> None:
+    """The data-parallel engine's options (plait.rules.DP_ENGINES): its package installed, its
+    stage, offload, HSDP and checkpointing."""
+    p = cfg.parallel
+    eng, stage = p.dp_engine, p.zero_stage
+    cell = dp_engine(eng, stage)
+    if eng != "torch" and importlib.util.find_spec(eng) is None:
+        raise ConfigError(
+            f"parallel.dp_engine: {eng!r} needs the {eng} package (pip install 'plait[{eng}]'), "
+            "or use dp_engine=torch (DDP, ZeRO-1/2/3, HSDP on FSDP2)"
+        )
+    ck = cfg.checkpoint
+    if eng == "deepspeed" and ck.async_save and (ck.every or ck.dir):
+        raise ConfigError(
+            "checkpoint.async: true is not allowed with dp_engine='deepspeed' (DeepSpeed writes "
+            "its own checkpoint files synchronously); set checkpoint.async=false"
+        )
+    if eng == "torch":
+        if p.cpu_offload and not cell.offload:
+            raise ConfigError(
+                f"parallel.cpu_offload: true is not allowed with zero_stage={stage} on the torch "
+                "engine; offload comes with FSDP2: use zero_stage=2 or 3"
+            )
+        return
+    if dims.dp_replicate > 1 and not (cell and cell.hsdp):
+        raise ConfigError(
+            f"parallel.dp_replicate: {dims.dp_replicate} (HSDP) is not allowed with "
+            f"dp_engine={eng!r}; HSDP needs dp_engine=torch with zero_stage=2 or 3"
+        )
+    if eng == "fairscale":
+        if cell is None:
+            raise ConfigError(
+                f"parallel.zero_stage: {stage} is not allowed with dp_engine='fairscale'; allowed: "
+                "1 (OSS) or 2 (OSS + ShardedDDP). fairscale's FSDP (stage 3) is broken on this torch: "
+                "use dp_engine=torch or deepspeed for stage 3, dp_engine=torch for stage 0"
+            )
+        if p.cpu_offload and not cell.offload:
+            raise ConfigError(
+                "parallel.cpu_offload: true is not allowed with dp_engine='fairscale'; "
+                "use dp_engine=torch (zero_stage 2/3) or deepspeed (zero_stage >= 1)"
+            )
+    if eng == "deepspeed":
+        if p.cpu_offload and not cell.offload:
+            raise ConfigError(
+                "parallel.cpu_offload: true is not allowed with dp_engine='deepspeed' and "
+                "zero_stage=0; DeepSpeed offloads optimizer state from zero_stage 1 and "
+                "parameters at zero_stage 3"
+            )
+        if cfg.train.on_nan == "skip" and cfg.train.dtype != "fp16":
+            raise ConfigError(
+                "train.on_nan: 'skip' is not allowed with dp_engine='deepspeed'; DeepSpeed "
+                "clips and steps in one call, so plait cannot skip a step: use on_nan=stop"
+            )
+
+
+def valid_layouts(
+    cfg: Config, world_size: int, model: PlaitModel | None = None
+) -> list[tuple[int, int, int]]:
+    """(pp, dp_shard, tp) factorizations of ``world_size`` that this model and config accept:
+    tp divides the model's heads/ffn/vocab, pp fits the blocks and schedule, the batch splits."""
+    model = model if model is not None else build_model(cfg)
+    divs = divisors(world_size)
+    out = []
+    for pp in divs:
+        for tp in divs:
+            if world_size % (pp * tp):
+                continue
+            dp = world_size // (pp * tp)
+            par = dataclasses.replace(cfg.parallel, pp=pp, tp=tp, dp_shard=dp, dp_replicate=1)
+            if tp > 1 and dp > 1 and par.zero_stage < 2:
+                par = dataclasses.replace(par, zero_stage=3)
+            trial = dataclasses.replace(cfg, parallel=par)
+            try:
+                dims = ParallelDims(pp, 1, dp, tp, world_size)
+                dims.check_batch(trial)
+                check_supported(trial, dims, model)
+            except ConfigError:
+                continue
+            out.append((pp, dp, tp))
+    return out
+
+
+def layouts_hint(cfg: Config, world_size: int, model: PlaitModel | None = None) -> str:
+    """The layouts of ``world_size`` ranks that would work, for a world-size mismatch error."""
+    layouts = valid_layouts(cfg, world_size, model)
+    combos = [f"pp={pp} x dp_shard={dp} x tp={tp}" for pp, dp, tp in layouts]
+    if not combos:
+        return f"no layout of {world_size} ranks fits this model and batch"
+    return (
+        f"layouts of {world_size} ranks this model and batch accept: "
+        + "; ".join(combos[:12])
+        + (" ..." if len(combos) > 12 else "")
+    )
