@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
@@ -122,9 +124,6 @@ def dcp_load(state: dict[str, Any], folder: Path, *, no_dist: bool) -> None:
 
 def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors, or one line naming the file when it is malformed."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

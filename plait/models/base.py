@@ -41,6 +41,7 @@ def canonical_name(name: str) -> str:
 
 def _write_full(param: torch.Tensor, full: torch.Tensor) -> None:
     """Copy a full-shape CPU tensor into ``param``, which may be a DTensor shard."""
+    # deferred: torch.distributed.tensor (with sympy) loads only when a model is initialised
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     with torch.no_grad():

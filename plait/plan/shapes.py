@@ -126,7 +126,7 @@ class Layout:
 
     @staticmethod
     def from_config(cfg: Config, world_size: int) -> Layout:
-        from plait.mesh import ParallelDims
+        from plait.mesh import ParallelDims  # deferred: it loads torch.distributed
 
         p = cfg.parallel
         dims = ParallelDims.from_config(cfg, world_size)
