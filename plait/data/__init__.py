@@ -12,6 +12,10 @@ __all__ = ["Batch", "StepData", "build_data", "read_idx", "read_corpus"]
 
 
 def build_data(cfg: Config, model) -> StepData:
+    from plait import components
+
+    if components.active().data is not None:  # the Python API's own data source
+        return components.active().data
     d, seed = cfg.data, cfg.train.seed
     if d.name == "synthetic":
         if model.task == "lm":

@@ -42,6 +42,13 @@ def gpt_args(cfg: Config) -> GPTArgs:
 def check_model(cfg: Config) -> None:
     """Shape checks that need the model's size but no process group."""
     m, d = cfg.model, cfg.data
+    from plait import components
+
+    if components.active().model is not None:  # the Python API's own model: its contract
+        from plait.models.contract import check_contract
+
+        check_contract(components.build_custom_model(), cfg)
+        return
     if m.name == "hf":
         from plait.models.hf import check_hf
 
@@ -87,6 +94,11 @@ def _divisors(n: int) -> list[int]:
 def build_model(cfg: Config, device: str | torch.device = "meta") -> PlaitModel:
     """Build the configured model on ``device``; on meta it holds no memory until materialised."""
     check_model(cfg)
+    from plait import components
+
+    custom = components.build_custom_model(device)
+    if custom is not None:
+        return custom
     m = cfg.model
     if m.name == "hf":  # parameters built on meta, derived buffers computed on CPU
         from plait.models.hf import build_hf
