@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import types
 
 from plait.config import load_config
 from plait.errors import PlaitError
@@ -22,20 +21,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plait: error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-class _CallableModule(types.ModuleType):
-    """``plait.train`` is both this module (``python -m plait.train``) and the API function
-    :func:`plait.api.train`: importing the module sets the package attribute to it, so the
-    module itself forwards calls to the function."""
-
-    def __call__(self, *args, **kwargs):
-        from plait.api import train
-
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
