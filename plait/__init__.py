@@ -7,6 +7,8 @@ Names load on first use, so ``import plait`` (and the CLI's ``--help``) stays in
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __all__ = [
     "Config",
@@ -37,6 +39,21 @@ _WHERE = {
     "save_checkpoint": "plait.api",
     "train": "plait.api",
 }
+
+
+class _Package(types.ModuleType):
+    """``plait.train`` and ``plait.parallelize`` are API functions that share their names with
+    modules (``python -m plait.train``, the wrap order). Importing such a module would set the
+    package attribute to it; keep the function (the module stays in ``sys.modules``, so
+    ``from plait.train import main`` still works)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
