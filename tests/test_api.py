@@ -110,3 +110,37 @@ def test_own_loop_under_dp_tp_matches_one_process_and_its_checkpoint_loads_anywh
     want = par.model.state_dict()
     for k, v in fresh.model.state_dict().items():
         torch.testing.assert_close(v, want[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+# ---------------------------------------------------------------- objects instead of names
+
+
+def test_data_object_and_optimizer_factory_replace_the_named_ones(tmp_path):
+    """An optimizer factory and a data source give exactly the run their names give."""
+    from plait.data.synthetic import SyntheticTokens
+
+    base = [*own_model.CONFIG, "parallel.pp_microbatches=4", "train.steps=3"]
+    named = plait.train(
+        None, [*base, "optim.name=sgd", "optim.lr=0.1", f"log.run_dir={tmp_path / 'a'}"],
+        model=own_model.TinyDecoder,
+    )  # fmt: skip
+    objects = plait.train(
+        None, [*base, "data.name=stdlib_text", f"log.run_dir={tmp_path / 'b'}"],
+        model=own_model.TinyDecoder(),  # an instance works too (copied)
+        data=SyntheticTokens(0, 256, 16),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+    )  # fmt: skip
+    a, b = [m["loss"] for m in named.metrics], [m["loss"] for m in objects.metrics]
+    assert a == b and a[0] != a[-1]
+
+
+def test_default_init_is_each_modules_reset_parameters_seeded_by_its_name():
+    from plait.models.base import name_seed
+
+    par = plait.parallelize(own_model.TinyDecoder, {}, seed=3)
+    torch.manual_seed(name_seed(3, "layers.1.attn.q"))
+    want = nn.Linear(32, 32, bias=False).weight
+    torch.testing.assert_close(par.model.layers["1"].attn.q.weight, want, rtol=0, atol=0)
+    torch.manual_seed(name_seed(3, "embed"))
+    torch.testing.assert_close(par.model.embed.weight, nn.Embedding(256, 32).weight, rtol=0, atol=0)
+    assert torch.equal(par.model.norm.weight, torch.ones(32))
