@@ -81,6 +81,14 @@ def test_wheel_contains_and_imports_all_subpackages(wheel, wheel_venv, tmp_path)
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().startswith(str(wheel_venv))
+    plait_bin = str(wheel_venv / "bin" / "plait")
+    r = subprocess.run([plait_bin, "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "plait 0.1.0", r.stdout + r.stderr
+    r = subprocess.run(
+        [plait_bin, "config", "show", "gpt_tiny", "train.steps=20"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0 and "steps: 20" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.timeout(900)
