@@ -128,7 +128,7 @@ def test_data_object_and_optimizer_factory_replace_the_named_ones(tmp_path):
         None, [*base, "data.name=stdlib_text", f"log.run_dir={tmp_path / 'b'}"],
         model=own_model.TinyDecoder(),  # an instance works too (copied)
         data=SyntheticTokens(0, 256, 16),
-        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
     )  # fmt: skip
     a, b = [m["loss"] for m in named.metrics], [m["loss"] for m in objects.metrics]
     assert a == b and a[0] != a[-1]
