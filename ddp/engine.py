@@ -14,8 +14,8 @@ from torch import nn
 
 from plait.config import Config
 from plait.ddp import memory
-from plait.grad_norm import clip_grad_norm
 from plait.ddp.ddp import no_sync
+from plait.grad_norm import clip_grad_norm
 from plait.models.base import PlaitModel, canonical_name
 from plait.optim import build_optimizer
 

@@ -79,8 +79,6 @@ class PipelineStep:
         first micro-batch along the stages, which changes no statistics, draws no random numbers
         and gives the exact shapes and dtypes under any model, tp / sequence parallel ((B, T/tp,
         D) boundaries) and autocast (a meta-device forward knows no autocast dtype)."""
-        from torch.distributed.pipelining import PipelineStage
-        from torch.distributed.pipelining.schedules import PipelineScheduleSingle
 
         micro = chunk_input.tensor_split(self.m)[0]  # torch's own split of the chunk
         seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

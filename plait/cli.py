@@ -17,10 +17,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="plait",
         description="Data, tensor and pipeline parallel training around one model interface.",
     )
+    ap.add_argument("--version", action="version", version=f"plait {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train from a YAML config on this machine")
-    t.add_argument("config", help="YAML config, e.g. configs/gpt_tiny.yaml")
+    t.add_argument("config", help="YAML file, or a shipped config's name, e.g. gpt_tiny")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=20")
     t.add_argument(
         "--nproc", type=int, default=1, help="local processes to start (gloo on CPU, nccl on GPU)"
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.seed=1")
 
     sub.add_parser("info", help="versions, devices, backends, optional engines")
+    _config_parser(sub)
     _plan_parser(sub)
 
     pt = sub.add_parser("pp-timeline", help="simulated (or a run's measured) pipeline timeline PNG")
@@ -80,6 +82,43 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--run", help="draw this run's measured pp_timeline.json instead")
     add_launch(sub)
     return ap
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("plait")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+# ---- plait config: the key reference and the resolved config
+def _config_parser(sub) -> None:
+    c = sub.add_parser("config", help="every config key (type, default, help), a resolved config")
+    cs = c.add_subparsers(dest="config_cmd", required=True)
+    k = cs.add_parser("keys", help="every key with its type, default and help")
+    k.add_argument("prefix", nargs="?", default="", help="only keys starting so, e.g. parallel.")
+    s = cs.add_parser("show", help="the resolved config (file + overrides) as YAML")
+    s.add_argument("config", help="YAML file, or a shipped config's name, e.g. gpt_tiny")
+    s.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    cs.add_parser("list", help="the shipped configs, usable by name")
+
+
+def _config(args: argparse.Namespace) -> int:
+    from plait import config_reference as ref
+
+    if args.config_cmd == "keys":
+        print(ref.format_keys(args.prefix))
+    elif args.config_cmd == "show":
+        from plait.config import load_config
+
+        print(ref.format_config(load_config(args.config, list(args.overrides))))
+    else:
+        from plait.bundled import CONFIG_DIR, bundled_configs
+
+        print("\n".join(f"{n}    ({CONFIG_DIR / n}.yaml)" for n in bundled_configs()))
+    return 0
 
 
 # ---- plait plan
@@ -162,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             return _plan(args)
         if args.cmd == "train":
             return _train(args)
+        if args.cmd == "config":
+            return _config(args)
         if args.cmd == "compare":
             from plait.compare import format_table, plot  # deferred: torch (see _plan)
 

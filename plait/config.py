@@ -409,10 +409,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read YAML (or start from defaults), apply overrides, type-check and value-check."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
+        from plait.bundled import bundled_configs, resolve_config
+
+        p = resolve_config(path)
+        if p is None:
             raise ConfigError(
-                f"config file {str(p)!r} does not exist; pass a YAML file such as configs/gpt_tiny.yaml"
+                f"config file {str(path)!r} does not exist; pass a YAML file or a shipped "
+                f"config name: {', '.join(bundled_configs())}"
             )
         try:
             raw = _yaml(p.read_text()) or {}

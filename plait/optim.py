@@ -24,6 +24,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, o.weight_decay)
+    from plait import components
+
+    if components.active().optimizer is not None:  # the Python API's optimizer factory
+        return components.active().optimizer(groups)
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW

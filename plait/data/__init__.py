@@ -6,6 +6,7 @@ importing it here is what registers it.
 
 from __future__ import annotations
 
+from plait import components
 from plait.config import Config
 from plait.data import images, synthetic, text  # noqa: F401 - importing registers them
 from plait.data.base import Batch, StepData
@@ -17,5 +18,8 @@ __all__ = ["Batch", "StepData", "build_data", "read_idx", "read_corpus", "regist
 
 
 def build_data(cfg: Config, model) -> StepData:
-    """The configured data source, shaped to ``model`` where it adapts (synthetic data)."""
+    """The configured data source, shaped to ``model`` where it adapts (synthetic data), or
+    the Python API's own data source object (plait.train(..., data=...))."""
+    if components.active().data is not None:
+        return components.active().data
     return DATA.get(cfg.data.name).build(cfg, model)

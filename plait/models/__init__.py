@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from plait import components
 from plait.config import Config
 from plait.models import gpt, hf, mlp  # noqa: F401 - importing registers gpt, hf, seed_*
 from plait.models.base import PlaitModel, name_seed, param_count
+from plait.models.contract import check_contract
+from plait.models.custom import build_custom_model
 from plait.models.gpt import gpt_args
 from plait.registry import MODELS, register_model
 
@@ -27,7 +30,11 @@ __all__ = [
 
 
 def check_model(cfg: Config) -> None:
-    """Shape checks that need the model's size but no process group (the model's own)."""
+    """Shape checks that need the model's size but no process group (the model's own), or the
+    model contract of the Python API's own model object."""
+    if components.active().model is not None:
+        check_contract(build_custom_model(), cfg)
+        return
     entry = MODELS.get(cfg.model.name)
     if entry.check is not None:
         entry.check(cfg)
@@ -36,6 +43,9 @@ def check_model(cfg: Config) -> None:
 def build_model(cfg: Config, device: str | torch.device = "meta") -> PlaitModel:
     """Build the configured model on ``device``; on meta it holds no memory until materialised."""
     check_model(cfg)
+    custom = build_custom_model(device)
+    if custom is not None:
+        return custom
     with torch.device(device):
         return MODELS.get(cfg.model.name).build(cfg)
 

@@ -20,6 +20,7 @@ A plait model is an ``nn.Module`` that also says how it may be cut:
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -125,11 +126,50 @@ class PlaitModel(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
+        done = self._init_from_reset_parameters(seed)
         for name, p in self.named_parameters():
             name = canonical_name(name)
+            if name in done:
+                continue
             gen = torch.Generator().manual_seed(name_seed(seed, name))
             _write_full(p, self.param_init(name, p.shape, gen))
         self.init_buffers()
+
+    # ---- defaults for one's own model (the Python API); kept apart from the zoo's
+    # methods above. A model that does not override param_init is initialised by each module's
+    # own reset_parameters, run on a full-shape CPU copy under a generator seeded by (seed,
+    # module name): the values never depend on the layout. The copies are meta-device
+    # templates taken before any parallel wrapper touches the model (capture_init_templates).
+    def _init_from_reset_parameters(self, seed: int) -> set[str]:
+        templates = self.__dict__.get("_plait_init_templates")
+        if not templates or type(self).param_init is not PlaitModel.param_init:
+            return set()
+        params = {canonical_name(n): p for n, p in self.named_parameters()}
+        done = set()
+        for mod_name, template in templates.items():
+            full = copy.deepcopy(template).to_empty(device="cpu")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(name_seed(seed, mod_name))
+                full.reset_parameters()
+            for pname, value in full.named_parameters(recurse=False):
+                name = f"{mod_name}.{pname}" if mod_name else pname
+                if name in params:  # a pipeline stage holds only some modules
+                    _write_full(params[name], value.detach())
+                    done.add(name)
+        return done
+
+
+def capture_init_templates(model: nn.Module) -> None:
+    """Remember a meta copy of every module that owns parameters and has ``reset_parameters``
+    (before tensor/data parallel reshape or wrap them), for the reset_parameters default init."""
+    templates = {}
+    for name, mod in model.named_modules():
+        own = list(mod.named_parameters(recurse=False))
+        if own and callable(getattr(mod, "reset_parameters", None)):
+            t = copy.copy(mod)
+            t._modules = {}  # only the module's own parameters: children have their own entries
+            templates[name] = copy.deepcopy(t).to("meta")
+    model.__dict__["_plait_init_templates"] = templates
 
 
 def matmul_flops(module: nn.Module) -> float:
