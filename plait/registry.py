@@ -12,7 +12,9 @@ Config validation, ``build_model`` / ``build_data``, the pre-launch checks and t
 these tables; no other file lists the names. Adding one to plait is its file plus an import
 line in ``plait/models/__init__.py`` or ``plait/data/__init__.py`` (importing registers it).
 
-From outside plait, name it ``module:name`` (``model.name=my_models:toy``): the lookup imports
+An installed package registers under the entry-point groups ``plait.models`` / ``plait.data``
+(the entry point names the module that registers the name): ``model.name=toy`` then works with
+nothing on the Python path. From outside plait, also name it ``module:name`` (``model.name=my_models:toy``): the lookup imports
 ``module`` (from the Python path, e.g. ``PYTHONPATH``), whose decorators register ``name``. So
 every process that reads the config (the launcher, each rank, ``plait export``) finds it the
 same way, with nothing to install.
@@ -58,8 +60,8 @@ E = TypeVar("E", ModelEntry, DataEntry)
 class Registry(Generic[E]):
     """Name -> entry for one config key; names are kept in registration order."""
 
-    def __init__(self, key: str, builtins: str):
-        self.key, self.builtins = key, builtins
+    def __init__(self, key: str, builtins: str, group: str):
+        self.key, self.builtins, self.group = key, builtins, group
         self._entries: dict[str, E] = {}
         self._loaded = False
 
@@ -90,6 +92,8 @@ class Registry(Generic[E]):
         self._load()
         if name in self._entries:
             return self._entries[name]
+        if ":" not in name and self._from_entry_point(name):
+            return self._entries[name]
         if ":" not in name:
             raise ConfigError(
                 f"{self.key}: {name!r} is not registered{did_you_mean(name, self._entries)}; "
@@ -114,12 +118,30 @@ class Registry(Generic[E]):
         return self._entries[short]
 
 
+    def _from_entry_point(self, name: str) -> bool:
+        """An installed package's entry point ``name`` in :attr:`group` (pyproject:
+        ``[project.entry-points."plait.models"] toy = "my_pkg.models"``): loading it imports
+        the module, whose decorator registers ``name``."""
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self.group):
+            if ep.name == name:
+                ep.load()
+                if name not in self._entries:
+                    raise ConfigError(
+                        f"{self.key}: {name!r}: the entry point {ep.value!r} of group "
+                        f"{self.group!r} registered no {name!r}; its module must register it"
+                    )
+                return True
+        return False
+
+
 def _where(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-MODELS: Registry[ModelEntry] = Registry("model.name", "plait.models")
-DATA: Registry[DataEntry] = Registry("data.name", "plait.data")
+MODELS: Registry[ModelEntry] = Registry("model.name", "plait.models", group="plait.models")
+DATA: Registry[DataEntry] = Registry("data.name", "plait.data", group="plait.data")
 
 
 def register_model(

@@ -160,3 +160,46 @@ def test_flops_come_from_the_model_for_hf_stages_too():
     # the planner's counts are the model's own, equal to the Llama formula here
     shape = ModelShape.from_config(cfg)
     assert shape == ModelShape(64, 2, 4, 2, 128, 256)
+
+
+@pytest.mark.timeout(300)
+def test_an_installed_package_registers_a_model_by_entry_point(tmp_path):
+    """A package installed at test time names its model module under the ``plait.models``
+    entry-point group; ``model.name=ep_net`` then trains with nothing on the Python path."""
+    import json
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    module = PLUGIN.replace('"quad_net"', '"ep_net"').replace('"quadrants"', '"ep_quadrants"')
+    (pkg / "plait_ep_toy.py").write_text(module)
+    (pkg / "pyproject.toml").write_text(
+        textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=68"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "plait-ep-toy"
+        version = "0.1"
+        [tool.setuptools]
+        py-modules = ["plait_ep_toy"]
+        [project.entry-points."plait.models"]
+        ep_net = "plait_ep_toy"
+        [project.entry-points."plait.data"]
+        ep_quadrants = "plait_ep_toy"
+        """)
+    )
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--target", str(site), str(pkg)], check=True, timeout=240)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(site)}  # installed, as site-packages would hold it
+    overrides = [o for o in TOY if not o.startswith(("model.name", "data.name"))]
+    cmd = [sys.executable, "-c", "import sys; from plait.cli import main; sys.exit(main())",
+           "train", "seed_mlp", "model.name=ep_net", "data.name=ep_quadrants", *overrides,
+           "log.every=1", "log.wandb=off", "log.tensorboard=false", "log.progress=off",
+           "--run-dir", str(run)]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=240, env=env, cwd=tmp_path)
+    got = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(got) == 8 and got[-1] < got[0], got
