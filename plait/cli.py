@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     from plait.launch.cli import add_parser as add_launch
 
     add_launch(sub)
+    from plait.data.cli import add_parser as add_data
+
+    add_data(sub)
     return ap
 
 
@@ -193,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(pp_timeline(args.config, args.overrides, args.png, args.costs, args.run))
             return 0
+        if args.cmd == "data":
+            from plait.data.cli import main as data_main
+
+            return data_main(args)
         if args.cmd == "launch":
             from plait.launch.cli import main as launch
 

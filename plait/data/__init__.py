@@ -19,6 +19,10 @@ def build_data(cfg: Config, model) -> StepData:
         return SyntheticVectors(seed, model.in_features, model.num_classes)
     if d.name == "stdlib_text":
         return ByteText(seed, d.seq_len, d.eval_fraction, d.path)
+    if d.name == "tokens":  # prepared token folders / raw .bin files (plait.data.tokens)
+        from plait.data.tokens import TokenData
+
+        return TokenData(seed, d)
     if d.name == "digits":
         return Digits(seed, d.eval_fraction)
     return MnistIdx(seed, d.path, d.eval_fraction)

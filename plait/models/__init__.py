@@ -26,6 +26,10 @@ def gpt_args(cfg: Config) -> GPTArgs:
     for k in ("dim", "n_layers", "n_heads", "ffn_dim", "vocab_size"):
         if getattr(m, k) is not None:
             shape[k] = getattr(m, k)
+    if m.vocab_size == "auto":  # the token data's vocabulary, from its meta.json
+        from plait.data.tokens import auto_vocab_size
+
+        shape["vocab_size"] = auto_vocab_size(cfg.data)
     if m.n_kv_heads is not None:
         shape["n_kv_heads"] = m.n_kv_heads
     elif m.n_heads is not None:
@@ -65,6 +69,10 @@ def check_model(cfg: Config) -> None:
             raise ConfigError(
                 f"model.vocab_size: {a.vocab_size} is too small for byte-level data.name=stdlib_text; needs >= 256"
             )
+        if d.name == "tokens":
+            from plait.data.tokens import check_vocab
+
+            check_vocab(a.vocab_size, d)
         if a.max_seq_len < d.seq_len:
             raise ConfigError(
                 f"model.max_seq_len: {a.max_seq_len} is shorter than data.seq_len={d.seq_len}"
