@@ -103,7 +103,7 @@ class DataConfig:
     seq_len: int = _f(128, "Tokens per sample for language-model data.")
     path: str | None = _f(
         None,
-        "mnist_idx: folder with the IDX files; stdlib_text: source folder (default: this Python's stdlib).",
+        "mnist_idx: folder with the IDX files; stdlib_text: a text file or source folder (default: this Python's stdlib); tokens: a prepared folder or .bin file.",
     )
     eval_fraction: float = _f(
         0.1, "Fraction of the data held out for evaluation (digits, mnist_idx, stdlib_text)."
@@ -120,7 +120,7 @@ class DataConfig:
     )
     verify: bool = _f(True, "tokens: check each shard's SHA-256 against meta.json at start.")
     max_bytes: int = _f(
-        64 * 2**20, "stdlib_text: read at most this many bytes of the corpus (a cut is logged)."
+        4 * 2**20, "stdlib_text: read at most this many bytes of the corpus (a cut is logged)."
     )
     prefetch: bool = _f(True, "Read the next step's batch in a background thread.")
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from plait import dist as pdist
 from plait.config import Config
 from plait.data import build_data
+from plait.data.prefetch import Prefetcher
 from plait.errors import PlaitError
 from plait.mesh import ParallelDims
 from plait.metrics import MetricsWriter, peak_mem_bytes
@@ -85,6 +86,11 @@ class _Step:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
         self.local_batch = cfg.train.global_batch // dims.dp
         self.lo = dp_rank * self.local_batch
+        # the next step's slice is read (and on CUDA copied) while this step runs
+        self.loader = Prefetcher(
+            self.data, self.lo, self.lo + self.local_batch, cfg.train.global_batch, device,
+            enabled=cfg.data.prefetch, steps=cfg.train.steps,
+        )  # fmt: skip
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.dtype)
         if self.engine.owns_precision:
             amp_dtype = None
@@ -111,9 +117,7 @@ class _Step:
         """One optimizer step on the global batch of ``step``; returns its metrics."""
         cfg, t0 = self.cfg, time.perf_counter()
         self.model.train()
-        batch = self.data.sample(
-            "train", step, self.lo, self.lo + self.local_batch, cfg.train.global_batch
-        )
+        batch, data_wait = self.loader.get(step)
         micro = [
             dict(zip(batch, vals))
             for vals in zip(*(v.chunk(cfg.train.grad_accum) for v in batch.values()))
@@ -174,6 +178,7 @@ class _Step:
             "lr": lr,
             "grad_norm": grad_norm,
             "step_time_s": dt,
+            "data_wait_s": data_wait,
         }
         rate_key = "tokens_per_s" if self.inner.task == "lm" else "samples_per_s"
         rec[rate_key] = float(count) / dt
@@ -337,6 +342,7 @@ def _train(
         if ckpt is not None:
             ckpt.wait()
     finally:
+        stepper.loader.close()
         writer.close()
     if stepper.pipe is not None and cfg.log.pp_timeline:
         stepper.pipe.write_timeline(run_dir, write=env.rank == 0)

@@ -18,7 +18,7 @@ def build_data(cfg: Config, model) -> StepData:
             return SyntheticTokens(seed, model.vocab_size, d.seq_len)
         return SyntheticVectors(seed, model.in_features, model.num_classes)
     if d.name == "stdlib_text":
-        return ByteText(seed, d.seq_len, d.eval_fraction, d.path)
+        return ByteText(seed, d.seq_len, d.eval_fraction, d.path, d.max_bytes)
     if d.name == "tokens":  # prepared token folders / raw .bin files (plait.data.tokens)
         from plait.data.tokens import TokenData
 

@@ -173,6 +173,7 @@ _TOK: Tokenizer | None = None
 
 def _init_worker(spec: str, eod: str | None) -> None:
     global _TOK
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per worker is the parallelism
     _TOK = load_tokenizer(spec, eod)
 
 
@@ -280,7 +281,9 @@ def _write(units, tok, spec, eod, field, column, workers, folder, dtype, shard_t
         if workers > 1:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(workers, _init_worker, (spec, eod))
+            # fork: workers start in milliseconds (spawn re-imports torch in each)
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            pool = mp.get_context(method).Pool(workers, _init_worker, (spec, eod))
             results = pool.imap(tokenize_unit, jobs)  # imap keeps unit order
         else:
             pool = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
@@ -14,11 +15,21 @@ MAX_BYTES = 4 * 2**20  # enough text for CPU runs; reading more only slows start
 
 
 def read_corpus(root: str | Path | None = None, max_bytes: int = MAX_BYTES) -> bytes:
-    """Concatenate the ``.py`` files under ``root`` (default: the stdlib), in sorted path order."""
+    """A text file's bytes, or the ``.py``/``.txt`` files under a folder (default: the stdlib)
+    concatenated in sorted path order; at most ``max_bytes`` (see :func:`corpus_size`)."""
+    return _read(root, max_bytes)[0]
+
+
+def _read(root: str | Path | None, max_bytes: int) -> tuple[bytes, int]:
+    """(the first max_bytes bytes, the corpus's full size when it was cut, else 0)."""
     base = Path(root) if root else Path(sysconfig.get_paths()["stdlib"])
+    if base.is_file():
+        with open(base, "rb") as f:
+            data = f.read(max_bytes + 1)
+        return data[:max_bytes], (base.stat().st_size if len(data) > max_bytes else 0)
     if not base.is_dir():
         raise PlaitError(
-            f"data.path: {str(base)!r} is not a folder; point it at a folder of .py/.txt files or leave it unset for the stdlib"
+            f"data.path: {str(base)!r} does not exist; point it at a text file or a folder of .py/.txt files, or leave it unset for the stdlib"
         )
     files = sorted(
         p
@@ -33,10 +44,12 @@ def read_corpus(root: str | Path | None = None, max_bytes: int = MAX_BYTES) -> b
             continue
         chunks.append(b)
         total += len(b)
-        if total >= max_bytes:
+        if total > max_bytes:
             break
-    data = b"".join(chunks)[:max_bytes]
-    return data
+    if total <= max_bytes:
+        return b"".join(chunks), 0
+    full = total + sum(f.stat().st_size for f in files[len(chunks) :])
+    return b"".join(chunks)[:max_bytes], full
 
 
 class ByteText(StepData):
@@ -44,9 +57,23 @@ class ByteText(StepData):
 
     task = "lm"
 
-    def __init__(self, seed: int, seq_len: int, eval_fraction: float, root: str | None = None):
+    def __init__(
+        self,
+        seed: int,
+        seq_len: int,
+        eval_fraction: float,
+        root: str | None = None,
+        max_bytes: int = MAX_BYTES,
+    ):
         super().__init__(seed)
-        raw = read_corpus(root)
+        raw, full = _read(root, max_bytes)
+        self.cut_from = full
+        if full and os.environ.get("RANK", "0") == "0":  # never cut silently
+            print(
+                f"data: using the first {len(raw):,} of {full:,} bytes of {root or 'the stdlib'} "
+                "(data.max_bytes); raise it to read more, or prepare a token folder",
+                flush=True,
+            )
         if len(raw) < 4 * (seq_len + 1):
             where = root or "the stdlib"
             raise PlaitError(
@@ -72,4 +99,5 @@ class ByteText(StepData):
         return {"input": win[:, :-1], "target": win[:, 1:]}
 
     def describe(self) -> str:
-        return f"ByteText({sum(len(p) for p in self.parts.values())} bytes)"
+        cut = f", cut from {self.cut_from} by data.max_bytes" if self.cut_from else ""
+        return f"ByteText({sum(len(p) for p in self.parts.values())} bytes{cut})"
