@@ -127,7 +127,8 @@ def test_bad_input_is_one_line(corpus, tmp_path):
 def test_vocab_auto_from_metadata_and_refusal(corpus, tmp_path):
     prepare([str(corpus / "docs.jsonl")], tmp_path / "p", str(corpus / "tok"))
     data = ["data.name=tokens", f"data.path={tmp_path / 'p'}"]
-    assert gpt_args(load_config(None, [*data, "model.vocab_size=auto"])).vocab_size == 300
+    auto = load_config(None, [*data, "model.vocab_size=auto"])
+    assert gpt_args(auto).vocab_size == 320  # 300 padded to a multiple of 64
     with pytest.raises(
         PlaitError, match="model.vocab_size: 256 is smaller than the data's vocabulary 300"
     ):
@@ -264,3 +265,43 @@ def test_readme_own_text_commands_run_as_written(tmp_path, capsys):
     meta = json.loads((tmp_path / "my_tokens" / "meta.json").read_text())
     assert "TokenData(my_tokens" in json.loads((run / "run.json").read_text())["data"]
     assert meta["tokenizer"]["kind"] == "hf" and meta["documents"] == 60
+
+
+def test_gpt_on_prepared_tokens_matches_one_process_on_2_ranks_and_resumes(corpus, tmp_path):
+    """Acceptance: DDP, ZeRO-3, tp=2 and pp=2 on 2 real gloo ranks follow the one-process run
+    per step (relative 1e-5) with the same held-out loss, in ONE launch; a run resumed at step 3
+    (one process, and 2-rank DDP from the one-process checkpoint) continues it exactly."""
+    from helpers import (
+        assert_resumed,
+        assert_same_run_and_eval,
+        run_distributed_many,
+        run_single,
+        step3_checkpoint,
+    )
+
+    prepare([str(corpus / "txt")], tmp_path / "tokens", str(corpus / "tok"), progress=False)
+    base = ["data.name=tokens", f"data.path={tmp_path / 'tokens'}", "model.vocab_size=auto",
+            "model.n_layers=2", "data.seq_len=16", "train.global_batch=8", "train.steps=6",
+            "train.eval_batches=2", "optim.warmup_steps=2", "train.grad_clip=1.0"]  # fmt: skip
+    ref = run_single([*base, "checkpoint.every=3", "checkpoint.keep=5"], tmp_path / "one")
+    resumed_one = run_single(
+        [*base, f"checkpoint.dir={step3_checkpoint(ref.run_dir, tmp_path / 'ck1')}"],
+        tmp_path / "one_resumed",
+    )
+    assert_resumed(ref, resumed_one, "one process resumed at step 3")
+    layouts = {
+        "ddp": [],
+        "zero3": ["parallel.zero_stage=3"],
+        "tp2": ["parallel.tp=2"],
+        "pp2": ["parallel.pp=2", "parallel.pp_microbatches=2"],
+        "ddp resumed": [f"checkpoint.dir={step3_checkpoint(ref.run_dir, tmp_path / 'ck2')}"],
+    }
+    got = run_distributed_many(
+        [[*base, *ov] for ov in layouts.values()], 2, tmp_path / "ranks", timeout=600
+    )
+    for name, res in zip(layouts, got):
+        if name == "ddp resumed":
+            assert_resumed(ref, res, name)
+        else:
+            assert_same_run_and_eval(ref, res, name)
+    assert ref.final_eval["eval_loss"] > 0 and all("data_wait_s" in m for m in ref.metrics)

@@ -56,7 +56,7 @@ class HFTokenizer(Tokenizer):
             from tokenizers import Tokenizer as _Tok
         except ImportError:
             raise PlaitError(
-                "tokenizer: the 'tokenizers' package is missing; pip install 'plait[data]'"
+                "tokenizer: the 'tokenizers' package is missing; pip install tokenizers"
             ) from None
         try:
             self.tok = _Tok.from_file(str(file))

@@ -127,15 +127,20 @@ def data_vocab_size(d) -> int | None:
     return max(sizes) if sizes else None
 
 
+AUTO_VOCAB_MULTIPLE = 64
+
+
 def auto_vocab_size(d) -> int:
-    """``model.vocab_size: auto``: the vocabulary recorded in the data's meta.json."""
+    """``model.vocab_size: auto``: the vocabulary recorded in the data's meta.json, padded up to
+    a multiple of 64 (as Megatron pads it: tensor parallel splits the vocabulary evenly, and
+    such sizes suit matmul kernels; the extra ids are never drawn)."""
     v = data_vocab_size(d) if d.name == "tokens" else None
     if v is None:
         raise PlaitError(
             "model.vocab_size: auto needs data.name=tokens on a prepared folder (with meta.json); "
             "raw .bin files carry no vocabulary, so give the number"
         )
-    return v
+    return -(-v // AUTO_VOCAB_MULTIPLE) * AUTO_VOCAB_MULTIPLE
 
 
 def check_vocab(model_vocab: int, d) -> None:
