@@ -1,11 +1,16 @@
-"""``data.name: tokens``: memory-mapped token files, read by (split, step, slice).
+"""``data.name: tokens``: token files read in place by (split, step, slice).
+
+Nothing is loaded: each sequence is one positioned read (``os.pread``) of seq_len+1 tokens.
+Reads, not a memory map: pages a map touches stay in the process's resident set until the
+kernel reclaims them (with readahead, gigabytes over a long random walk), and a positioned read
+leaves none behind, so the loader's memory stays flat however long the run.
 
 A source is a prepared folder (``plait data prepare``: shards + meta.json) or a flat ``.bin``
 token file written by another tool (nanoGPT, Megatron: ``data.dtype`` names its dtype). Its
 shards form one packed stream; sequence i is tokens [i*T, i*T + T + 1) (T = seq_len). Training
 position p = step * global_batch + j reads sequence ``perm_e[p mod n]`` of epoch e = p div n,
 where perm_e is a lazy seeded bijection (:mod:`plait.data.permute`): the global batch of step
-k is a pure function of (seed, k) and nothing is held in memory but the memmaps.
+k is a pure function of (seed, k) and no O(tokens) state is ever held.
 
 A mixture (``data.mix: {folder: weight}``) assigns positions to sources by a deterministic
 weighted interleave (a binary split per source, as in Bresenham's line), so source s holds
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +39,7 @@ DTYPES = ("uint16", "uint32", "int32", "int64")
 
 
 class TokenStream:
-    """One source: memmapped shards read as a single stream of ``len(self)`` tokens."""
+    """One source: shards read in place as a single stream of ``len(self)`` tokens."""
 
     def __init__(self, path: str | Path, dtype: str | None = None, verify: bool = True):
         p = Path(path)
@@ -83,8 +89,8 @@ class TokenStream:
                     "prepare the folder again (or set data.verify=false to skip checksums)"
                 )
             if n:
-                self.shards.append(np.memmap(f, dtype=self.dtype, mode="r", shape=(n,)))
-        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+                self.shards.append((os.open(f, os.O_RDONLY), n))
+        self.offsets = np.cumsum([0] + [n for _, n in self.shards])
         self.vocab_size = self.meta["vocab_size"] if self.meta else None
 
     def __len__(self) -> int:
@@ -93,13 +99,14 @@ class TokenStream:
     def read(self, a: int, b: int) -> np.ndarray:
         """Tokens [a, b) of the stream, across shard boundaries."""
         i = int(np.searchsorted(self.offsets, a, side="right")) - 1
-        parts = []
+        parts, size = [], self.dtype.itemsize
         while a < b:
+            fd, n = self.shards[i]
             lo = a - int(self.offsets[i])
-            take = min(b - a, len(self.shards[i]) - lo)
-            parts.append(self.shards[i][lo : lo + take])
+            take = min(b - a, n - lo)
+            parts.append(np.frombuffer(os.pread(fd, take * size, lo * size), dtype=self.dtype))
             a, i = a + take, i + 1
-        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def doc_ends(self) -> np.ndarray | None:
         f = self.path / DOC_ENDS
