@@ -139,6 +139,22 @@ def test_vocab_auto_from_metadata_and_refusal(corpus, tmp_path):
         load_config(None, ["model.vocab_size=auto"])
 
 
+def test_tiktoken_file_and_byte_level(tmp_path):
+    import base64
+
+    ranks = [bytes([i]) for i in range(256)] + [b"th", b"the", b" the"]
+    f = tmp_path / "mini.tiktoken"
+    f.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(ranks)))
+    (tmp_path / "a.txt").write_text("the cat the")
+    meta = prepare([str(tmp_path / "a.txt")], tmp_path / "tt", str(f), progress=False)
+    toks = np.fromfile(tmp_path / "tt" / "tokens-00000.bin", dtype=np.uint16).tolist()
+    assert toks == [257, 32, 99, 97, 116, 258, 259] and meta["tokenizer"]["kind"] == "tiktoken"
+    with pytest.raises(PlaitError, match="tiktoken encoding name, which tiktoken would download"):
+        load_tokenizer("cl100k_base")
+    b = prepare([str(tmp_path / "a.txt")], tmp_path / "b", "bytes", progress=False)
+    assert b["vocab_size"] == 257 and b["tokens"] == len("the cat the") + 1
+
+
 @pytest.mark.parametrize("n", [*range(1, 70), 255, 256, 257, 1000, 4097])
 def test_lazy_permutation_is_a_bijection(n):
     p = Permutation(n, key=12345 + n)

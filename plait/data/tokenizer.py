@@ -13,6 +13,7 @@ from pathlib import Path
 
 from plait.errors import PlaitError
 
+TIKTOKEN_NAMES = ("gpt2", "r50k_base", "p50k_base", "p50k_edit", "cl100k_base", "o200k_base")
 EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>", "<|end_of_text|>", "[SEP]")
 
 
@@ -116,6 +117,11 @@ def load_tokenizer(spec: str, eod: str | None = None) -> Tokenizer:
         return TiktokenTokenizer(p, eod)
     if p.is_file():
         return HFTokenizer(p, eod)
+    if spec in TIKTOKEN_NAMES:
+        raise PlaitError(
+            f"tokenizer: {spec!r} is a tiktoken encoding name, which tiktoken would download; "
+            "nothing is downloaded here: give the path of its .tiktoken file"
+        )
     why = "has no tokenizer.json" if p.is_dir() else "does not exist"
     raise PlaitError(
         f"tokenizer: {spec!r} {why}; give 'bytes', a tokenizer.json, a save_pretrained folder "
