@@ -43,6 +43,9 @@ def _write_formats(root: Path, docs: list[str]) -> None:
         (root / "txt" / f"doc{i:03d}.txt").write_text(d)
     (root / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     pq.write_table(pa.table({"text": docs}), root / "docs.parquet", row_group_size=9)
+    import datasets
+
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(root / "saved"), num_shards=3)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,7 @@ def test_txt_jsonl_parquet_and_worker_counts_give_identical_token_files(corpus, 
         ("txt2", corpus / "txt", 2),
         ("jsonl", corpus / "docs.jsonl", 1),
         ("parquet", corpus / "docs.parquet", 2),
+        ("datasets", corpus / "saved", 2),
     ]:
         meta = prepare([str(src)], tmp_path / name, tok, workers=workers, shard_tokens=1000)
         outs[name] = _files(tmp_path / name)
@@ -99,6 +103,7 @@ def test_bad_input_is_one_line(corpus, tmp_path):
         ([str(tmp_path / "bad.jsonl")], {}, r"bad.jsonl:3: no text field 'text'"),
         ([str(corpus / "docs.parquet")], {"column": "body"}, "has no column 'body'; columns: text"),
         ([str(tmp_path / "nope*.txt")], {}, "matches no file"),
+        ([str(corpus / "saved")], {"column": "body"}, "arrow' has no column 'body'; columns: text"),
     ]
     for inputs, kw, msg in cases:
         with pytest.raises(PlaitError, match=msg):

@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
         "inputs",
         nargs="+",
         help="text files (one document each), .jsonl/.json/.ndjson (one per line), .parquet "
-        "(one per row); folders and globs expand in sorted order",
+        "(one per row), a datasets save_to_disk folder (one per row); folders and globs "
+        "expand in sorted order",
     )
     p.add_argument("--out", required=True, help="output folder (data.path=... of a tokens run)")
     p.add_argument(

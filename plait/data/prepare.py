@@ -1,7 +1,7 @@
 """``plait data prepare``: documents -> sharded flat token files + ``meta.json``.
 
 Inputs are split into work units (a text file, a newline-aligned byte range of a JSON Lines
-file, a Parquet row group) in a fixed order that depends only on the inputs; workers tokenize
+file, a Parquet row group, an Arrow file of a ``datasets`` ``save_to_disk`` folder) in a fixed order that depends only on the inputs; workers tokenize
 units and the results are written in unit order, so the output is byte-identical for any
 number of workers. Each document is followed by the tokenizer's end-of-document id.
 
@@ -47,7 +47,9 @@ def expand_inputs(specs: list[str]) -> list[Path]:
     out: list[Path] = []
     for s in specs:
         p = Path(s)
-        if p.is_dir():
+        if p.is_dir() and (p / "state.json").is_file():  # a datasets save_to_disk folder
+            found = _saved_dataset_files(p)
+        elif p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
         elif p.is_file():
             found = [p]
@@ -60,9 +62,25 @@ def expand_inputs(specs: list[str]) -> list[Path]:
     return [f for f in out if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
+def _saved_dataset_files(folder: Path) -> list[Path]:
+    """The Arrow files of a ``datasets`` ``save_to_disk`` folder, in the dataset's row order."""
+    try:
+        files = [
+            folder / f["filename"]
+            for f in json.loads((folder / "state.json").read_text())["_data_files"]
+        ]
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise PlaitError(
+            f"prepare: {str(folder / 'state.json')!r} is not a datasets state file ({e})"
+        ) from None
+    return files
+
+
 def _kind(path: Path) -> str:
     if path.suffix in JSONL_SUFFIXES:
         return "jsonl"
+    if path.suffix == ".arrow":
+        return "arrow"
     return "parquet" if path.suffix == ".parquet" else "text"
 
 
@@ -74,6 +92,9 @@ def plan_units(files: list[Path], column: str) -> list[Unit]:
             raise PlaitError(f"prepare: {str(f)!r} is an empty file; remove it or give content")
         kind = _kind(f)
         if kind == "text":
+            units.append(Unit(str(f), kind))
+        elif kind == "arrow":
+            _arrow_table(f, column)  # the column is checked here, before any worker starts
             units.append(Unit(str(f), kind))
         elif kind == "jsonl":
             units += [Unit(str(f), kind, a, b) for a, b in _line_ranges(f, size)]
@@ -120,6 +141,28 @@ def _parquet_groups(path: Path, column: str) -> int:
     return f.num_row_groups
 
 
+def _arrow_table(path: Path, column: str):
+    """One column of a ``datasets`` Arrow file (the IPC stream format), read in place."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise PlaitError(
+            f"prepare: {str(path)!r} needs pyarrow; pip install 'plait[data]'"
+        ) from None
+    try:
+        with pa.memory_map(str(path)) as src:
+            reader = pa.ipc.open_stream(src)
+            names = reader.schema.names
+            if column not in names:
+                raise PlaitError(
+                    f"prepare: {str(path)!r} has no column {column!r}; columns: {', '.join(names)} "
+                    "(choose with --column)"
+                )
+            return reader.read_all().column(column)
+    except pa.ArrowInvalid as e:
+        raise PlaitError(f"prepare: {str(path)!r} is not a readable Arrow file: {e}") from None
+
+
 def _decode(raw: bytes) -> tuple[str, int]:
     """UTF-8 text and how many replacement characters invalid bytes became."""
     try:
@@ -134,6 +177,11 @@ def read_docs(u: Unit, field: str, column: str) -> tuple[list[str], int, int]:
     if u.kind == "text":
         text, bad = _decode(Path(u.path).read_bytes())
         return [text], int(bad > 0), bad
+    if u.kind == "arrow":
+        docs = _arrow_table(Path(u.path), column).to_pylist()
+        if not all(isinstance(d, str) for d in docs):
+            raise PlaitError(f"prepare: {u.path!r} column {column!r} holds non-text rows")
+        return docs, 0, 0
     if u.kind == "parquet":
         import pyarrow.parquet as pq
 
