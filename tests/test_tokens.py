@@ -140,6 +140,13 @@ def test_vocab_auto_from_metadata_and_refusal(corpus, tmp_path):
         from plait.models import check_model
 
         check_model(load_config(None, data))  # gpt tiny: 256
+    hf = [*data, "model.name=hf", "model.hf_arch=LlamaForCausalLM",
+          "model.hf_overrides={vocab_size: 299, hidden_size: 32, num_attention_heads: 2, "
+          "num_key_value_heads: 2, intermediate_size: 64, num_hidden_layers: 1}"]  # fmt: skip
+    with pytest.raises(
+        PlaitError, match="hf_overrides.vocab_size: 299 is smaller than the data's vocabulary 300"
+    ):
+        check_model(load_config(None, hf))
     with pytest.raises(PlaitError, match="model.vocab_size: 'auto' .* needs data.name=tokens"):
         load_config(None, ["model.vocab_size=auto"])
 

@@ -150,14 +150,15 @@ def auto_vocab_size(d) -> int:
     return -(-v // AUTO_VOCAB_MULTIPLE) * AUTO_VOCAB_MULTIPLE
 
 
-def check_vocab(model_vocab: int, d) -> None:
+def check_vocab(model_vocab: int, d, key: str = "model.vocab_size") -> None:
     """Refuse a model whose embedding is smaller than the data's vocabulary (ids would be out
     of range mid-run)."""
     v = data_vocab_size(d)
     if v is not None and model_vocab < v:
         raise PlaitError(
-            f"model.vocab_size: {model_vocab} is smaller than the data's vocabulary {v} "
-            f"({', '.join(_source_paths(d))}); set model.vocab_size={v} or auto"
+            f"{key}: {model_vocab} is smaller than the data's vocabulary {v} "
+            f"({', '.join(_source_paths(d))}); set {key}={v}"
+            + (" or auto" if key == "model.vocab_size" else "")
         )
 
 

@@ -160,6 +160,10 @@ def check_hf(cfg: Config) -> None:
             f"model.hf_overrides.vocab_size: {vocab} is too small for byte-level "
             "data.name=stdlib_text; needs >= 256"
         )
+    if d.name == "tokens":  # the token data's vocabulary must fit the embedding
+        from plait.data.tokens import check_vocab
+
+        check_vocab(vocab, d, key="model.hf_overrides.vocab_size")
     if m.hf_pretrained is not None:
         check_pretrained(build_hf(cfg))
     longest = getattr(config, "max_position_embeddings", None)
