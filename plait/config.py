@@ -118,7 +118,10 @@ class DataConfig:
     dtype: str | None = _f(
         None, "tokens: dtype of raw .bin token files (uint16, uint32, int32, int64)."
     )
-    verify: bool = _f(True, "tokens: check each shard's SHA-256 against meta.json at start.")
+    verify: bool = _f(
+        True,
+        "tokens: check each shard's SHA-256 against meta.json at start (reads every byte once: set false for huge folders).",
+    )
     max_bytes: int = _f(
         4 * 2**20, "stdlib_text: read at most this many bytes of the corpus (a cut is logged)."
     )

@@ -239,7 +239,7 @@ def tokenize_unit(args: tuple[Unit, str, str]) -> tuple[np.ndarray, np.ndarray, 
 
 def _fingerprint(files: list[Path], tok: Tokenizer, opts: dict) -> str:
     st = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    blob = json.dumps([st, tok.identity(), opts], sort_keys=True)
+    blob = json.dumps([st, tok.kind, tok.sha256, opts], sort_keys=True)  # not its path
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
