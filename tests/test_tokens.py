@@ -333,3 +333,23 @@ def test_gpt_on_prepared_tokens_matches_one_process_on_2_ranks_and_resumes(corpu
         else:
             assert_same_run_and_eval(ref, res, name)
     assert ref.final_eval["eval_loss"] > 0 and all("data_wait_s" in m for m in ref.metrics)
+
+
+def test_prefetcher_reads_ahead_the_same_batches(tmp_path):
+    from plait.data.prefetch import Prefetcher
+    from plait.data.synthetic import SyntheticTokens
+
+    data = SyntheticTokens(0, 256, 16)
+    pf = Prefetcher(data, 2, 6, 8, torch.device("cpu"), steps=5)
+    try:
+        for step in [0, 1, 2, 4, 3]:  # 4: a jump (resume) is read in place, not from the queue
+            got, wait = pf.get(step)
+            assert wait >= 0 and torch.equal(
+                got["input"], data.sample("train", step, 2, 6, 8)["input"]
+            )
+            assert pf.pending is None if step == 4 else pf.pending[0] == step + 1
+    finally:
+        pf.close()
+    off = Prefetcher(data, 0, 8, 8, torch.device("cpu"), enabled=False)
+    off.get(0)
+    assert off.pending is None
