@@ -231,9 +231,11 @@ def tokenize_unit(args: tuple[Unit, str, str]) -> tuple[np.ndarray, np.ndarray, 
     docs, bad_docs, bad_chars = read_docs(u, field, column)
     ids = _TOK.encode_batch(docs)
     lens = np.array([len(x) + 1 for x in ids], dtype=np.int64)
-    flat = np.fromiter(
-        (t for x in ids for t in (*x, _TOK.eod_id)), dtype=np.int64, count=int(lens.sum())
-    )
+    flat = np.full(int(lens.sum()), _TOK.eod_id, dtype=np.int64)  # the EODs stay in place
+    pos = 0
+    for x, n in zip(ids, lens.tolist()):
+        flat[pos : pos + n - 1] = x
+        pos += n
     return flat, lens, bad_docs, bad_chars
 
 
