@@ -110,6 +110,10 @@ def test_bad_input_is_one_line(corpus, tmp_path):
             prepare(inputs, tmp_path / "out", tok, **kw)
     with pytest.raises(PlaitError, match="'missing' does not exist"):
         prepare([str(tmp_path / "bad.txt")], tmp_path / "out", "missing")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "__init__.py").write_bytes(b"")
+    (tmp_path / "folder" / "a.py").write_text("x = 1")
+    assert prepare([str(tmp_path / "folder")], tmp_path / "f", tok)["skipped_empty"] == 1
     meta = prepare([str(tmp_path / "bad.txt")], tmp_path / "utf8", tok)  # replace and count
     assert meta["invalid_utf8"] == {"documents": 1, "replaced_chars": 2}
     assert not (tmp_path / "out").exists()

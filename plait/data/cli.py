@@ -67,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}: {meta['documents']:,} documents, {meta['tokens']:,} tokens "
         f"({meta['dtype']}, vocab {meta['vocab_size']}, {len(meta['shards'])} shards)"
+        + (f"; {meta['skipped_empty']} empty files left out" if meta["skipped_empty"] else "")
         + (
             f"; invalid UTF-8 in {bad['documents']} documents, {bad['replaced_chars']} "
             "characters replaced by U+FFFD"

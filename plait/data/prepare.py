@@ -41,9 +41,10 @@ class Unit:
     stop: int = 0
 
 
-def expand_inputs(specs: list[str]) -> list[Path]:
+def expand_inputs(specs: list[str], skipped: list[Path] | None = None) -> list[Path]:
     """Files, folders (every file below, sorted) and globs, in the order given; duplicates
-    dropped. A spec that matches nothing is an error."""
+    dropped. A spec that matches nothing is an error; empty files a folder or glob finds
+    (``__init__.py``) are left out and appended to ``skipped``, a named empty file is an error."""
     out: list[Path] = []
     for s in specs:
         p = Path(s)
@@ -57,6 +58,11 @@ def expand_inputs(specs: list[str]) -> list[Path]:
             found = [Path(f) for f in sorted(glob.glob(s, recursive=True)) if Path(f).is_file()]
         if not found:
             raise PlaitError(f"prepare: {s!r} matches no file; give files, folders or globs")
+        if found != [p]:
+            empty = [f for f in found if f.stat().st_size == 0]
+            found = [f for f in found if f.stat().st_size > 0]
+            if skipped is not None:
+                skipped += empty
         out += found
     seen: set[Path] = set()
     return [f for f in out if not (f.resolve() in seen or seen.add(f.resolve()))]
@@ -293,7 +299,8 @@ def prepare(
     """Tokenize ``inputs`` into the folder ``out``; returns its metadata (also in meta.json)."""
     out = Path(out)
     tok = load_tokenizer(tokenizer, eod)
-    files = expand_inputs(inputs)
+    skipped: list[Path] = []
+    files = expand_inputs(inputs, skipped)
     opts = {"field": field, "column": column, "shard_tokens": shard_tokens, "eod": tok.eod_id}
     fp = _fingerprint(files, tok, opts)
     if (out / META).is_file():
@@ -308,7 +315,7 @@ def prepare(
     tmp.mkdir(parents=True)
     try:
         meta = _write(units, tok, tokenizer, eod, field, column, workers, tmp, dtype, shard_tokens, progress)  # fmt: skip
-        meta.update(fingerprint=fp, inputs=[str(f) for f in files])
+        meta.update(fingerprint=fp, inputs=[str(f) for f in files], skipped_empty=len(skipped))
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():
