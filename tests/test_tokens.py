@@ -266,6 +266,7 @@ def test_byte_corpus_takes_a_file_and_logs_a_cut(tmp_path, capsys):
     assert "cut from 10240" in cut.describe()
 
 
+@pytest.mark.timeout(400)
 def test_readme_own_text_commands_run_as_written(tmp_path, capsys):
     """The README's "Train on your own text": its four commands as written, on a small corpus,
     with steps, checkpoint interval and logging shrunk by appended overrides."""
@@ -299,6 +300,7 @@ def test_readme_own_text_commands_run_as_written(tmp_path, capsys):
     assert meta["tokenizer"]["kind"] == "hf" and meta["documents"] == 60
 
 
+@pytest.mark.timeout(600)
 def test_gpt_on_prepared_tokens_matches_one_process_on_2_ranks_and_resumes(corpus, tmp_path):
     """Acceptance: DDP, ZeRO-3, tp=2 and pp=2 on 2 real gloo ranks follow the one-process run
     per step (relative 1e-5) with the same held-out loss, in ONE launch; a run resumed at step 3
