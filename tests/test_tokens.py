@@ -131,6 +131,13 @@ def test_bad_input_is_one_line(corpus, tmp_path):
     raw = load_config(None, ["data.name=tokens", f"data.path={shard}"]).data
     with pytest.raises(PlaitError, match="raw token file; say its dtype"):
         TokenData(0, raw)
+    with pytest.raises(PlaitError, match="data.dtype: 'float32' is not allowed; expected one of"):
+        TokenData(
+            0,
+            load_config(
+                None, ["data.name=tokens", f"data.path={shard}", "data.dtype=float32"]
+            ).data,
+        )
 
 
 def test_vocab_auto_from_metadata_and_refusal(corpus, tmp_path):

@@ -44,6 +44,10 @@ class TokenStream:
     def __init__(self, path: str | Path, dtype: str | None = None, verify: bool = True):
         p = Path(path)
         self.path, self.meta = p, None
+        if dtype is not None and dtype not in DTYPES:
+            raise PlaitError(
+                f"data.dtype: {dtype!r} is not allowed; expected one of {', '.join(DTYPES)}"
+            )
         if p.is_dir() and (p / META).is_file():
             self.meta = read_meta(p)
             files = [(p / s["file"], s) for s in self.meta["shards"]]
@@ -220,9 +224,11 @@ def interleave(p: np.ndarray, weights: list[float]) -> tuple[np.ndarray, np.ndar
 
 
 class TokenData(StepData):
+    """The configured sources (one, or a weighted mixture) and their held-out evaluation."""
+
     task = "lm"
 
-    def __init__(self, seed: int, d, *, check_vocab: int | None = None):
+    def __init__(self, seed: int, d):
         super().__init__(seed)
         self.T = d.seq_len
         paths = _source_paths(d)
