@@ -261,6 +261,20 @@ def test_raw_bin_and_separate_eval_folder(tmp_path):
     assert ev[0, 0] == 0 and ev[1, 0] == 10 and data.sources[0].n == 999
 
 
+def test_megatron_bin_takes_its_dtype_from_the_idx(tmp_path):
+    import struct
+
+    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "web_text_document.bin")
+    head = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1) + struct.pack("<B", 8)  # 8: uint16
+    (tmp_path / "web_text_document.idx").write_bytes(head + bytes(16))
+    d = load_config(
+        None,
+        ["data.name=tokens", f"data.path={tmp_path / 'web_text_document.bin'}", "data.seq_len=8"],
+    ).data
+    data = TokenData(0, d)
+    assert data.sources[0].stream.dtype == np.uint16 and len(data.sources[0].stream) == 1000
+
+
 def test_byte_corpus_takes_a_file_and_logs_a_cut(tmp_path, capsys):
     from plait.data.text import ByteText
 

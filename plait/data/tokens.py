@@ -69,6 +69,7 @@ class TokenStream:
                 raise PlaitError(
                     f"data.path: {str(p)!r} does not exist; give a prepared folder or a .bin token file"
                 )
+            dtype = dtype or megatron_dtype(found[0])
             if dtype is None:
                 raise PlaitError(
                     f"data.dtype: {str(p)!r} is a raw token file; say its dtype ({', '.join(DTYPES)})"
@@ -117,6 +118,25 @@ class TokenStream:
         if self.meta is None or not f.is_file() or f.stat().st_size == 0:
             return None
         return np.memmap(f, dtype=np.uint64, mode="r")
+
+
+MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
+MEGATRON_DTYPES = {4: "int32", 5: "int64", 8: "uint16"}  # the token dtypes of its .idx codes
+
+
+def megatron_dtype(bin_file: Path) -> str | None:
+    """The token dtype a Megatron ``.idx`` next to ``bin_file`` records, else None."""
+    idx = bin_file.with_suffix(".idx")
+    if not idx.is_file():
+        return None
+    with open(idx, "rb") as f:
+        head = f.read(len(MEGATRON_MAGIC) + 9)
+    if not head.startswith(MEGATRON_MAGIC) or len(head) < len(MEGATRON_MAGIC) + 9:
+        return None
+    code = head[len(MEGATRON_MAGIC) + 8]
+    if code not in MEGATRON_DTYPES:
+        raise PlaitError(f"data.path: {str(idx)!r} records dtype code {code}, not a token dtype")
+    return MEGATRON_DTYPES[code]
 
 
 def read_meta(folder: Path) -> dict:
