@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     pt.add_argument("--run", help="draw this run's measured pp_timeline.json instead")
     add_launch(sub)
+    from plait.data.cli import add_parser as add_data
+
+    add_data(sub)
     return ap
 
 
@@ -250,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(pp_timeline(args.config, args.overrides, args.png, args.costs, args.run))
             return 0
+        if args.cmd == "data":
+            from plait.data.cli import main as data_main
+
+            return data_main(args)
         if args.cmd == "launch":
             return launch(args)
         if args.cmd == "info":

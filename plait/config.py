@@ -54,8 +54,9 @@ class ModelConfig:
         None, "gpt: key/value heads for grouped-query attention (default n_heads)."
     )
     ffn_dim: int | None = _f(None, "gpt: SwiGLU intermediate size (overrides the preset).")
-    vocab_size: int | None = _f(
-        None, "gpt: vocabulary size (overrides the preset; byte data needs >= 256)."
+    vocab_size: int | Literal["auto"] | None = _f(
+        None,
+        "gpt: vocabulary size (overrides the preset; byte data needs >= 256; auto: the token data's, from its meta.json).",
     )
     max_seq_len: int | None = _f(
         None, "gpt: longest sequence RoPE is precomputed for (default data.seq_len)."
@@ -96,11 +97,29 @@ class DataConfig:
     seq_len: int = _f(128, "Tokens per sample for language-model data.")
     path: str | None = _f(
         None,
-        "mnist_idx: folder with the IDX files; stdlib_text: source folder (default: this Python's stdlib).",
+        "mnist_idx: folder with the IDX files; stdlib_text: a text file or source folder (default: this Python's stdlib); tokens: a prepared folder or .bin file.",
     )
     eval_fraction: float = _f(
         0.1, "Fraction of the data held out for evaluation (digits, mnist_idx, stdlib_text)."
     )
+    # ---- data.name=tokens (plait.data.tokens) and the byte-level size limit
+    mix: dict[str, float] = _f(
+        {}, "tokens: prepared folders and their weights, e.g. {data/web: 0.7, data/code: 0.3}."
+    )
+    eval_path: str | None = _f(
+        None, "tokens: held-out folder/.bin for evaluation (default: the last documents)."
+    )
+    dtype: str | None = _f(
+        None, "tokens: dtype of raw .bin token files (uint16, uint32, int32, int64)."
+    )
+    verify: bool = _f(
+        True,
+        "tokens: check each shard's SHA-256 against meta.json at start (reads every byte once: set false for huge folders).",
+    )
+    max_bytes: int = _f(
+        4 * 2**20, "stdlib_text: read at most this many bytes of the corpus (a cut is logged)."
+    )
+    prefetch: bool = _f(True, "Read the next step's batch in a background thread.")
 
 
 @dataclass(kw_only=True)
@@ -467,6 +486,13 @@ def check_values(cfg: Config) -> None:
     _require(d.seq_len >= 2, "data.seq_len", d.seq_len, "must be >= 2")
     _require(0 <= d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "must be in [0, 1)")
     _require(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
+    _require(d.max_bytes >= 1, "data.max_bytes", d.max_bytes, "must be >= 1")
+    _require(
+        m.vocab_size != "auto" or d.name == "tokens",
+        "model.vocab_size",
+        "auto",
+        "needs data.name=tokens (the vocabulary is read from its meta.json)",
+    )
     for k in (
         "dp_replicate",
         "tp",

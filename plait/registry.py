@@ -52,6 +52,7 @@ class DataEntry:
     tasks: tuple[str, ...]  # model tasks it serves
     vocab_size: int | None = None  # token ids are < this (None: the model's vocabulary)
     in_features: int | None = None  # inputs per sample (None: shaped to the model)
+    vocab_of: Callable[..., int | None] | None = None  # (cfg) -> vocabulary the files hold
 
 
 E = TypeVar("E", ModelEntry, DataEntry)
@@ -117,7 +118,6 @@ class Registry(Generic[E]):
             )
         return self._entries[short]
 
-
     def _from_entry_point(self, name: str) -> bool:
         """An installed package's entry point ``name`` in :attr:`group` (pyproject:
         ``[project.entry-points."plait.models"] toy = "my_pkg.models"``): loading it imports
@@ -163,15 +163,23 @@ def register_data(
     tasks: tuple[str, ...],
     vocab_size: int | None = None,
     in_features: int | None = None,
+    vocab_of: Callable[..., int | None] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator: ``build(cfg, model) -> StepData`` becomes ``data.name=name``, for models of
-    ``tasks``; ``vocab_size`` / ``in_features``: fixed sizes the model must take."""
+    ``tasks``; ``vocab_size`` / ``in_features``: fixed sizes the model must take; ``vocab_of(cfg)``:
+    a vocabulary that depends on the config (token files recording theirs)."""
 
     def deco(build: Callable) -> Callable:
-        DATA.add(DataEntry(name, build, tuple(tasks), vocab_size, in_features))
+        DATA.add(DataEntry(name, build, tuple(tasks), vocab_size, in_features, vocab_of))
         return build
 
     return deco
+
+
+def data_vocab_size(cfg: Any) -> int | None:
+    """The vocabulary the configured data's token ids come from (None: the model's own)."""
+    entry = DATA.get(cfg.data.name)
+    return entry.vocab_of(cfg) if entry.vocab_of is not None else entry.vocab_size
 
 
 def fitting_data(task: str) -> list[str]:

@@ -26,6 +26,7 @@ from plait import dist as pdist
 from plait import resume
 from plait.config import Config
 from plait.data import build_data
+from plait.data.prefetch import Prefetcher
 from plait.ddp import build_engine
 from plait.errors import PlaitError
 from plait.layout_notes import layout_note
@@ -81,6 +82,11 @@ class _Step:
         self.local_batch = cfg.train.global_batch // dims.dp
         self.clock = StepClock(device)  # data / wait / fwd_bwd / optim split of each step
         self.lo = dp_rank * self.local_batch
+        # the next step's slice is read (and on CUDA copied) while this step runs
+        self.loader = Prefetcher(
+            self.data, self.lo, self.lo + self.local_batch, cfg.train.global_batch, device,
+            enabled=cfg.data.prefetch, steps=cfg.train.steps,
+        )  # fmt: skip
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.dtype)
         if self.engine.owns_precision:
             amp_dtype = None
@@ -108,9 +114,7 @@ class _Step:
         cfg, t0 = self.cfg, time.perf_counter()
         self.clock.start()
         self.model.train()
-        batch = self.data.sample(
-            "train", step, self.lo, self.lo + self.local_batch, cfg.train.global_batch
-        )
+        batch, data_wait = self.loader.get(step)
         self.clock.mark("data_s")
         micro = [
             dict(zip(batch, vals))
@@ -175,6 +179,7 @@ class _Step:
             "lr": lr,
             "grad_norm": grad_norm,
             "step_time_s": dt,
+            "data_wait_s": data_wait,
         }
         rec["tokens" if self.inner.task == "lm" else "samples"] = float(count)
         rec.update(self.clock.read())  # rates: over the log interval (plait.observe.window)
@@ -372,6 +377,7 @@ def _train(
             ckpt.wait()
     finally:
         obs.close()
+        stepper.loader.close()
         writer.close()
     if stepper.pipe is not None and cfg.log.pp_timeline:
         stepper.pipe.write_timeline(run_dir, write=env.rank == 0)

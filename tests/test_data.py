@@ -69,7 +69,7 @@ def test_text_targets_are_inputs_shifted():
 def test_text_corpus_errors(tmp_path):
     with pytest.raises(PlaitError, match="too few"):
         ByteText(0, 64, 0.1, str(tmp_path))  # empty folder
-    with pytest.raises(PlaitError, match="not a folder"):
+    with pytest.raises(PlaitError, match="does not exist"):
         ByteText(0, 64, 0.1, str(tmp_path / "nope"))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from plait import components
 from plait.config import Config
-from plait.data import images, synthetic, text  # noqa: F401 - importing registers them
+from plait.data import images, synthetic, text, tokens  # noqa: F401 - importing registers them
 from plait.data.base import Batch, StepData
 from plait.data.images import read_idx
 from plait.data.text import read_corpus

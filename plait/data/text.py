@@ -20,36 +20,47 @@ MAX_BYTES = 4 * 2**20  # enough text for CPU runs; reading more only slows start
 
 
 def read_corpus(root: str | Path | None = None, max_bytes: int = MAX_BYTES) -> bytes:
-    """Concatenate the ``.py`` files under ``root`` (default: the stdlib), in sorted path order.
-    The stdlib's corpus is fixed per Python install, so it is walked once and then read from a
-    cache file (walking and reading thousands of files took every rank ~0.7 s at start-up)."""
+    """A text file's bytes, or the ``.py``/``.txt`` files under a folder (default: the stdlib)
+    concatenated in sorted path order; at most ``max_bytes`` (see :func:`corpus_size`)."""
+    return _read(root, max_bytes)[0]
+
+
+def _read(root: str | Path | None, max_bytes: int) -> tuple[bytes, int]:
+    """(the first max_bytes bytes, the corpus's full size when it was cut, else 0). The stdlib's
+    corpus is fixed per Python install, so it is walked once and then read from a cache file
+    (walking and reading thousands of files took every rank ~0.7 s at start-up)."""
     if root:
         return _walk(Path(root), max_bytes)
     stdlib = sysconfig.get_paths()["stdlib"]
     key = hashlib.sha256(f"{stdlib}|{sys.version}|{max_bytes}".encode()).hexdigest()[:16]
     cache = _cache_dir() / f"stdlib-corpus-{key}.bin"
     if cache.is_file():
-        return cache.read_bytes()
-    data = _walk(Path(stdlib), max_bytes)
+        blob = cache.read_bytes()
+        return blob[8:], int.from_bytes(blob[:8], "little")
+    data, full = _walk(Path(stdlib), max_bytes)
     try:  # atomic: ranks starting together each write whole files, one wins
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(full.to_bytes(8, "little") + data)
         os.replace(tmp, cache)
     except OSError:
         pass  # a read-only home: walk again next time
-    return data
+    return data, full
 
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "plait"
 
 
-def _walk(base: Path, max_bytes: int) -> bytes:
+def _walk(base: Path, max_bytes: int) -> tuple[bytes, int]:
+    if base.is_file():
+        with open(base, "rb") as f:
+            data = f.read(max_bytes + 1)
+        return data[:max_bytes], (base.stat().st_size if len(data) > max_bytes else 0)
     if not base.is_dir():
         raise PlaitError(
-            f"data.path: {str(base)!r} is not a folder; point it at a folder of .py/.txt files or leave it unset for the stdlib"
+            f"data.path: {str(base)!r} does not exist; point it at a text file or a folder of .py/.txt files, or leave it unset for the stdlib"
         )
     files = sorted(
         p
@@ -64,10 +75,12 @@ def _walk(base: Path, max_bytes: int) -> bytes:
             continue
         chunks.append(b)
         total += len(b)
-        if total >= max_bytes:
+        if total > max_bytes:
             break
-    data = b"".join(chunks)[:max_bytes]
-    return data
+    if total <= max_bytes:
+        return b"".join(chunks), 0
+    full = total + sum(f.stat().st_size for f in files[len(chunks) :])
+    return b"".join(chunks)[:max_bytes], full
 
 
 class ByteText(StepData):
@@ -75,9 +88,23 @@ class ByteText(StepData):
 
     task = "lm"
 
-    def __init__(self, seed: int, seq_len: int, eval_fraction: float, root: str | None = None):
+    def __init__(
+        self,
+        seed: int,
+        seq_len: int,
+        eval_fraction: float,
+        root: str | None = None,
+        max_bytes: int = MAX_BYTES,
+    ):
         super().__init__(seed)
-        raw = read_corpus(root)
+        raw, full = _read(root, max_bytes)
+        self.cut_from = full
+        if full and os.environ.get("RANK", "0") == "0":  # never cut silently
+            print(
+                f"data: using the first {len(raw):,} of {full:,} bytes of {root or 'the stdlib'} "
+                "(data.max_bytes); raise it to read more, or prepare a token folder",
+                flush=True,
+            )
         if len(raw) < 4 * (seq_len + 1):
             where = root or "the stdlib"
             raise PlaitError(
@@ -103,10 +130,11 @@ class ByteText(StepData):
         return {"input": win[:, :-1], "target": win[:, 1:]}
 
     def describe(self) -> str:
-        return f"ByteText({sum(len(p) for p in self.parts.values())} bytes)"
+        cut = f", cut from {self.cut_from} by data.max_bytes" if self.cut_from else ""
+        return f"ByteText({sum(len(p) for p in self.parts.values())} bytes{cut})"
 
 
 @register_data("stdlib_text", tasks=("lm",), vocab_size=256)  # bytes
 def build_text(cfg: Config, model) -> ByteText:
     d = cfg.data
-    return ByteText(cfg.train.seed, d.seq_len, d.eval_fraction, d.path)
+    return ByteText(cfg.train.seed, d.seq_len, d.eval_fraction, d.path, d.max_bytes)

@@ -17,7 +17,7 @@ from torch import nn
 from plait.config import Config
 from plait.errors import ConfigError, did_you_mean
 from plait.models.base import PlaitModel, attention_flops, matmul_flops
-from plait.registry import DATA, register_model
+from plait.registry import data_vocab_size, register_model
 from plait.rules import divisors
 
 
@@ -67,6 +67,8 @@ def gpt_args(cfg: Config) -> GPTArgs:
     for k in ("dim", "n_layers", "n_heads", "ffn_dim", "vocab_size"):
         if getattr(m, k) is not None:
             shape[k] = getattr(m, k)
+    if m.vocab_size == "auto":
+        shape["vocab_size"] = auto_vocab_size(cfg)
     if m.n_kv_heads is not None:
         shape["n_kv_heads"] = m.n_kv_heads
     elif m.n_heads is not None:
@@ -78,6 +80,23 @@ def gpt_args(cfg: Config) -> GPTArgs:
         norm_eps=m.norm_eps,
         dropout=m.dropout,
     )
+
+
+#: ``model.vocab_size: auto`` pads the data's vocabulary up to a multiple of this (as Megatron
+#: does: tensor parallel splits the vocabulary evenly, and such sizes suit matmul kernels)
+AUTO_VOCAB_MULTIPLE = 64
+
+
+def auto_vocab_size(cfg: Config) -> int:
+    """``model.vocab_size: auto``: the data's recorded vocabulary, padded (the extra ids are
+    never drawn)."""
+    v = data_vocab_size(cfg)
+    if v is None:
+        raise ConfigError(
+            f"model.vocab_size: auto needs data that records its vocabulary (data.name=tokens on "
+            f"a prepared folder); data.name={cfg.data.name} does not: give the number"
+        )
+    return -(-v // AUTO_VOCAB_MULTIPLE) * AUTO_VOCAB_MULTIPLE
 
 
 def check_gpt(cfg: Config) -> None:
@@ -96,7 +115,7 @@ def check_gpt(cfg: Config) -> None:
         raise ConfigError(
             f"model.n_kv_heads: {a.n_kv_heads} does not divide model.n_heads={a.n_heads}; pick among {divisors(a.n_heads)}"
         )
-    need = DATA.get(cfg.data.name).vocab_size
+    need = data_vocab_size(cfg)
     if need is not None and a.vocab_size < need:
         raise ConfigError(
             f"model.vocab_size: {a.vocab_size} is too small for data.name={cfg.data.name} "

@@ -38,7 +38,7 @@ from plait.models.hf.config import GPT2_STYLE, LLAMA_STYLE, SUPPORTED, hf_config
 from plait.models.hf.decoder import HFDecoder
 from plait.models.hf.gpt2 import HFGPT2
 from plait.models.hf.whole import HFWhole
-from plait.registry import DATA, register_model
+from plait.registry import data_vocab_size, register_model
 
 __all__ = ["HFModel", "build_hf", "check_hf", "hf_config"]
 
@@ -80,7 +80,7 @@ def check_hf(cfg: Config) -> None:
         )
     if arch in GPT2_STYLE and getattr(config, "add_cross_attention", False):
         raise ConfigError("model.hf_overrides.add_cross_attention: plait trains decoder-only GPT-2")
-    vocab, need = config.vocab_size, DATA.get(d.name).vocab_size
+    vocab, need = config.vocab_size, data_vocab_size(cfg)
     if need is not None and vocab < need:
         raise ConfigError(
             f"model.hf_overrides.vocab_size: {vocab} is too small for data.name={d.name} "
