@@ -143,6 +143,9 @@ class TrainConfig:
     on_nan: Literal["stop", "skip"] = _f(
         "stop", "A non-finite loss stops the run, or skips that step's update."
     )
+    max_nan_skips: int = _f(
+        5, "train.on_nan=skip: stop after this many non-finite steps in a row (they repeat)."
+    )
 
 
 @dataclass(kw_only=True)
@@ -495,6 +498,7 @@ def check_values(cfg: Config) -> None:
     )
     _require(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0")
     _require(t.eval_batches >= 1, "train.eval_batches", t.eval_batches, "must be >= 1")
+    _require(t.max_nan_skips >= 1, "train.max_nan_skips", t.max_nan_skips, "must be >= 1")
     _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")

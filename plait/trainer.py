@@ -79,6 +79,7 @@ class _Step:
         self.optimizer = self.engine.lr_optimizer
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
         self.local_batch = cfg.train.global_batch // dims.dp
+        self.nan_streak = 0  # non-finite steps in a row (train.on_nan=skip)
         self.clock = StepClock(device)  # data / wait / fwd_bwd / optim split of each step
         self.lo = dp_rank * self.local_batch
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.dtype)
@@ -153,6 +154,15 @@ class _Step:
             raise PlaitError(
                 f"loss is {loss_val} (grad norm {grad_norm}) at step {step + 1}; lower optim.lr, "
                 "set train.grad_clip, or pass train.on_nan=skip to skip such steps"
+            )
+        # skipping is for a rare bad batch; a run that stays non-finite only burns the budget
+        # (a loss scaler's own overflow skips are left to the scaler, which shrinks its scale)
+        self.nan_streak = 0 if finite or self.scaler is not None else self.nan_streak + 1
+        if self.nan_streak > cfg.train.max_nan_skips:
+            raise PlaitError(
+                f"loss is {loss_val} (grad norm {grad_norm}) for {self.nan_streak} steps in a row "
+                f"up to step {step + 1}, past train.max_nan_skips={cfg.train.max_nan_skips}; "
+                "lower optim.lr or set train.grad_clip"
             )
         lr = self.scheduler.get_last_lr()[0]
         if self.scaler and not stepped:
