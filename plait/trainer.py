@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from plait import dist as pdist
-from plait import resume
+from plait import resume, run_lock
 from plait.config import Config
 from plait.data import build_data
 from plait.ddp import build_engine
@@ -335,6 +335,30 @@ def _train(
     cfg: Config, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, return_state: bool
 ) -> RunResult:
     run_dir = Path(pdist.broadcast_object(str(default_run_dir(cfg))))
+    lock, refused = None, None
+    if env.rank == 0 and not run_lock.held_by_parent(run_dir):
+        try:
+            lock = run_lock.acquire(run_dir)
+        except PlaitError as e:
+            refused = str(e)
+    refused = pdist.broadcast_object(refused)  # every rank ends with rank 0's one line
+    if refused:
+        raise PlaitError(refused)
+    try:
+        return _run(cfg, env, dims, device, return_state, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(
+    cfg: Config,
+    env: pdist.DistEnv,
+    dims: ParallelDims,
+    device: torch.device,
+    return_state: bool,
+    run_dir: Path,
+) -> RunResult:
     mesh = dims.build_mesh(device.type) if env.world_size > 1 else None
     dp_rank = mesh.dp.get_local_rank() if mesh is not None else 0
     # Dropout draws from this stream: seeded per dp rank, so replicas do not share masks.
