@@ -7,7 +7,7 @@ import os
 import uuid
 from typing import Any
 
-from plait import resume
+from plait import resume, run_lock
 from plait.config import Config
 from plait.errors import PlaitError
 from plait.launch.command import run_entry
@@ -35,7 +35,11 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     validate(cfg, nproc)
     resume.check_before_launch(cfg)  # a refused config change, before any rank starts
     cfg_dict = cfg.to_dict()
-    cfg_dict["log"]["run_dir"] = str(default_run_dir(cfg))  # one folder for all ranks
+    run_dir = default_run_dir(cfg)
+    cfg_dict["log"]["run_dir"] = str(run_dir)  # one folder for all ranks
+    # this process holds the run folder's lock across elastic restarts; its ranks skip it
+    lock = run_lock.acquire(run_dir)
+    os.environ[run_lock.ENV] = str(run_dir.resolve())
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # reliable restarts
     lc = LaunchConfig(
         min_nodes=1,
@@ -53,6 +57,9 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         raise PlaitError(f"rank {rank} failed: {_last_line(failure)}") from None
+    finally:
+        os.environ.pop(run_lock.ENV, None)
+        lock.release()
     return results[0]
 
 

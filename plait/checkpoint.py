@@ -48,6 +48,7 @@ from plait.checkpoint_files import (  # noqa: F401 - re-exported
     is_complete,
     list_checkpoints,
     newest_valid,
+    step_of,
 )
 from plait.config import from_dict
 from plait.ddp import deepspeed_checkpoint
@@ -156,9 +157,12 @@ class Checkpointer:
             manifest = {"step": step, "format": fmt, "layout": self.layout, "files": files}
             manifest["config"] = self.config
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-            shutil.rmtree(final_dir, ignore_errors=True)
+            _set_aside(final_dir)
             os.replace(tmp, final_dir)  # atomic: the checkpoint appears whole or not at all
-            for old in list_checkpoints(self.root)[: -self.keep]:
+            # prune only checkpoints older than this one, which is verified by construction; a
+            # folder without a readable manifest (unverifiable) or of a later step stays
+            older = [p for p in list_checkpoints(self.root) if step_of(p) < step]
+            for old in older[: max(0, len(older) - (self.keep - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
         _barrier()
 
@@ -205,6 +209,18 @@ def load(path: Path, model, optimizer) -> int:
             warnings.warn(f"{str(rng)!r} not restored ({type(e).__name__}): dropout and other "
                           "random draws restart from this rank's seed", stacklevel=2)  # fmt: skip
     return int(extra["step"])
+
+
+def _set_aside(folder: Path) -> None:
+    """A folder already at a new checkpoint's name (a later run restarted from an older step, or
+    one whose manifest was lost) is renamed, never deleted: it may hold the only copy."""
+    if not folder.exists():
+        return
+    n = 1
+    while (aside := folder.with_name(f"{folder.name}.replaced-{n}")).exists():
+        n += 1
+    os.replace(folder, aside)
+    warnings.warn(f"{str(folder)!r} existed: kept it as {str(aside)!r}", stacklevel=2)
 
 
 def _hyper(group: dict[str, Any]) -> dict[str, Any]:

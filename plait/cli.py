@@ -193,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args, extra = ap.parse_known_args(argv)
     # key=value overrides may also follow options (plait train C --nproc 2 train.steps=5)
-    if extra and (
-        not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra)
-    ):
-        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    # an override without "=" is named by parse_overrides, not reported with every override
+    options = [x for x in extra if x.startswith("-")]
+    if extra and (options or not hasattr(args, "overrides")):
+        ap.error(f"unrecognized arguments: {' '.join(options or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
     try:

@@ -10,9 +10,11 @@ is stated once, torch-free, in :mod:`plait.rules`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -160,6 +162,9 @@ class TrainConfig:
     on_nan: Literal["stop", "skip"] = _f(
         "stop", "A non-finite loss stops the run, or skips that step's update."
     )
+    max_nan_skips: int = _f(
+        5, "train.on_nan=skip: stop after this many non-finite steps in a row (they repeat)."
+    )
 
 
 @dataclass(kw_only=True)
@@ -267,7 +272,27 @@ class Config:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 would read ``wandb: off`` as False."""
+    """YAML 1.2 booleans: only true/false. YAML 1.1 would read ``wandb: off`` as False. A
+    duplicate key is refused (PyYAML keeps the last silently), and so is an alias (``*name``):
+    a config has no use for one, and a few hundred bytes of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed", self.peek_event().start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -284,6 +309,13 @@ for _first in "tTfF":
 
 def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """One line: the problem and where (``duplicate key 'steps' (line 3, column 3)``)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark else what
 
 
 def _key(f: dataclasses.Field) -> str:
@@ -351,18 +383,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise bad
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
             return value
         raise bad
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads "3e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
+        try:  # PyYAML reads "3e-4" (no dot) as a string
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise bad
+            out = float(value)
+        except (ValueError, OverflowError):
+            raise bad from None
+        if math.isfinite(out):
+            return out
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected a finite number")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -437,11 +470,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"config name: {', '.join(bundled_configs())}"
             )
         try:
-            raw = _yaml(p.read_text()) or {}
+            raw = _yaml(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"config file {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+            ) from None
         except yaml.YAMLError as e:
             raise ConfigError(
-                f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0]
+                f"config file {str(p)!r} is not valid YAML: {_yaml_error(e)}"
             ) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"config file {str(p)!r} holds a {type(raw).__name__}, not a mapping of sections "
+                "(model:, train:, ...)"
+            )
     cfg = from_dict(merge(raw, parse_overrides(overrides or [])))
     return cfg
 
@@ -464,6 +506,10 @@ def check_values(cfg: Config) -> None:
     """Checks that need only the config itself (no world size, no model shapes)."""
     t, o, p, d, m = cfg.train, cfg.optim, cfg.parallel, cfg.data, cfg.model
     _require(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
+    for k in ("steps", "global_batch", "grad_accum", "eval_batches"):  # sane, and no overflow
+        v = getattr(t, k)
+        _require(v <= 2**31 - 1, f"train.{k}", v, "must be <= 2**31 - 1")
+    _require(d.seq_len <= 2**31 - 1, "data.seq_len", d.seq_len, "must be <= 2**31 - 1")
     _require(t.global_batch >= 1, "train.global_batch", t.global_batch, "must be >= 1")
     _require(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1")
     _require(
@@ -471,6 +517,7 @@ def check_values(cfg: Config) -> None:
     )
     _require(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0")
     _require(t.eval_batches >= 1, "train.eval_batches", t.eval_batches, "must be >= 1")
+    _require(t.max_nan_skips >= 1, "train.max_nan_skips", t.max_nan_skips, "must be >= 1")
     _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
@@ -515,7 +562,13 @@ def check_values(cfg: Config) -> None:
         p.zero_stage,
         "expected one of 0, 1, 2, 3",
     )
-    _require(p.timeout_s > 0, "parallel.timeout_s", p.timeout_s, "must be > 0 seconds")
+    # below a second every collective times out; above a week a hang is never noticed
+    _require(
+        1 <= p.timeout_s <= 7 * 86400,
+        "parallel.timeout_s",
+        p.timeout_s,
+        "must be between 1 and 604800 seconds (a week)",
+    )
     _require(
         not p.sequence_parallel or p.tp > 1,
         "parallel.sequence_parallel",

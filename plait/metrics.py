@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import resource
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +62,16 @@ class MetricsWriter:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         path = run_dir / "metrics.jsonl"
         if path.is_file():  # resumed: drop records past the checkpoint, they are about to be redone
-            kept = [
-                ln
-                for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= start_step
-            ]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            records = _records(path)
+            if records and start_step == 0:  # a fresh start over an earlier run: keep its record
+                aside = _free_name(path)
+                os.replace(path, aside)
+                warnings.warn(
+                    f"{str(path)!r} held an earlier run: kept as {str(aside)!r}", stacklevel=2
+                )
+            else:
+                kept = [ln for ln, r in records if r.get("step", 0) <= start_step]
+                path.write_text("".join(ln + "\n" for ln in kept))
         self._jsonl = open(path, "a", buffering=1)
         if cfg.log.wandb == "online" and importlib.util.find_spec("wandb") is None:
             raise ConfigError(
@@ -182,4 +188,32 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         raise PlaitError(
             f"{str(run_dir)!r} has no metrics.jsonl; pass a run folder written by plait train"
         )
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for _, r in _records(path)]
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, record)`` per line; a line that is not a JSON object (the last one, half-written
+    when a job was killed) is skipped with a one-line warning."""
+    out = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            out.append((line, rec))
+        else:
+            warnings.warn(
+                f"{str(path)!r} line {n} is not a JSON record (half-written?): skipped",
+                stacklevel=3,
+            )
+    return out
+
+
+def _free_name(path: Path) -> Path:
+    n = 1
+    while (p := path.with_name(f"{path.name}.replaced-{n}")).exists():
+        n += 1
+    return p

@@ -38,6 +38,7 @@ FREE = (
     "train.eval_every",
     "train.eval_batches",
     "train.on_nan",
+    "train.max_nan_skips",
 )
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from plait import dist as pdist
-from plait import resume
+from plait import resume, run_lock
 from plait.config import Config
 from plait.data import build_data
 from plait.data.prefetch import Prefetcher
@@ -80,6 +80,7 @@ class _Step:
         self.optimizer = self.engine.lr_optimizer
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
         self.local_batch = cfg.train.global_batch // dims.dp
+        self.nan_streak = 0  # non-finite steps in a row (train.on_nan=skip)
         self.clock = StepClock(device)  # data / wait / fwd_bwd / optim split of each step
         self.lo = dp_rank * self.local_batch
         # the next step's slice is read (and on CUDA copied) while this step runs
@@ -157,6 +158,15 @@ class _Step:
             raise PlaitError(
                 f"loss is {loss_val} (grad norm {grad_norm}) at step {step + 1}; lower optim.lr, "
                 "set train.grad_clip, or pass train.on_nan=skip to skip such steps"
+            )
+        # skipping is for a rare bad batch; a run that stays non-finite only burns the budget
+        # (a loss scaler's own overflow skips are left to the scaler, which shrinks its scale)
+        self.nan_streak = 0 if finite or self.scaler is not None else self.nan_streak + 1
+        if self.nan_streak > cfg.train.max_nan_skips:
+            raise PlaitError(
+                f"loss is {loss_val} (grad norm {grad_norm}) for {self.nan_streak} steps in a row "
+                f"up to step {step + 1}, past train.max_nan_skips={cfg.train.max_nan_skips}; "
+                "lower optim.lr or set train.grad_clip"
             )
         lr = self.scheduler.get_last_lr()[0]
         if self.scaler and not stepped:
@@ -330,6 +340,30 @@ def _train(
     cfg: Config, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, return_state: bool
 ) -> RunResult:
     run_dir = Path(pdist.broadcast_object(str(default_run_dir(cfg))))
+    lock, refused = None, None
+    if env.rank == 0 and not run_lock.held_by_parent(run_dir):
+        try:
+            lock = run_lock.acquire(run_dir)
+        except PlaitError as e:
+            refused = str(e)
+    refused = pdist.broadcast_object(refused)  # every rank ends with rank 0's one line
+    if refused:
+        raise PlaitError(refused)
+    try:
+        return _run(cfg, env, dims, device, return_state, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(
+    cfg: Config,
+    env: pdist.DistEnv,
+    dims: ParallelDims,
+    device: torch.device,
+    return_state: bool,
+    run_dir: Path,
+) -> RunResult:
     mesh = dims.build_mesh(device.type) if env.world_size > 1 else None
     dp_rank = mesh.dp.get_local_rank() if mesh is not None else 0
     # Dropout draws from this stream: seeded per dp rank, so replicas do not share masks.

@@ -94,8 +94,13 @@ def test_nan_loss_stops_with_the_step_or_is_skipped(tmp_path):
     ]
     with pytest.raises(PlaitError, match=r"at step \d+; lower optim.lr"):
         run_single(bad + ["train.steps=20"], tmp_path / "stop")
-    res = run_single(bad + ["train.steps=20", "train.on_nan=skip"], tmp_path / "skip")
+    skip = bad + ["train.steps=20", "train.on_nan=skip"]
+    res = run_single(skip + ["train.max_nan_skips=20"], tmp_path / "skip")
     assert any(m.get("skipped") for m in res.metrics) and len(res.metrics) == 20
+    # skipping without end (every step non-finite once the weights blew up) stops at the bound
+    with pytest.raises(PlaitError, match=r"for 4 steps in a row .*train.max_nan_skips=3;") as e:
+        run_single(skip + ["train.max_nan_skips=3"], tmp_path / "bound")
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
