@@ -155,7 +155,8 @@ def test_vocab_auto_from_metadata_and_refusal(corpus, tmp_path):
           "model.hf_overrides={vocab_size: 299, hidden_size: 32, num_attention_heads: 2, "
           "num_key_value_heads: 2, intermediate_size: 64, num_hidden_layers: 1}"]  # fmt: skip
     with pytest.raises(
-        PlaitError, match=r"hf_overrides.vocab_size: 299 is too small for data.name=tokens .* >= 300"
+        PlaitError,
+        match=r"hf_overrides.vocab_size: 299 is too small for data.name=tokens .* >= 300",
     ):
         check_model(load_config(None, hf))
     with pytest.raises(PlaitError, match="model.vocab_size: 'auto' .* needs data.name=tokens"):
