@@ -87,15 +87,18 @@ def build_engine(
 
         return DeepSpeedEngine(model, inner, cfg, dims.dp, device=device)
     if kind == "fairscale":
+        # deferred: an engine's module (and its library) loads only when that engine is used
         from plait.ddp.fairscale_engine import FairscaleEngine
 
         return FairscaleEngine(
             model, inner, cfg, dims.dp, dp_group=group, dp_mesh=meshes.dp, device=device
         )
     if kind == "zero1":
+        # deferred: an engine's module (and its library) loads only when that engine is used
         from plait.ddp.zero1 import Zero1Engine
 
         return Zero1Engine(model, inner, cfg, dims.dp, dp_group=group)
+    # deferred: an engine's module (and its library) loads only when that engine is used
     from plait.ddp.fsdp import FSDPEngine
 
     return FSDPEngine(model, inner, cfg, dims.dp)

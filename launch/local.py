@@ -28,6 +28,7 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # deferred: preflight builds meta models (torch), not needed to build commands
     from plait.preflight import default_run_dir, validate
 
     if nproc < 1:

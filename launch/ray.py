@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # deferred: preflight builds meta models (torch), not needed to build commands
     from plait.preflight import default_run_dir, validate
 
     cfg = load_config(args.config, args.overrides)

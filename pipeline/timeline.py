@@ -55,6 +55,7 @@ def plot_timeline(events: list[Event], png: str, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib (heavy) only when a picture is asked for
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 

@@ -11,9 +11,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from plait import checkpoint as ck
 from plait import components
+from plait import dist as pdist
+from plait.checkpoint import Checkpointer
 from plait.config import Config, from_dict, load_config, parse_overrides
 from plait.errors import ConfigError
+from plait.mesh import ParallelDims
+from plait.models import check_model
+from plait.models.custom import build_custom_model
+from plait.parallelize import check_supported
+from plait.parallelize import parallelize as wrap
+from plait.tensor_parallel import loss_context as tp_loss_context
+from plait.tensor_parallel import plain
+from plait.trainer import train as run
+from plait.wrapped import unwrap
 
 
 def _config(cfg: Config | str | Path | dict | None, overrides: list[str] | None) -> Config:
@@ -51,8 +63,6 @@ def train(
     :class:`plait.StepData` replacing ``data.*``; ``optimizer``: ``params -> Optimizer``
     replacing ``optim.name`` (the ``optim.*`` schedule still scales its learning rate).
     Returns a :class:`plait.RunResult` (metrics; full weights with ``return_state``)."""
-    from plait.trainer import train as run
-
     c = _config(cfg, overrides)
     with components.use(components.Components(model=model, data=data, optimizer=optimizer)):
         return run(c, return_state=return_state)
@@ -74,14 +84,10 @@ class Parallel:
     def loss_context(self):
         """Enter around forward, loss and backward: cross-entropy on vocabulary-sharded logits
         under tensor parallel (``loss_parallel``), else a null context."""
-        from plait.tensor_parallel import loss_context
-
-        return loss_context(self.inner)
+        return tp_loss_context(self.inner)
 
     def loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's summed loss as a plain tensor (a tp loss is a replicated DTensor)."""
-        from plait.tensor_parallel import plain
-
         return plain(self.inner.loss(output, batch))
 
 
@@ -98,10 +104,6 @@ def parallelize(
     initialise it by parameter name from ``seed`` (the same weights under any layout).
     Starts the process group from the launcher's environment when none exists. pp > 1 needs
     plait's pipeline schedules: use :func:`train` for it."""
-    from plait import dist as pdist
-    from plait.parallelize import check_supported, unwrap
-    from plait.parallelize import parallelize as wrap
-
     keys = {**(layout or {}), **parallel}
     if keys.get("pp", 1) != 1:
         raise ConfigError(
@@ -111,12 +113,7 @@ def parallelize(
     env = pdist.DistEnv.from_environ()
     cfg = from_dict({"parallel": keys, "train": {"seed": seed, "device": device}})
     with components.use(components.Components(model=model)):
-        from plait.models import check_model
-        from plait.models.custom import build_custom_model
-
         check_model(cfg)
-        from plait.mesh import ParallelDims
-
         dims = ParallelDims.from_config(cfg, env.world_size)
         check_supported(cfg, dims)
         dev = pdist.pick_device(device, env.local_rank)
@@ -136,8 +133,6 @@ def save_checkpoint(
     :func:`load_checkpoint` (and ``plait export``) reads under any layout. Every rank calls it.
     The lr schedule is not state: rebuild it at the loaded step (``LambdaLR(opt, fn,
     last_epoch=step - 1)``), as plait's trainer does."""
-    from plait.checkpoint import Checkpointer
-
     ck = Checkpointer(Path(root), every=0, keep=keep, async_save=False, layout={}, config={})
     return ck.save(step, model, optimizer)
 
@@ -146,8 +141,6 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer=None) -> int:
     """Load a checkpoint saved under any layout into ``model`` (and optimizer) of this layout;
     returns its step. ``path``: a ``step-N`` folder, or a root whose newest complete checkpoint
     is taken."""
-    from plait import checkpoint as ck
-
     p = Path(path)
     if not ck.is_complete(p):
         p = ck.newest_valid(p) or p

@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pt.add_argument("--run", help="draw this run's measured pp_timeline.json instead")
     add_launch(sub)
+    # deferred: each subcommand loads its own imports, so `plait --help` stays instant
     from plait.data.cli import add_parser as add_data
 
     add_data(sub)
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
+    # deferred: each subcommand loads its own imports, so `plait --help` stays instant
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -109,15 +111,18 @@ def _config_parser(sub) -> None:
 
 
 def _config(args: argparse.Namespace) -> int:
+    # deferred: each subcommand loads its own imports, so `plait --help` stays instant
     from plait import config_reference as ref
 
     if args.config_cmd == "keys":
         print(ref.format_keys(args.prefix))
     elif args.config_cmd == "show":
+        # deferred: each subcommand loads its own imports, so `plait --help` stays instant
         from plait.config import load_config
 
         print(ref.format_config(load_config(args.config, list(args.overrides))))
     else:
+        # deferred: each subcommand loads its own imports, so `plait --help` stays instant
         from plait.bundled import CONFIG_DIR, bundled_configs
 
         print("\n".join(f"{n}    ({CONFIG_DIR / n}.yaml)" for n in bundled_configs()))
@@ -219,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {args.png}")
             return 0
         if args.cmd == "report":
+            # deferred: each subcommand loads its own imports, so `plait --help` stays instant
             from plait.report import plot_report, summary
 
             print(summary(args.run))
@@ -229,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "export":  # deferred imports: torch (see _plan), transformers
             from pathlib import Path
 
+            # deferred: each subcommand loads its own imports, so `plait --help` stays instant
             from plait.checkpoint import consolidated, export_checkpoint
 
             if args.format == "hf":
+                # deferred: each subcommand loads its own imports, so `plait --help` stays instant
                 from plait.models.hf.export import export_hf
 
                 _, model, step = consolidated(Path(args.checkpoint))
@@ -254,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             print(pp_timeline(args.config, args.overrides, args.png, args.costs, args.run))
             return 0
         if args.cmd == "data":
+            # deferred: each subcommand loads its own imports, so `plait --help` stays instant
             from plait.data.cli import main as data_main
 
             return data_main(args)

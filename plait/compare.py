@@ -76,6 +76,7 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib (heavy) only when a picture is asked for
     import matplotlib.pyplot as plt
 
     return plt

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from plait.bundled import bundled_configs, resolve_config
 from plait.errors import ConfigError, did_you_mean
 from plait.registry import DATA, MODELS, TASKS, fitting_data
 from plait.rules import SCHEDULES
@@ -461,8 +462,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read YAML (or start from defaults), apply overrides, type-check and value-check."""
     raw: dict[str, Any] = {}
     if path is not None:
-        from plait.bundled import bundled_configs, resolve_config
-
         p = resolve_config(path)
         if p is None:
             raise ConfigError(

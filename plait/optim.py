@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from plait import components
 from plait.config import OptimConfig
 
 
@@ -24,8 +25,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, o.weight_decay)
-    from plait import components
-
     if components.active().optimizer is not None:  # the Python API's optimizer factory
         return components.active().optimizer(groups)
     if o.name == "sgd":

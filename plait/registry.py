@@ -122,6 +122,7 @@ class Registry(Generic[E]):
         """An installed package's entry point ``name`` in :attr:`group` (pyproject:
         ``[project.entry-points."plait.models"] toy = "my_pkg.models"``): loading it imports
         the module, whose decorator registers ``name``."""
+        # deferred: entry points are scanned only for an unknown name
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=self.group):

@@ -6,6 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
+from plait.data.prepare import expand_inputs, prepare
+from plait.data.tokenizer import train_bpe
+from plait.errors import PlaitError
+
 
 def add_parser(sub) -> None:
     d = sub.add_parser("data", help="train a tokenizer, tokenize a corpus into token files")
@@ -42,17 +46,10 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from plait.errors import PlaitError
-
     if args.data_cmd == "train-tokenizer":
-        from plait.data.prepare import expand_inputs
-        from plait.data.tokenizer import train_bpe
-
         tok = train_bpe(expand_inputs(args.inputs), Path(args.out), args.vocab_size, args.eod)
         print(f"wrote {tok.name} (vocab {tok.vocab_size}, end of document {args.eod!r})")
         return 0
-    from plait.data.prepare import prepare
-
     for flag in ("workers", "shard_tokens"):
         if getattr(args, flag) < 1:
             raise PlaitError(f"--{flag.replace('_', '-')}: {getattr(args, flag)} must be >= 1")

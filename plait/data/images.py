@@ -25,6 +25,7 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 def load_digits_28(eval_fraction: float) -> tuple[tuple, tuple]:
     """sklearn's 1,797 digits, bilinearly upsampled to (1, 28, 28) in [0, 1]; a fixed split
     (seed 0, independent of the training seed) holds out ``eval_fraction`` of them."""
+    # deferred: scikit-learn (heavy) only for the digits dataset
     from sklearn.datasets import load_digits
 
     d = load_digits()

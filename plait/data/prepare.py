@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plait.data.tokenizer import Tokenizer, load_tokenizer
+from plait.data.tokenizer import Tokenizer, file_sha256, load_tokenizer
 from plait.errors import PlaitError
 
 FORMAT = "plait-tokens-v1"
@@ -124,6 +124,7 @@ def _line_ranges(path: Path, size: int) -> list[tuple[int, int]]:
 
 def _parquet_groups(path: Path, column: str) -> int:
     try:
+        # deferred: pyarrow is an optional extra (data)
         import pyarrow.parquet as pq
     except ImportError:
         raise PlaitError(
@@ -139,6 +140,7 @@ def _parquet_groups(path: Path, column: str) -> int:
             f"prepare: {str(path)!r} has no column {column!r}; columns: {', '.join(names)} "
             "(choose with --column)"
         )
+    # deferred: pyarrow is an optional extra (data)
     import pyarrow as pa
 
     tp = f.schema_arrow.field(column).type
@@ -150,6 +152,7 @@ def _parquet_groups(path: Path, column: str) -> int:
 def _arrow_table(path: Path, column: str):
     """One column of a ``datasets`` Arrow file (the IPC stream format), read in place."""
     try:
+        # deferred: pyarrow is an optional extra (data)
         import pyarrow as pa
     except ImportError:
         raise PlaitError(
@@ -189,6 +192,7 @@ def read_docs(u: Unit, field: str, column: str) -> tuple[list[str], int, int]:
             raise PlaitError(f"prepare: {u.path!r} column {column!r} holds non-text rows")
         return docs, 0, 0
     if u.kind == "parquet":
+        # deferred: pyarrow is an optional extra (data)
         import pyarrow.parquet as pq
 
         col = pq.ParquetFile(u.path).read_row_group(u.start, columns=[column]).column(0)
@@ -328,6 +332,7 @@ def prepare(
 
 
 def _write(units, tok, spec, eod, field, column, workers, folder, dtype, shard_tokens, progress):
+    # deferred: the progress bar only when preparing
     from tqdm import tqdm
 
     writer = _ShardWriter(folder, dtype, shard_tokens)
@@ -336,6 +341,7 @@ def _write(units, tok, spec, eod, field, column, workers, folder, dtype, shard_t
     bar = tqdm(total=len(units), unit="unit", desc="prepare", disable=not progress)
     with open(folder / DOC_ENDS, "wb") as ends:
         if workers > 1:
+            # deferred: worker processes only when asked for
             import multiprocessing as mp
 
             # fork: workers start in milliseconds (spawn re-imports torch in each)
@@ -372,6 +378,4 @@ def _write(units, tok, spec, eod, field, column, workers, folder, dtype, shard_t
 
 
 def _sha(path: Path) -> str:
-    from plait.data.tokenizer import file_sha256
-
     return file_sha256(path)

@@ -54,6 +54,7 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, file: Path, eod: str | None):
         try:
+            # deferred: tokenizers loads only when a tokenizer is used
             from tokenizers import Tokenizer as _Tok
         except ImportError:
             raise PlaitError(
@@ -85,6 +86,7 @@ class TiktokenTokenizer(Tokenizer):
 
     def __init__(self, file: Path, eod: str | None):
         try:
+            # deferred: tiktoken is an optional extra (data)
             import tiktoken
             from tiktoken.load import load_tiktoken_bpe
         except ImportError:
@@ -134,6 +136,7 @@ def train_bpe(
 ) -> HFTokenizer:
     """Byte-level BPE trained on local files with the ``tokenizers`` trainer; writes
     ``out/tokenizer.json`` (a folder ``load_tokenizer`` and Transformers both read)."""
+    # deferred: tokenizers loads only when a tokenizer is used
     from tokenizers import Tokenizer as _Tok
     from tokenizers import decoders, models, pre_tokenizers, trainers
 

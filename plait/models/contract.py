@@ -15,6 +15,7 @@ import copy
 import torch
 from torch import nn
 
+from plait import components
 from plait.config import Config
 from plait.errors import ConfigError
 from plait.models.base import PlaitModel
@@ -28,8 +29,6 @@ def sample_batch(model: PlaitModel, cfg: Config) -> dict[str, torch.Tensor]:
     """Two samples shaped as the run feeds them: from the active data source when one is
     given, else synthetic from the model's ``vocab_size`` (lm) or ``in_features`` and
     ``num_classes`` (classification)."""
-    from plait import components
-
     data = components.active().data
     if data is not None:
         return data.sample("train", 0, 0, 2, 2)

@@ -18,6 +18,7 @@ def hf_skeleton(cls: type, config) -> nn.Module:
     knowing each architecture's formula. Accelerate's ``init_empty_weights`` does exactly this
     (its patch of ``register_parameter`` lasts for the ``with`` only); accelerate is part of
     ``plait[hf]`` and, like transformers, imported only for ``model.name=hf``."""
+    # deferred: accelerate is an optional extra (hf)
     from accelerate import init_empty_weights
 
     with torch.device("cpu"), init_empty_weights(include_buffers=False):
