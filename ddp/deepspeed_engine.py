@@ -11,6 +11,8 @@ Numerics kept identical to the torch engines:
   over dp ranks like DDP does;
 - accumulation: DeepSpeed counts micro-steps itself, so ``engine.step()`` runs after every
   micro-batch and updates only on the boundary;
+- precision: DeepSpeed casts (and, for fp16, scales the loss) itself, so the engine uses no
+  autocast and no torch ``GradScaler``;
 - the optimizer is plait's torch optimizer (``zero_force_ds_cpu_optimizer=False``), also with
   offload, so no C++ op is JIT-compiled; on CPU the shm all-reduce op is disabled for the same
   reason (it needs a compiler at run time).
@@ -27,7 +29,7 @@ import torch
 
 from plait.config import Config, merge
 from plait.ddp import memory
-from plait.ddp.engine import Engine
+from plait.ddp.engine import Engine, StepResult
 from plait.grad_norm import clip_grad_norm
 from plait.models.base import canonical_name
 from plait.optim import build_optimizer
@@ -84,7 +86,7 @@ class DeepSpeedEngine(Engine):
             model=model, optimizer=self._torch_opt, config=deepspeed_config(cfg, dp_size)
         )
         self.model = self.ds
-        self._unsharded, self._before, self._norm, self._max_norm = 0, {}, None, math.inf
+        self._unsharded, self._before = 0, {}
 
     @property
     def lr_optimizer(self) -> torch.optim.Optimizer:
@@ -100,21 +102,23 @@ class DeepSpeedEngine(Engine):
         if not last:
             self.ds.step()  # counts the micro-step; DeepSpeed updates on the boundary only
 
-    def clip_grad_norm(self, max_norm: float) -> float | None:
-        self._max_norm = max_norm
-        return None  # DeepSpeed clips inside step(), with train.grad_clip
+    def optimizer_step(self, max_norm: float, loss_finite: bool) -> StepResult:
+        """DeepSpeed clips inside its own step (with ``train.grad_clip``) and steps whatever the
+        loss; the norm is the one it measured, or at ZeRO-0 plait's (see the module docstring)."""
+        norm = None
+        if self.cfg.parallel.zero_stage == 0:  # ZeRO-0 reports no norm: measure it here
+            norm = clip_grad_norm(
+                self.ds.module.parameters(), max_norm if plait_clips(self.cfg) else math.inf
+            )
+        self.step()
+        if norm is None:
+            norm = self.ds.get_global_grad_norm()
+        grad_norm = math.nan if norm is None else float(norm)
+        return StepResult(grad_norm, loss_finite and math.isfinite(grad_norm), False)
 
     def step(self) -> None:
-        self._norm = None
-        if self.cfg.parallel.zero_stage == 0:  # ZeRO-0 reports no norm: measure it here
-            max_norm = self._max_norm if plait_clips(self.cfg) else math.inf
-            self._norm = clip_grad_norm(self.ds.module.parameters(), max_norm)
         self._before = self._held()  # DeepSpeed frees its gradients inside step()
         self.ds.step()
-
-    def last_grad_norm(self) -> float:
-        norm = self._norm if self._norm is not None else self.ds.get_global_grad_norm()
-        return math.nan if norm is None else float(norm)
 
     def zero_grad(self) -> None:
         pass  # DeepSpeed zeroes its gradients at the end of its step

@@ -34,7 +34,7 @@ class FairscaleEngine(Engine):
             self.model = apply_ddp(model, dp_mesh=dp_mesh, device=device)
         self._unsharded = 0
 
-    def clip_grad_norm(self, max_norm: float) -> float | None:
+    def clip_grad_norm(self, max_norm: float) -> float:
         # each rank may hold only its shard's gradients: the squared norms of the parameters it
         # owns are summed over dp (OSS.clip_grad_norm does the same with fp32 norms, which
         # depend on the sharding; plait.grad_norm says why)

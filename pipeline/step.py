@@ -1,5 +1,6 @@
-"""One training step on this rank's pipeline stages: the object the trainer delegates
-forward/backward, grad clipping, evaluation and the full state to when ``parallel.pp > 1``.
+"""The engine of a pipeline rank (``parallel.pp > 1``): the trainer drives it through the same
+surface as the data-parallel engines (plait.ddp.engine); forward/backward runs the schedule,
+evaluation a plain forward along the stages, clipping and the full state span the pipeline.
 
 Loss: each microbatch's summed loss is multiplied by ``dp / global_count`` inside the
 schedule's ``loss_fn`` and torch's gradient scaling is off (``scale_grads=False``), so the
@@ -23,8 +24,6 @@ entered for the whole schedule so the loss's backward runs under it too.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
@@ -46,7 +45,10 @@ from plait.pipeline.timeline import instrument
 from plait.tensor_parallel import loss_context, plain
 
 
-class PipelineStep:
+class PipelineEngine(Engine):
+    """The torch optimizer over this rank's stages (gradients averaged over dp here, not by
+    DDP), the schedule built on the first step."""
+
     def __init__(self, parts: PipelineParts, cfg: Config, dims: ParallelDims, mesh: Meshes, device):
         p = cfg.parallel
         self.parts, self.inner, self.dp = parts, parts[0], dims.dp
@@ -67,6 +69,7 @@ class PipelineStep:
         self.events: list | None = None
         self.steps_run, self.total_steps = 0, cfg.train.steps
         self.record_last = cfg.log.pp_timeline
+        super().__init__(parts, parts[0], cfg, dims.dp)
 
     def _build(self, chunk_input: torch.Tensor) -> None:
         """Stages and schedule, each stage given example input and output tensors.
@@ -115,9 +118,12 @@ class PipelineStep:
             instrument(st, rank, self.events)
         return self.events
 
-    def write_timeline(self, run_dir, *, write: bool) -> None:
-        """Gather the recorded actions of all pipeline ranks (same host: one monotonic clock)
-        and, on the writing rank, save them with the simulated bubble for the measured costs."""
+    def finish(self, run_dir, *, write: bool) -> None:
+        """With ``log.pp_timeline``: gather the recorded actions of all pipeline ranks (same
+        host: one monotonic clock) and, on the writing rank, save them with the simulated bubble
+        for the measured costs."""
+        if not self.record_last:
+            return
         pieces: list = [None] * self.pp
         dist.all_gather_object(pieces, self.events or [], group=self.pp_group)
         if write:
@@ -132,6 +138,10 @@ class PipelineStep:
     def forward_backward(self, micro: list[dict[str, torch.Tensor]], scale) -> torch.Tensor:
         """Run the schedule on each accumulation chunk; returns this dp rank's summed (unscaled)
         loss on every pipeline rank. Gradients are left averaged over dp."""
+        with self.autocast():
+            return self._forward_backward(micro, scale)
+
+    def _forward_backward(self, micro: list[dict[str, torch.Tensor]], scale) -> torch.Tensor:
         self.scale, self.steps_run = scale, self.steps_run + 1
         if self.schedule is None:
             self._build(micro[0]["input"])
@@ -152,6 +162,10 @@ class PipelineStep:
     @torch.no_grad()
     def eval_batch(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
         """(loss sum, correct, count) of one batch, on every rank."""
+        with self.autocast():
+            return self._eval_batch(mb)
+
+    def _eval_batch(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
         acc = torch.zeros(2, device=self.device)
         h = self._chain(mb["input"])
         if h is not None:  # this rank holds the last stage
@@ -216,22 +230,3 @@ class PipelineStep:
         pieces: list = [None] * dist.get_world_size(self.pp_group)
         dist.all_gather_object(pieces, local, group=self.pp_group)
         return {k: v for piece in pieces for k, v in piece.items()}
-
-
-class PipelineEngine(Engine):
-    """The trainer's engine surface for a pipeline rank: the torch optimizer over this rank's
-    stages; gradients are already averaged over dp by :class:`PipelineStep`, and clipping
-    and full weights need the whole pipeline, so both go through it."""
-
-    def __init__(self, pipe: PipelineStep, parts: PipelineParts, cfg: Config, dp_size: int):
-        self.pipe = pipe
-        super().__init__(parts, parts[0], cfg, dp_size)
-
-    def sync(self, last: bool):
-        return contextlib.nullcontext()
-
-    def clip_grad_norm(self, max_norm: float) -> float:
-        return self.pipe.clip_grad_norm(max_norm)
-
-    def full_state(self) -> dict[str, torch.Tensor]:
-        return self.pipe.full_state()

@@ -9,7 +9,6 @@ is the single-process gradient of the mean loss whatever the layout or accumulat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -38,7 +37,6 @@ from plait.observe.observer import Observer
 from plait.optim import build_scheduler
 from plait.parallelize import parallelize
 from plait.preflight import default_run_dir, validate
-from plait.tensor_parallel import loss_context, plain
 from plait.wrapped import unwrap
 
 __all__ = ["RunResult", "default_run_dir", "train", "validate", "write_run_info"]
@@ -64,17 +62,18 @@ class _Step:
             from plait.checkpoint import load_safetensors  # deferred: see _setup_checkpoints
 
             load_safetensors(model, Path(cfg.checkpoint.init_from))
-        self.pipe = None  # pp > 1: the pipeline runs forward/backward (plait.pipeline.step)
         if dims.pp > 1:
             # deferred: torch.distributed.pipelining only when pp > 1 (start-up)
-            from plait.pipeline.step import PipelineEngine, PipelineStep
+            from plait.pipeline.step import PipelineEngine
 
-            self.pipe = PipelineStep(model, cfg, dims, mesh, device)
-            self.engine = PipelineEngine(self.pipe, model, cfg, dims.dp)
+            self.engine = PipelineEngine(model, cfg, dims, mesh, device)
         else:
             # the data-parallel engine: makes the optimizer, wraps what needs both (DeepSpeed,
-            # fairscale), and runs backward / clip / step; the loop below never branches on it
+            # fairscale)
             self.engine = build_engine(model, cfg, dims, mesh, device)
+        # forward/backward, evaluation and the optimizer step (the fp16 loss scaler included)
+        # go through the engine's one surface (plait.ddp.engine): the loop never branches on it
+        self.engine.set_device(device)
         self.model, self.inner = self.engine.model, unwrap(self.engine.model)
         self.data = build_data(cfg, self.inner)
         self.optimizer = self.engine.lr_optimizer
@@ -88,19 +87,6 @@ class _Step:
             self.data, self.lo, self.lo + self.local_batch, cfg.train.global_batch, device,
             enabled=cfg.data.prefetch, steps=cfg.train.steps,
         )  # fmt: skip
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.dtype)
-        if self.engine.owns_precision:
-            amp_dtype = None
-        self.autocast = (
-            (lambda: torch.autocast(device.type, dtype=amp_dtype))
-            if amp_dtype
-            else contextlib.nullcontext
-        )
-        self.scaler = (
-            torch.amp.GradScaler(device.type)
-            if amp_dtype is not None and cfg.train.dtype == "fp16"
-            else None
-        )
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.dp_group is not None:
@@ -126,54 +112,29 @@ class _Step:
         )
         self.clock.mark("wait_s")  # the step's first collective: early ranks wait here
         scale = self.dims.dp / count  # see the module docstring
-        loss_sum = torch.zeros((), device=self.device)
-        if self.pipe is not None:
-            with self.autocast():
-                loss_sum = self.pipe.forward_backward([self._to_device(m) for m in micro], scale)
-            micro = []
-        for i, mb in enumerate(micro):
-            mb = self._to_device(mb)
-            last = i == len(micro) - 1
-            # loss_context: vocabulary-sharded logits under tensor parallel (loss_parallel)
-            with self.engine.sync(last), loss_context(self.inner):
-                with self.autocast():
-                    out = self.model(mb["input"])
-                    loss = plain(self.inner.loss(out, mb))
-                scaled = loss * scale
-                self.engine.backward(self.scaler.scale(scaled) if self.scaler else scaled, last)
-            loss_sum += loss.detach().float()
+        loss_sum = self.engine.forward_backward([self._to_device(m) for m in micro], scale)
         loss_val = (self._all_reduce(loss_sum) / count).item()
         self.clock.mark("fwd_bwd_s")
 
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
         max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-        grad_norm = self.engine.clip_grad_norm(max_norm)
-        stepped = grad_norm is None
-        if stepped:  # the engine clips inside its own step (DeepSpeed)
-            self.engine.step()
-            grad_norm = self.engine.last_grad_norm()
-        finite = math.isfinite(loss_val) and math.isfinite(grad_norm)
-        if not finite and self.scaler is None and cfg.train.on_nan == "stop":
+        lr = self.scheduler.get_last_lr()[0]  # the lr this step used
+        out = self.engine.optimizer_step(max_norm, math.isfinite(loss_val))
+        grad_norm, finite = out.grad_norm, out.finite
+        # skipped updates: an fp16 overflow is the scaler's to handle, anything else on_nan's
+        if not finite and not out.overflow and cfg.train.on_nan == "stop":
             raise PlaitError(
                 f"loss is {loss_val} (grad norm {grad_norm}) at step {step + 1}; lower optim.lr, "
                 "set train.grad_clip, or pass train.on_nan=skip to skip such steps"
             )
         # skipping is for a rare bad batch; a run that stays non-finite only burns the budget
         # (a loss scaler's own overflow skips are left to the scaler, which shrinks its scale)
-        self.nan_streak = 0 if finite or self.scaler is not None else self.nan_streak + 1
+        self.nan_streak = 0 if finite or out.overflow else self.nan_streak + 1
         if self.nan_streak > cfg.train.max_nan_skips:
             raise PlaitError(
                 f"loss is {loss_val} (grad norm {grad_norm}) for {self.nan_streak} steps in a row "
                 f"up to step {step + 1}, past train.max_nan_skips={cfg.train.max_nan_skips}; "
                 "lower optim.lr or set train.grad_clip"
             )
-        lr = self.scheduler.get_last_lr()[0]
-        if self.scaler and not stepped:
-            self.scaler.step(self.optimizer)  # skips the update itself when grads overflowed
-            self.scaler.update()
-        elif finite and not stepped:
-            self.engine.step()
         self.scheduler.step()
         logged = step == 0 or (step + 1) % cfg.log.every == 0 or step + 1 == cfg.train.steps
         # after the step, before zero_grad: all state alive; on logged steps only (a collective)
@@ -225,16 +186,7 @@ class _Step:
             mb = self._to_device(
                 self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B)
             )
-            if self.pipe is not None:
-                with self.autocast():
-                    totals += self.pipe.eval_batch(mb)
-                continue
-            with self.autocast(), loss_context(self.inner):
-                out = self.model(mb["input"])
-                totals[0] += plain(self.inner.loss(out, mb)).float()
-            if self.inner.task == "classification":  # lm logits may be vocabulary-sharded
-                totals[1] += (out.argmax(-1) == mb["target"]).sum()
-            totals[2] += self.inner.count(mb)
+            totals += self.engine.eval_batch(mb)
         loss_sum, correct, n = self._all_reduce(totals).tolist()
         res = {"eval_loss": loss_sum / n}
         if self.inner.task == "classification":
@@ -413,8 +365,7 @@ def _run(
         obs.close()
         stepper.loader.close()
         writer.close()
-    if stepper.pipe is not None and cfg.log.pp_timeline:
-        stepper.pipe.write_timeline(run_dir, write=env.rank == 0)
+    stepper.engine.finish(run_dir, write=env.rank == 0)
     if return_state:
         result.state = stepper.full_state()
     return result
