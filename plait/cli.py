@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from plait.config import load_config
 from plait.errors import ConfigError, PlaitError
@@ -233,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {args.png}")
             return 0
         if args.cmd == "export":  # deferred imports: torch (see _plan), transformers
-            from pathlib import Path
-
             # deferred: each subcommand loads its own imports, so `plait --help` stays instant
             from plait.checkpoint import consolidated, export_checkpoint
 

@@ -26,7 +26,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, o.weight_decay)
     if components.active().optimizer is not None:  # the Python API's optimizer factory
-        return components.active().optimizer(groups)
+        opt = components.active().optimizer(groups)
+        # its own lr is the base the optim.* schedule scales (build_scheduler)
+        opt.plait_base_lrs = [g["lr"] for g in opt.param_groups]
+        return opt
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
@@ -54,8 +57,9 @@ def build_scheduler(
     (config, step), so a resumed run rebuilds it from the config it runs under rather than
     restoring saved state: extending ``train.steps`` or changing warmup, decay or lr takes effect
     from the first resumed step."""
-    for group in opt.param_groups:
-        group["initial_lr"] = o.lr  # base lr; LambdaLR reads it when it does not start at -1
+    bases = getattr(opt, "plait_base_lrs", None) or [o.lr] * len(opt.param_groups)
+    for group, base in zip(opt.param_groups, bases):
+        group["initial_lr"] = base  # base lr; LambdaLR reads it when it does not start at -1
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, o, total_steps), last_epoch=start - 1
     )

@@ -66,7 +66,8 @@ def test_gpt_run_reports_interval_throughput_mfu_banner_and_trace(tmp_path, caps
 
 
 def slow_rank_run(cfg_dict: dict, slow_rank: int, delay_s: float) -> dict:
-    """Rank function: ``slow_rank`` sleeps in its data loading every step."""
+    """Rank function: ``slow_rank`` waits for its data every step (the loader's hand-over: the
+    read itself runs ahead in the prefetch thread)."""
     from plait import dist as pdist
     from plait.config import from_dict
     from plait.trainer import _Step, train
@@ -77,8 +78,8 @@ def slow_rank_run(cfg_dict: dict, slow_rank: int, delay_s: float) -> dict:
 
         def slow_init(self, *a, **k):
             init(self, *a, **k)
-            sample = self.data.sample
-            self.data.sample = lambda *a, **k: (time.sleep(delay_s), sample(*a, **k))[1]
+            get = self.loader.get
+            self.loader.get = lambda *a, **k: (time.sleep(delay_s), get(*a, **k))[1]
 
         _Step.__init__ = slow_init
     return train(from_dict(cfg_dict)).metrics

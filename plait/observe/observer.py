@@ -68,9 +68,9 @@ class Observer:
         busy = self.window.busy_s
         rec.update(self.window.flush())
         rec.update(memory_record(self.device))
+        # the same keys on one process as on many: a run folder reads the same from any launcher
         times = gather_busy(busy, self.device)
-        if len(times) > 1:
-            rec.update(straggler_record(times, self.cfg.log.straggler_factor))
+        rec.update(straggler_record(times, self.cfg.log.straggler_factor))
         elapsed = time.perf_counter() - self._t0
         rec["eta_s"] = elapsed / (done - self.start_step) * (self.cfg.train.steps - done)
 
