@@ -32,7 +32,8 @@ def _read(root: str | Path | None, max_bytes: int) -> tuple[bytes, int]:
     if root:
         return _walk(Path(root), max_bytes)
     stdlib = sysconfig.get_paths()["stdlib"]
-    key = hashlib.sha256(f"{stdlib}|{sys.version}|{max_bytes}".encode()).hexdigest()[:16]
+    # v2: the file starts with the full size (8 bytes); a version bump keeps old caches unread
+    key = hashlib.sha256(f"v2|{stdlib}|{sys.version}|{max_bytes}".encode()).hexdigest()[:16]
     cache = _cache_dir() / f"stdlib-corpus-{key}.bin"
     if cache.is_file():
         blob = cache.read_bytes()
