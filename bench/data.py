@@ -1,4 +1,4 @@
-"""The token loader against what training consumes (issue 15).
+"""The token loader against what training consumes.
 
 A sparse flat uint16 token file of 2^33 tokens (16 GiB, made with truncate: no disk used) is
 read by ``data.name=tokens`` with gpt_small's batch shape (global_batch 16, seq_len 256):

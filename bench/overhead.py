@@ -1,5 +1,5 @@
 """plait's per-step overhead against a hand-written loop doing the same work with the same
-PyTorch primitives (DESIGN.md promise 5: within a few percent).
+PyTorch primitives (docs/design.md promise 5: within a few percent).
 
 Both sides: the same gpt model (built and initialised by plait), the same batches, AdamW,
 clip_grad_norm_, cosine LambdaLR, one process. Steps alternate between the two sides so machine

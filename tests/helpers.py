@@ -21,7 +21,7 @@ from plait.trainer import RunResult, train
 BASE = ["log.wandb=off", "log.tensorboard=false", "log.progress=off"]
 
 # fp32 on gloo: DP/TP/PP change only the order of float reductions, so per-step losses agree to
-# ~1e-7; DESIGN.md's promise is relative 1e-5 per step.
+# ~1e-7; docs/design.md's promise is relative 1e-5 per step.
 RTOL = 1e-5
 
 

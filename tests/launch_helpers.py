@@ -19,7 +19,7 @@ TINY = [
     "train.steps=3", "optim.warmup_steps=1", "model.n_layers=2", "data.seq_len=32",
     "train.eval_every=0", "log.every=1", "log.wandb=off", "log.tensorboard=false", "log.progress=off",
 ]  # fmt: skip
-# fp32 on gloo: only the order of float reductions differs between 1 and N ranks (DESIGN.md)
+# fp32 on gloo: only the order of float reductions differs between 1 and N ranks (docs/design.md)
 RTOL = 1e-5
 
 

@@ -1,4 +1,4 @@
-"""3-D parallelism against one process (DESIGN.md promise 1): pipeline stages, each tensor-
+"""3-D parallelism against one process (docs/design.md promise 1): pipeline stages, each tensor-
 parallel and FSDP2-sharded, on 8 real gloo ranks (pp=2 x dp_shard=2 x tp=2), under several
 schedules with and without sequence parallel, accumulation and ZeRO-2/3 (ZeRO-3 is refused with
 the zero-bubble schedules: plait.pipeline.validate); plus pipeline x HSDP.

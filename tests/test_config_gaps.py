@@ -1,4 +1,4 @@
-"""Config values and files a person or a script can get wrong (issue 20, item 8): each is
+"""Config values and files a person or a script can get wrong: each is
 refused by load_config in one line naming the key or the file, before any process exists."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Resume over what a killed job or a person leaves behind (issue 20, item 6): a renamed copy
+"""Resume over what a killed job or a person leaves behind: a renamed copy
 of a checkpoint, a half-written metrics line, a manifest that is not an object, a refused rng
 file; and a restart that finds no verifiable checkpoint never deletes or overwrites the
 folders it could not verify."""

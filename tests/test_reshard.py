@@ -1,4 +1,4 @@
-"""Checkpoints outlive layouts (DESIGN.md promise 2): a checkpoint saved under FSDP (ZeRO-3),
+"""Checkpoints outlive layouts (docs/design.md promise 2): a checkpoint saved under FSDP (ZeRO-3),
 tensor parallel, pipeline parallel or 2-D FSDP x TP loads under one process and under each of
 the other layouts (ZeRO-1 / fairscale OSS below; 3-D in test_3d), optimizer state included, and
 training continues on the straight run's trajectory (fp32, relative 1e-5 per step)."""

@@ -1,4 +1,4 @@
-"""One job per run folder (issue 20, item 5): a second job is refused in one line naming the
+"""One job per run folder: a second job is refused in one line naming the
 holder; a lock file left by a job that died is taken over with a warning; the lock is gone
 when the job ends."""
 

@@ -1,4 +1,4 @@
-"""Your own data (issue 15): a BPE tokenizer trained here, ``plait data prepare`` into token
+"""Your own data: a BPE tokenizer trained here, ``plait data prepare`` into token
 files, ``data.name=tokens`` read lazily in seeded epochs and mixtures, and every bad input
 refused in one line. No network: the tokenizer is trained on a temp corpus."""
 

@@ -1,4 +1,4 @@
-"""Dense bf16 peak FLOP/s per device, the MFU denominator (DESIGN.md: 6N + 12·L·H·Q·T per token
+"""Dense bf16 peak FLOP/s per device, the MFU denominator (docs/design.md: 6N + 12·L·H·Q·T per token
 against the dense bf16 peak). GPUs come from a table, each number with its source; a CPU has no
 datasheet figure that torch reaches, so its peak is measured once by a short fp32 matmul and
 cached per CPU model and thread count."""

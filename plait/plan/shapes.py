@@ -55,7 +55,7 @@ class ModelShape:
         return 12 * self.n_heads * self.head_dim * seq_len
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Model FLOPs per token, plait's MFU convention (DESIGN.md, torchtitan's
+        """Model FLOPs per token, plait's MFU convention (docs/design.md, torchtitan's
         ``get_nparams_and_flops``): 6·(N − embedding) + 12·L·H·Q·T."""
         return 6 * (self.params - self.embed_params) + self.n_layers * self.attn_flops_per_token(
             seq_len

@@ -83,7 +83,7 @@ def step_time(
 ) -> StepTime:
     gpu, p, m, v, tp = cluster.gpu, layout.pp, layout.microbatches, layout.v, layout.tp
     eff = efficiency if efficiency is not None else DEFAULT_EFFICIENCY
-    # fp32 runs on plain fp32 units; MFU stays against the bf16 peak (DESIGN.md's convention)
+    # fp32 runs on plain fp32 units; MFU stays against the bf16 peak (docs/design.md's convention)
     rate = (gpu.fp32_flops if job.dtype == "fp32" else gpu.peak_flops) * eff
     mb_tokens = job.tokens / (layout.dp * m)
     # rank order follows plait's mesh (pp, dp_replicate, dp_shard, tp): tp varies fastest
