@@ -40,7 +40,8 @@ class FairscaleEngine(Engine):
         # depend on the sharding; plait.grad_norm says why)
         oss = self.optimizer
         owned = [p for group in oss.partition_parameters()[oss.rank] for p in group["params"]]
-        return clip_grad_norm(owned, max_norm, [self.dp_group])
+        device = next(self.inner.parameters()).device  # a rank may own no gradient
+        return clip_grad_norm(owned, max_norm, [self.dp_group], device)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=False)  # see the module docstring
