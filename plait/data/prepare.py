@@ -122,16 +122,23 @@ def _line_ranges(path: Path, size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _parquet_groups(path: Path, column: str) -> int:
+def _pyarrow(path: Path):
+    """pyarrow (with its parquet module), or one line saying how to get it."""
     try:
         # deferred: pyarrow is an optional extra (data)
-        import pyarrow.parquet as pq
+        import pyarrow as pa
+        import pyarrow.parquet  # noqa: F401 - makes pa.parquet available
     except ImportError:
         raise PlaitError(
             f"prepare: {str(path)!r} needs pyarrow; pip install 'plait[data]'"
         ) from None
+    return pa
+
+
+def _parquet_groups(path: Path, column: str) -> int:
+    pa = _pyarrow(path)
     try:
-        f = pq.ParquetFile(path)
+        f = pa.parquet.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid and friends
         raise PlaitError(f"prepare: {str(path)!r} is not a readable Parquet file: {e}") from None
     names = f.schema_arrow.names
@@ -140,9 +147,6 @@ def _parquet_groups(path: Path, column: str) -> int:
             f"prepare: {str(path)!r} has no column {column!r}; columns: {', '.join(names)} "
             "(choose with --column)"
         )
-    # deferred: pyarrow is an optional extra (data)
-    import pyarrow as pa
-
     tp = f.schema_arrow.field(column).type
     if not (pa.types.is_string(tp) or pa.types.is_large_string(tp)):
         raise PlaitError(f"prepare: {str(path)!r} column {column!r} is {tp}, not text")
@@ -151,13 +155,7 @@ def _parquet_groups(path: Path, column: str) -> int:
 
 def _arrow_table(path: Path, column: str):
     """One column of a ``datasets`` Arrow file (the IPC stream format), read in place."""
-    try:
-        # deferred: pyarrow is an optional extra (data)
-        import pyarrow as pa
-    except ImportError:
-        raise PlaitError(
-            f"prepare: {str(path)!r} needs pyarrow; pip install 'plait[data]'"
-        ) from None
+    pa = _pyarrow(path)
     try:
         with pa.memory_map(str(path)) as src:
             reader = pa.ipc.open_stream(src)
