@@ -259,14 +259,14 @@ def _check_resume_config(cfg: Config, latest: Path, warn: bool):
 
 def write_run_info(
     run_dir: Path, env: pdist.DistEnv, dims: ParallelDims, device: torch.device, stepper: _Step,
-    extra: dict,
+    params: int, extra: dict,
 ) -> None:  # fmt: skip
     """run.json: who ran this and how, so runs from different launchers can be told apart.
-    ``params`` counts the whole model on meta (a pipeline rank holds only its stages)."""
+    ``params``: the whole model's (a pipeline rank holds only its stages)."""
     info = {
         "world_size": env.world_size, "launched_by": env.source, "device": str(device),
         "layout": dims.layout(),
-        "params": param_count(build_model(stepper.cfg)), "data": stepper.data.describe(),
+        "params": params, "data": stepper.data.describe(),
         "torch": torch.__version__, "started": datetime.now().isoformat(timespec="seconds"),
     }  # fmt: skip
     info.update(extra)
@@ -326,13 +326,14 @@ def _run(
     writer = MetricsWriter(
         cfg, run_dir, enabled=env.rank == 0, total_steps=cfg.train.steps, start_step=start
     )
+    params = param_count(build_model(cfg))  # on meta: the whole model, whatever this rank holds
     obs = Observer(
         cfg, dims, rank=env.rank, world=env.world_size, device=device, run_dir=run_dir,
-        task=stepper.inner.task, params=param_count(build_model(cfg)), engine=stepper.engine,
+        task=stepper.inner.task, params=params, engine=stepper.engine,
         start_step=start,
     )  # fmt: skip
     if env.rank == 0:
-        write_run_info(run_dir, env, dims, device, stepper, obs.run_info())
+        write_run_info(run_dir, env, dims, device, stepper, params, obs.run_info())
         if note := layout_note(cfg, dims):
             print(note, flush=True)
     try:
