@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from plait.errors import PlaitError
-from plait.launch.command import Entry, Launch
+from plait.launch.command import SIGNALS_ENV, SIGNALS_HANDLED, Entry, Launch
 
 DEFAULT_PORT = 29500
 
@@ -45,4 +45,5 @@ def accelerate_launch(
     argv = [python, "-m", "accelerate.commands.launch", "--config_file", str(config_path)]
     argv += ["-m", *entry.module_args()]
     env = {"ACCELERATE_USE_CPU": "true"} if cpu else {}
+    env[SIGNALS_ENV] = SIGNALS_HANDLED  # accelerate runs torchrun's agent in-process
     return Launch(argv, env, files={Path(config_path): config_text})

@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+from plait import preemption
 from plait.config import load_config
 from plait.errors import PlaitError
 from plait.launch import accelerate as acc
@@ -22,7 +23,7 @@ _T, _D, _A, _S, _R = BACKENDS
 APPLIES = {
     "hosts": {_T, _D, _A}, "hostfile": {_D}, "nnodes": {_T, _A, _S}, "node_rank": {_T, _D, _A},
     "port": {_T, _D, _A, _S}, "rdzv_endpoint": {_T}, "rdzv_id": {_T}, "rdzv_timeout": {_T},
-    "max_restarts": {_T, _S}, "time": {_S}, "partition": {_S}, "cpus_per_task": {_S},
+    "max_restarts": {_T, _S}, "time": {_S}, "partition": {_S}, "cpus_per_task": {_S}, "mem": {_S}, "exclusive": {_S}, "signal_time": {_S},
     "job_name": {_S}, "wait": {_S}, "address": {_R}, "gpu": {_A, _S, _R},
 }  # fmt: skip
 
@@ -53,7 +54,15 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("slurm")
     g.add_argument("--time", help="wall-clock limit, e.g. 30 or 2:00:00")
     g.add_argument("--partition", help="SLURM partition")
-    g.add_argument("--cpus-per-task", type=int, help="CPUs per node's task")
+    g.add_argument(
+        "--cpus-per-task", type=int, help="CPUs of each node's task, shared by its ranks (default: --nproc)"
+    )
+    g.add_argument("--mem", help="memory per node, e.g. 64G (sbatch --mem)")
+    g.add_argument("--exclusive", action="store_true", default=None, help="whole nodes only")
+    g.add_argument(
+        "--signal-time", type=int,
+        help="seconds before the time limit the job saves a checkpoint and requeues (default 120)",
+    )  # fmt: skip
     g.add_argument("--job-name", help="job name (default: the config's name)")
     g.add_argument("--wait", action="store_true", default=None, help="wait for the job to end")
     g = p.add_argument_group("ray")
@@ -67,7 +76,13 @@ def main(args: argparse.Namespace) -> int:
         return 0
     mine = _pick_node(launches, args.node_rank)
     print(mine.describe(), flush=True)
+    preemption.clear_marker(args.run_dir_resolved)
     rc = run(mine)
+    # a signalled stop: the ranks saved and rank 0 left the marker, whatever the launcher in
+    # between made of their exit (plait.preemption)
+    if (info := preemption.read_marker(args.run_dir_resolved)) is not None:
+        print(f"plait: {preemption.describe(info)}", file=sys.stderr, flush=True)
+        return preemption.EXIT_REQUEUE
     if rc != 0:
         raise PlaitError(f"{args.backend} exited with code {rc}")
     if args.backend == "slurm" and not args.wait:
@@ -109,7 +124,9 @@ def build(args: argparse.Namespace) -> list[Launch]:
             entry, py, nnodes=nnodes, nproc=args.nproc, run_dir=run_dir, workdir=Path.cwd(),
             job_name=args.job_name or cfg.name, time=args.time, partition=args.partition,
             gpus_per_node=args.nproc if args.gpu else 0, cpus_per_task=args.cpus_per_task,
-            port=args.port or slurm.DEFAULT_PORT, max_restarts=args.max_restarts or 0,
+            port=args.port, max_restarts=args.max_restarts or 0, mem=args.mem,
+            exclusive=bool(args.exclusive), signal_time=(
+                slurm.DEFAULT_SIGNAL_TIME if args.signal_time is None else args.signal_time),
         )  # fmt: skip
         return [slurm.sbatch_launch(run_dir / "launch.sbatch", script, wait=bool(args.wait))]
     validate(cfg, args.nproc)

@@ -9,6 +9,8 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,17 +60,48 @@ class Launch:
         return f"{head}{files}{self.shell()}"
 
 
-def run(launch: Launch, *, cwd: str | None = None) -> int:
-    """Write the files, run the command in its own session, and on any exit (normal, error,
-    Ctrl-C) kill whatever is left of that session, so no rank outlives the launch."""
+#: torch's elastic agents (torchrun, accelerate, ``plait train --nproc``) pass these signals on to
+#: their ranks and then end without a restart; SIGUSR1 (SLURM's ``--signal``) is added to torch's
+#: default list, whose absence would kill the agent at once and leave its ranks behind
+SIGNALS_ENV = "PET_SIGNALS_TO_HANDLE"  # torchrun's --signals-to-handle, read from the environment
+SIGNALS_HANDLED = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+#: how long the ranks get, after a forwarded signal, to finish their step and save before what
+#: is left is killed: more than torch's and DeepSpeed's own 30 s shutdown waits
+GRACE_S = 90.0
+
+
+def run(launch: Launch, *, cwd: str | None = None, grace: float = GRACE_S) -> int:
+    """Write the files and run the command in its own session. A SIGTERM, SIGINT, SIGHUP or
+    SIGUSR1 to this process is passed on to that session (the ranks stop after their step with a
+    checkpoint, plait.preemption) and waited for, at most ``grace`` seconds from the first one.
+    On any exit, whatever is left of the session, and every process it started (launchers such as
+    torchrun start ranks in sessions of their own), is killed: no rank outlives the launch."""
     for path, text in launch.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
     proc = subprocess.Popen(
         launch.argv, env={**os.environ, **launch.env}, cwd=cwd, start_new_session=True
     )
+    tree = _Tree(proc.pid)
+    first: list[float] = []  # when the first signal was passed on
+
+    def forward(signum, frame):
+        first[:] = first or [time.monotonic()]
+        tree.refresh()
+        _kill_group(proc.pid, signum)
+
+    previous = handle(FORWARDED, forward)
     try:
-        return proc.wait()
+        while proc.poll() is None and not (first and time.monotonic() > first[0] + grace):
+            try:  # the tree is re-read each second: a launcher that dies hard still leaves
+                proc.wait(timeout=1.0)  # the pids of its ranks here
+            except subprocess.TimeoutExpired:
+                tree.refresh()
+        # after a passed-on signal the ranks may outlive their launcher (DeepSpeed's runner
+        # dies at once while its ranks save): wait for them within the grace
+        while first and tree.alive() and time.monotonic() < first[0] + grace:
+            time.sleep(0.2)
     except BaseException:
         _kill_group(proc.pid, signal.SIGTERM)
         try:
@@ -77,8 +110,99 @@ def run(launch: Launch, *, cwd: str | None = None) -> int:
             pass
         raise
     finally:
+        handle(FORWARDED, previous)
+        tree.refresh()
         _kill_group(proc.pid, signal.SIGKILL)
-        proc.wait()
+        tree.kill()
+    return proc.wait()
+
+
+def child_pids(parent: int, needle: str) -> list[int]:
+    """Live children of ``parent`` whose command line contains ``needle``."""
+    out = []
+    for pid, (ppid, _, _) in _proc_table().items():
+        try:
+            if ppid == parent and needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def handle(signals, handler):
+    """Install ``handler`` (a callable, or a dict of previous handlers) where Python allows it."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    if isinstance(handler, dict):
+        for s, h in handler.items():
+            signal.signal(s, h)
+        return {}
+    return {s: signal.signal(s, handler) for s in signals}
+
+
+class _Tree:
+    """Every process descended from ``root``, by (pid, start time) so a reused pid is never
+    mistaken for one of them. Read from /proc (Linux); elsewhere only the session is killed."""
+
+    def __init__(self, root: int):
+        self.root = root
+        self.known: dict[int, str] = {}  # pid -> start time
+
+    def refresh(self) -> None:
+        table = _proc_table()
+        frontier = [self.root, *self.known]
+        while frontier:
+            parent = frontier.pop()
+            for pid, (ppid, start, _) in table.items():
+                if ppid == parent and pid not in self.known:
+                    self.known[pid] = start
+                    frontier.append(pid)
+
+    def _live(self) -> list[int]:
+        table = _proc_table()
+        return [p for p, st in self.known.items() if p in table and table[p][1] == st]
+
+    def alive(self) -> bool:
+        """A descendant, or a member of the root's process group, still runs (zombies do not
+        count: a rank whose launcher died is reaped by whoever adopted it)."""
+        return bool(self._live()) or any(g == self.root for _, _, g in _proc_table().values())
+
+    def kill(self) -> None:
+        for pid in self._live():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _proc_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (parent pid, start time, process group) of every live (not zombie) process."""
+    out = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # after the command name: state, ppid, pgrp, ..., start time (the 20th field)
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z":
+            out[int(name)] = (int(fields[1]), fields[19], int(fields[2]))
+    return out
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _kill_group(pgid: int, sig: int) -> None:

@@ -7,10 +7,13 @@ import os
 import uuid
 from typing import Any
 
-from plait import resume, run_lock
+from plait import preemption, resume, run_lock
 from plait.config import Config
 from plait.errors import PlaitError
-from plait.launch.command import run_entry
+from plait.launch.command import child_pids, handle, run_entry
+
+AGENT_SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"
+AGENT_SIGNALS = "SIGHUP,SIGQUIT"  # the agent's own handling; SIGTERM/INT/USR1: _pass_on
 
 
 def _worker(cfg_dict: dict[str, Any], return_state: bool):
@@ -28,6 +31,8 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    _HAS_SIGNALS = "signals_to_handle" in LaunchConfig.__dataclass_fields__
+
     # deferred: preflight builds meta models (torch), not needed to build commands
     from plait.preflight import default_run_dir, validate
 
@@ -42,6 +47,13 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     lock = run_lock.acquire(run_dir)
     os.environ[run_lock.ENV] = str(run_dir.resolve())
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # reliable restarts
+    # SIGTERM, SIGINT, SIGUSR1: passed on to the ranks, which stop after their step with a
+    # checkpoint and return, so the agent collects them as usual. Torch's agent must not handle
+    # these itself: it would stop reading the ranks' results, on which they wait to exit.
+    saved_env = os.environ.get(AGENT_SIGNALS_ENV)
+    os.environ[AGENT_SIGNALS_ENV] = AGENT_SIGNALS  # torch < 2.13 reads only this
+    previous = handle(preemption.SIGNALS, _pass_on)
+    preemption.clear_marker(run_dir)
     lc = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -52,6 +64,7 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
         max_restarts=max_restarts,
         monitor_interval=0.1,
         start_method="spawn",
+        **({"signals_to_handle": AGENT_SIGNALS} if _HAS_SIGNALS else {}),
     )
     try:
         results = elastic_launch(lc, _worker)(cfg_dict, return_state)
@@ -59,8 +72,15 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
         rank, failure = e.get_first_failure()
         raise PlaitError(f"rank {rank} failed: {_last_line(failure)}") from None
     finally:
+        handle(preemption.SIGNALS, previous)
+        if saved_env is None:
+            os.environ.pop(AGENT_SIGNALS_ENV, None)
+        else:
+            os.environ[AGENT_SIGNALS_ENV] = saved_env
         os.environ.pop(run_lock.ENV, None)
         lock.release()
+    if results[0].preempted and (info := preemption.read_marker(run_dir)) is not None:
+        raise preemption.Preempted.from_marker(info)
     return results[0]
 
 
@@ -70,3 +90,16 @@ def _last_line(failure) -> str:
         msg = msg.get("message", str(msg))
     lines = [ln for ln in str(msg).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else f"exit code {failure.exitcode}"
+
+
+def _pass_on(signum, frame) -> None:
+    """To each rank (a child started by multiprocessing's spawn); before any rank exists the
+    launch is abandoned (the agent's cleanup ends whatever it started)."""
+    ranks = child_pids(os.getpid(), "spawn_main")
+    if not ranks:
+        raise SystemExit(128 + signum)
+    for pid in ranks:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass

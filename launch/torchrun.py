@@ -5,11 +5,12 @@ entry point; everything after ``-m plait.train`` belongs to plait."""
 from __future__ import annotations
 
 from plait.errors import PlaitError
-from plait.launch.command import Entry, Launch
+from plait.launch.command import SIGNALS_ENV, SIGNALS_HANDLED, Entry, Launch
 
 # torchrun's restarts re-create the rendezvous; with the TCP store shared between the agent
 # and rank 0 a restarted group can find a stale store and hang (torch's own tests set this).
-ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+# SIGNALS_ENV: torchrun passes SLURM's SIGUSR1 on to its ranks too (plait.launch.command)
+ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", SIGNALS_ENV: SIGNALS_HANDLED}
 DEFAULT_PORT = 29400
 
 

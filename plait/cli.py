@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from plait import preemption
 from plait.config import load_config
 from plait.errors import ConfigError, PlaitError
 from plait.launch import run_local
@@ -185,12 +186,16 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     if args.max_restarts < 0:
         raise PlaitError(f"--max-restarts: {args.max_restarts} is not allowed; must be >= 0")
-    if args.nproc == 1 and args.max_restarts == 0:  # in this process: no launcher at all
-        from plait.trainer import train  # deferred: torch (start-up, see _plan)
+    try:
+        if args.nproc == 1 and args.max_restarts == 0:  # in this process: no launcher at all
+            from plait.trainer import train  # deferred: torch (start-up, see _plan)
 
-        result = train(cfg)
-    else:
-        result = run_local(cfg, args.nproc, max_restarts=args.max_restarts)
+            result = train(cfg)
+        else:
+            result = run_local(cfg, args.nproc, max_restarts=args.max_restarts)
+    except preemption.Preempted as e:  # a signal stopped it after saving: rerun to resume
+        print(f"plait: {e}", file=sys.stderr, flush=True)
+        return preemption.EXIT_REQUEUE
     print(f"run folder: {result.run_dir}")
     return 0
 

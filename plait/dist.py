@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from plait.errors import ConfigError
+from plait.job_port import default_master_port
 
 # set in each rank by plait's own launchers (plait.launch.local, plait.launch.ray)
 LAUNCHER_ENV = "PLAIT_LAUNCHER"
@@ -113,7 +114,7 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float) -> 
     """nccl on CUDA, gloo on CPU; the timeout bounds how long a dead peer can stall a collective."""
     if env.world_size == 1 or dist.is_initialized():
         return
-    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.setdefault("MASTER_PORT", default_master_port())  # job-unique under SLURM
     if "MASTER_ADDR" not in os.environ:
         os.environ["MASTER_ADDR"] = slurm_master_addr(
             os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
+from plait import preemption
 from plait.config import from_dict, load_config
 from plait.errors import PlaitError
 from plait.trainer import RunResult, train
@@ -20,13 +22,20 @@ def main(argv: list[str] | None = None) -> int:
     except PlaitError as e:
         print(f"plait: error: {e}", file=sys.stderr)
         return 2
+    except preemption.Preempted as e:  # the checkpoint is saved; the status asks for a rerun
+        print(f"plait: {e}", file=sys.stderr, flush=True)
+        return preemption.exit_status()
     return 0
 
 
 def run_config(cfg_dict: dict[str, Any], return_state: bool = False) -> RunResult:
     """In a process a launcher started (plait.launch.command.run_entry): rebuild the already
     validated config and train."""
-    return train(from_dict(cfg_dict), return_state=return_state)
+    cfg = from_dict(cfg_dict)
+    try:
+        return train(cfg, return_state=return_state)
+    except preemption.Preempted as e:  # a clean stop, not a failure for the agent to restart
+        return RunResult(run_dir=Path(cfg.log.run_dir), preempted=str(e))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from plait import dist as pdist
-from plait import resume, run_lock
+from plait import preemption, resume, run_lock
 from plait.config import Config
 from plait.data import build_data
 from plait.data.prefetch import Prefetcher
@@ -48,6 +48,7 @@ class RunResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     final_eval: dict[str, float] = field(default_factory=dict)
     state: dict[str, torch.Tensor] | None = None  # full weights, when asked for (tests)
+    preempted: str | None = None  # stopped by a signal: the one line saying so (plait.preemption)
 
 
 class _Step:
@@ -204,22 +205,12 @@ def _setup_checkpoints(
     """Auto-resume from the newest complete checkpoint; returns (checkpointer or None, first
     step to run)."""
     c = cfg.checkpoint
-    if not (c.every or c.dir):
+    # a run without checkpoints still resumes from the one a signalled stop saved there
+    if not (c.every or c.dir or (run_dir / "checkpoints").is_dir()):
         return None, 0
-    # deferred: torch.distributed.checkpoint loads torch.distributed.tensor and sympy (seconds),
-    # which runs without checkpoints never need (start-up)
-    from plait import checkpoint as ck
+    from plait import checkpoint as ck  # deferred: see _checkpointer
 
-    root = Path(c.dir) if c.dir else run_dir / "checkpoints"
-    layout = {"world_size": env.world_size, **dims.layout()}
-    ckpt = ck.Checkpointer(
-        root,
-        every=c.every,
-        keep=c.keep,
-        async_save=c.async_save,
-        layout=layout,
-        config=cfg.to_dict(),
-    )
+    ckpt = _checkpointer(cfg, run_dir, env, dims)
     start = 0
     latest = ckpt.latest() if c.resume == "auto" else None
     if latest is None:
@@ -239,6 +230,43 @@ def _setup_checkpoints(
                 flush=True,
             )
     return ckpt, start
+
+
+def _checkpointer(cfg: Config, run_dir: Path, env: pdist.DistEnv, dims: ParallelDims):
+    # deferred: torch.distributed.checkpoint loads torch.distributed.tensor and sympy (seconds),
+    # which runs without checkpoints never need (start-up)
+    from plait import checkpoint as ck
+
+    c = cfg.checkpoint
+    return ck.Checkpointer(
+        Path(c.dir) if c.dir else run_dir / "checkpoints",
+        every=c.every,
+        keep=c.keep,
+        async_save=c.async_save,
+        layout={"world_size": env.world_size, **dims.layout()},
+        config=cfg.to_dict(),
+    )
+
+
+def _stop_signal(env: pdist.DistEnv, device: torch.device) -> int:
+    """The signal any rank received (0: none), the same on every rank: one number all-reduced
+    at each step boundary, so all ranks stop after the same step (plait.preemption)."""
+    got = preemption.received()
+    if env.world_size == 1:
+        return got
+    t = torch.tensor([got], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _save_for_stop(cfg, run_dir, env, dims, stepper, ckpt, done: int, signum: int):
+    """The checkpoint of a signalled stop (unless the periodic one just saved this step)."""
+    ckpt = ckpt or _checkpointer(cfg, run_dir, env, dims)
+    if not (ckpt.every and done % ckpt.every == 0):
+        ckpt.save(done, stepper.model, stepper.optimizer, final=True)  # synchronous
+    ckpt.wait()
+    path = str(ckpt.root / f"step-{done:08d}")
+    return preemption.Preempted(done, preemption.signame(signum), path)
 
 
 def _check_resume_config(cfg: Config, latest: Path, warn: bool):
@@ -280,10 +308,13 @@ def train(cfg: Config, *, return_state: bool = False) -> RunResult:
     device = pdist.pick_device(cfg.train.device, env.local_rank)
     pdist.set_cpu_threads(env, device)
     owns_group = not dist.is_initialized()  # a caller's group (tests batching runs) stays up
-    pdist.init_process_group(env, device, cfg.parallel.timeout_s)
+    # from here a signal only asks the run to stop after the step in flight (_run)
+    handlers = preemption.install()
     try:
+        pdist.init_process_group(env, device, cfg.parallel.timeout_s)
         return _train(cfg, env, dims, device, return_state)
     finally:
+        preemption.restore(handlers)
         if owns_group:
             pdist.destroy_process_group()
 
@@ -336,6 +367,9 @@ def _run(
         write_run_info(run_dir, env, dims, device, stepper, params, obs.run_info())
         if note := layout_note(cfg, dims):
             print(note, flush=True)
+    stopped: preemption.Preempted | None = None
+    if env.rank == 0:
+        preemption.clear_marker(run_dir)
     try:
         for step in range(start, cfg.train.steps):
             obs.before_step(step + 1)
@@ -360,12 +394,19 @@ def _run(
                 writer.log(rec)
             if ckpt is not None:
                 ckpt.maybe_save(done, cfg.train.steps, stepper.model, stepper.optimizer)
+            if done < cfg.train.steps and (sig := _stop_signal(env, device)):
+                stopped = _save_for_stop(cfg, run_dir, env, dims, stepper, ckpt, done, sig)
+                break
         if ckpt is not None:
             ckpt.wait()
     finally:
         obs.close()
         stepper.loader.close()
         writer.close()
+    if stopped is not None:  # after the metrics are on disk: the marker says the stop is complete
+        if env.rank == 0:
+            preemption.write_marker(run_dir, stopped.step, sig, stopped.checkpoint)
+        raise stopped
     stepper.engine.finish(run_dir, write=env.rank == 0)
     if return_state:
         result.state = stepper.full_state()

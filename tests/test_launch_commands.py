@@ -91,14 +91,24 @@ def test_sbatch_script_is_valid_bash_with_every_option(tmp_path):
     text = sbatch_script(
         Entry(CONFIG, tuple(TINY)), "/usr/bin/python3", nnodes=2, nproc=4, run_dir=tmp_path,
         workdir=ROOT, time="1-00:00:00", partition="p", gpus_per_node=4, cpus_per_task=8,
+        mem="64G", exclusive=True, signal_time=300,
     )  # fmt: skip
     (tmp_path / "s.sh").write_text(text)
     assert subprocess.run(["bash", "-n", str(tmp_path / "s.sh")]).returncode == 0
     sb = [ln.split(None, 1)[1] for ln in text.splitlines() if ln.startswith("#SBATCH")]
     for opt in ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4", "--time=1-00:00:00",
-                "--partition=p", "--cpus-per-task=8", f"--output={tmp_path}/slurm-%j.out"):  # fmt: skip
+                "--partition=p", "--cpus-per-task=8", f"--output={tmp_path}/slurm-%j.out",
+                "--requeue", "--signal=B:USR1@300", "--mem=64G", "--exclusive"):  # fmt: skip
         assert opt in sb, opt
-    assert "--rdzv-endpoint $HEAD:29400" in text and "--nproc-per-node 4" in text
+    # a port and rendezvous id of this job's own, per-node logs (%t), the requeue on USR1
+    assert "PORT=$((15000 + SLURM_JOB_ID % 10000))" in text and "--rdzv-id $SLURM_JOB_ID" in text
+    assert "--rdzv-endpoint $HEAD:$PORT" in text and "--nproc-per-node 4" in text
+    assert f"--output={tmp_path}/slurm-%j-node%t.out" in text
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text and "exit 75" in text
+    # ranks per node share the task's CPUs by default
+    assert "#SBATCH --cpus-per-task=3" in sbatch_script(
+        Entry(CONFIG), "py", nnodes=1, nproc=3, run_dir=tmp_path, workdir=ROOT
+    )
 
 
 @pytest.mark.parametrize(
