@@ -4,12 +4,16 @@ with the first node as rendezvous, and the run matches one process."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import CONFIG, TINY, assert_same_losses, free_port, plait_launch, reference_dir
+from launch_helpers import CONFIG, ROOT, TINY, assert_same_losses, plait_launch, reference_dir
 from netns import ADDRS, two_nodes
 from slurm_local import local_slurm
+
+from helpers import run_single
 
 
 def _live_with(needle: str) -> list[int]:
@@ -35,14 +39,41 @@ def _submit(run: Path, env: dict, pre: list[str], *opts: str) -> str:
     return log
 
 
-@pytest.mark.timeout(240)
-def test_slurm_single_node_sbatch(tmp_path, tmp_path_factory):
+@pytest.mark.timeout(300)
+def test_slurm_single_node_sbatch_requeued_by_usr1_ends_on_the_same_losses(tmp_path):
+    """The job is told to stop the way ``--signal=B:USR1@T`` does before its time limit; it saves
+    after the step in flight, requeues itself, and its second run resumes to the losses of a run
+    that was never stopped. No --port: the rendezvous port is the job's own."""
+    job = [*TINY, "train.steps=40"]
+    run_single(job, tmp_path / "ref", config=str(ROOT / CONFIG))
     run = tmp_path / "run"
     with local_slurm(tmp_path / "slurm") as (env, pre):
-        _submit(run, env, pre, "--nproc", "2", "--port", str(free_port()))
-    assert_same_losses(
-        reference_dir(tmp_path_factory), run, world_size=2, launched_by="srun+torchrun"
-    )
+        r = plait_launch("slurm", CONFIG, *job, "--run-dir", str(run), "--nproc", "2",
+                         "--time", "5", env=env, pre=pre, timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout[-3000:]
+        jobid = next(ln for ln in r.stdout.splitlines() if ln.strip().isdigit()).strip()
+        ctl = [*pre, "scontrol"]
+        deadline = time.monotonic() + 200
+        m = run / "metrics.jsonl"
+        while not (m.is_file() and len(m.read_text().splitlines()) >= 2):
+            assert time.monotonic() < deadline, "the job logged no step"
+            time.sleep(0.01)
+        subprocess.run([*pre, "scancel", "--batch", "--signal=USR1", jobid], env=env, check=True)
+        while state := subprocess.run([*pre, "squeue", "-h", "-j", jobid, "-o", "%T %r"],
+                                      env=env, capture_output=True, text=True).stdout.strip():  # fmt: skip
+            assert time.monotonic() < deadline, f"job {jobid} still {state}"
+            if "BeginTime" in state:  # SLURM holds a requeued job about two minutes: not here
+                subprocess.run([*ctl, "update", f"JobId={jobid}", "StartTime=now"], env=env)
+            time.sleep(0.2)
+        show = subprocess.run([*ctl, "show", "job", jobid], env=env, capture_output=True,
+                              text=True).stdout  # fmt: skip
+        assert not _live_with(str(run)), "job processes outlived the job"
+    log = "".join(p.read_text() for p in sorted(run.glob("slurm-*.out")))
+    assert "JobState=COMPLETED" in show and "Restarts=1" in show, show + log[-3000:]
+    assert f":{15000 + int(jobid) % 10000} (restart 1)" in log, log[-3000:]  # the job's own port
+    assert '"signal": "SIGUSR1"' in log and (run / f"slurm-{jobid}-node0.out").is_file(), log
+    assert not (run / "preempted.json").exists()
+    assert_same_losses(tmp_path / "ref", run, world_size=2, launched_by="srun+torchrun")
 
 
 @pytest.mark.timeout(240)
