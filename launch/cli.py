@@ -55,7 +55,9 @@ def add_parser(sub) -> None:
     g.add_argument("--time", help="wall-clock limit, e.g. 30 or 2:00:00")
     g.add_argument("--partition", help="SLURM partition")
     g.add_argument(
-        "--cpus-per-task", type=int, help="CPUs of each node's task, shared by its ranks (default: --nproc)"
+        "--cpus-per-task",
+        type=int,
+        help="CPUs of each node's task, shared by its ranks (default: --nproc)",
     )
     g.add_argument("--mem", help="memory per node, e.g. 64G (sbatch --mem)")
     g.add_argument("--exclusive", action="store_true", default=None, help="whole nodes only")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from plait import job_port
 from plait.errors import PlaitError
-from plait.preemption import EXIT_REQUEUE, MARKER
 from plait.launch.command import Entry, Launch
 from plait.launch.torchrun import ENV
+from plait.preemption import EXIT_REQUEUE, MARKER
 
 DEFAULT_SIGNAL_TIME = 120  # seconds before the time limit the job is told to save and requeue
 _MEM = re.compile(r"^\d+[KMGT]?$")
@@ -84,7 +84,11 @@ def sbatch_script(
     marker = shlex.quote(str(Path(run_dir) / MARKER))
     node_log = shlex.quote(str(Path(run_dir) / "slurm-%j-node%t.out"))  # %t: the node's task
     # the same formula as plait.job_port: two jobs on one node never share a port
-    port_line = f"PORT={port}\n" if port else f"PORT=$(({job_port.BASE} + SLURM_JOB_ID % {job_port.SPAN}))\n"
+    port_line = (
+        f"PORT={port}\n"
+        if port
+        else f"PORT=$(({job_port.BASE} + SLURM_JOB_ID % {job_port.SPAN}))\n"
+    )
     return (
         "#!/bin/bash\n"
         + "".join(f"#SBATCH {s}\n" for s in sb)
