@@ -80,18 +80,30 @@ def run(launch: Launch, *, cwd: str | None = None, grace: float = GRACE_S) -> in
     for path, text in launch.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
-    proc = subprocess.Popen(
-        launch.argv, env={**os.environ, **launch.env}, cwd=cwd, start_new_session=True
-    )
-    tree = _Tree(proc.pid)
     first: list[float] = []  # when the first signal was passed on
+    box: list = []  # the child once started; a signal before that is passed on at its start
 
     def forward(signum, frame):
         first[:] = first or [time.monotonic()]
-        tree.refresh()
-        _kill_group(proc.pid, signum)
+        if box:
+            box[1].refresh()
+            _kill_group(box[0].pid, signum)
+        else:
+            pending.append(signum)
 
+    pending: list[int] = []
     previous = handle(FORWARDED, forward)
+    try:
+        proc = subprocess.Popen(
+            launch.argv, env={**os.environ, **launch.env}, cwd=cwd, start_new_session=True
+        )
+    except BaseException:
+        handle(FORWARDED, previous)
+        raise
+    tree = _Tree(proc.pid)
+    box[:] = [proc, tree]
+    for signum in pending:
+        _kill_group(proc.pid, signum)
     try:
         while proc.poll() is None and not (first and time.monotonic() > first[0] + grace):
             try:  # the tree is re-read each second: a launcher that dies hard still leaves

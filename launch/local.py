@@ -13,7 +13,7 @@ from plait.errors import PlaitError
 from plait.launch.command import child_pids, handle, run_entry
 
 AGENT_SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"
-AGENT_SIGNALS = "SIGHUP,SIGQUIT"  # the agent's own handling; SIGTERM/INT/USR1: _pass_on
+AGENT_SIGNALS = "SIGQUIT"  # the agent's own handling; SIGTERM/INT/HUP/USR1: _pass_on
 
 
 def _worker(cfg_dict: dict[str, Any], return_state: bool):
@@ -47,7 +47,7 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     lock = run_lock.acquire(run_dir)
     os.environ[run_lock.ENV] = str(run_dir.resolve())
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # reliable restarts
-    # SIGTERM, SIGINT, SIGUSR1: passed on to the ranks, which stop after their step with a
+    # SIGTERM, SIGINT, SIGHUP, SIGUSR1: passed on to the ranks, which stop after their step with a
     # checkpoint and return, so the agent collects them as usual. Torch's agent must not handle
     # these itself: it would stop reading the ranks' results, on which they wait to exit.
     saved_env = os.environ.get(AGENT_SIGNALS_ENV)

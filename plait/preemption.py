@@ -1,7 +1,7 @@
 """Preemption: a signal asks the job to stop at the next step boundary with a checkpoint.
 
 A rank that receives SIGTERM (``kill``, a scheduler's preemption or time limit), SIGUSR1 (SLURM's
-``--signal=USR1@T``) or SIGINT (Ctrl-C) only records it; at the end of the step every rank learns
+``--signal=USR1@T``), SIGINT (Ctrl-C) or SIGHUP (a closed terminal) only records it; at the end of the step every rank learns
 whether any rank got one (the trainer's one-number all-reduce), so all stop after the same step,
 save a checkpoint, and end with :data:`EXIT_REQUEUE`. Rank 0 writes :data:`MARKER` in the run
 folder once the checkpoint is complete: the launchers read it to tell "stopped for preemption,
@@ -23,7 +23,7 @@ from pathlib import Path
 #: the exit status of a job stopped by a signal after saving: EX_TEMPFAIL of sysexits.h
 #: ("temporary failure; the user is invited to retry"): rerun the same command to resume
 EXIT_REQUEUE = 75
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 MARKER = "preempted.json"
 #: set by torch's elastic agents (torchrun, accelerate, ``plait train --nproc``) in their ranks
 ELASTIC_ENV = "TORCHELASTIC_RUN_ID"
