@@ -98,7 +98,9 @@ def set_cpu_threads(env: DistEnv, device: torch.device) -> None:
             "LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", str(env.world_size))
         ).split("(")[0]
     )
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    # the CPUs this process may run on (SLURM's --cpus-per-task, taskset), not the machine's
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cpus or 1) // max(1, local)))
 
 
 #: set unless the user did: a hung collective errors out (instead of hanging) and dumps the
