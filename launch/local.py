@@ -52,7 +52,6 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     # these itself: it would stop reading the ranks' results, on which they wait to exit.
     saved_env = os.environ.get(AGENT_SIGNALS_ENV)
     os.environ[AGENT_SIGNALS_ENV] = AGENT_SIGNALS  # torch < 2.13 reads only this
-    previous = handle(preemption.SIGNALS, _pass_on)
     preemption.clear_marker(run_dir)
     lc = LaunchConfig(
         min_nodes=1,
@@ -66,6 +65,7 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
         start_method="spawn",
         **({"signals_to_handle": AGENT_SIGNALS} if _HAS_SIGNALS else {}),
     )
+    previous = handle(preemption.SIGNALS, _pass_on)
     try:
         results = elastic_launch(lc, _worker)(cfg_dict, return_state)
     except ChildFailedError as e:
