@@ -108,7 +108,9 @@ def sbatch_script(
         + "while wait $SRUN; RC=$?; kill -0 $SRUN 2>/dev/null; do :; done  # wait again after a trap\n"
         + f"if [ -f {marker} ]; then\n"
         + f'  echo "plait: $(cat {marker})"\n'
-        + '  [ "$STOP" = USR1 ] && scontrol requeue "$SLURM_JOB_ID"\n'
+        # USR1 to this shell (B:) or to the steps (--signal without B:): the time runs out
+        + f'  if [ "$STOP" = USR1 ] || {{ [ -z "$STOP" ] && grep -q SIGUSR1 {marker}; }}; then\n'
+        + '    scontrol requeue "$SLURM_JOB_ID"\n  fi\n'
         + f"  exit {EXIT_REQUEUE}\n"
         + "fi\n"
         + "exit $RC\n"

@@ -104,7 +104,7 @@ def test_sbatch_script_is_valid_bash_with_every_option(tmp_path):
     assert "PORT=$((15000 + SLURM_JOB_ID % 10000))" in text and "--rdzv-id $SLURM_JOB_ID" in text
     assert "--rdzv-endpoint $HEAD:$PORT" in text and "--nproc-per-node 4" in text
     assert f"--output={tmp_path}/slurm-%j-node%t.out" in text
-    assert 'scontrol requeue "$SLURM_JOB_ID"' in text and "exit 75" in text
+    assert '    scontrol requeue "$SLURM_JOB_ID"' in text and "exit 75" in text
     # ranks per node share the task's CPUs by default
     assert "#SBATCH --cpus-per-task=3" in sbatch_script(
         Entry(CONFIG), "py", nnodes=1, nproc=3, run_dir=tmp_path, workdir=ROOT
