@@ -39,7 +39,7 @@ def _submit(run: Path, env: dict, pre: list[str], *opts: str) -> str:
     return log
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_slurm_single_node_sbatch_requeued_by_usr1_ends_on_the_same_losses(tmp_path):
     """The job is told to stop the way ``--signal=B:USR1@T`` does before its time limit; it saves
     after the step in flight, requeues itself, and its second run resumes to the losses of a run
@@ -53,7 +53,7 @@ def test_slurm_single_node_sbatch_requeued_by_usr1_ends_on_the_same_losses(tmp_p
         assert r.returncode == 0, r.stdout[-3000:]
         jobid = next(ln for ln in r.stdout.splitlines() if ln.strip().isdigit()).strip()
         ctl = [*pre, "scontrol"]
-        deadline = time.monotonic() + 200
+        deadline = time.monotonic() + 300
         m = run / "metrics.jsonl"
         while not (m.is_file() and len(m.read_text().splitlines()) >= 2):
             assert time.monotonic() < deadline, "the job logged no step"
