@@ -17,11 +17,13 @@ from plait.errors import PlaitError
 from plait.launch.command import run_entry
 
 
-def _worker(cfg_dict: dict[str, Any], return_state: bool):
+def _worker(cfg_dict: dict[str, Any], return_state: bool, attempt: int = 0):
     """Runs in each child: rebuild the config (already validated) and train."""
     from plait.dist import LAUNCHER_ENV  # deferred: plait.dist imports torch (see run_local)
 
     os.environ[LAUNCHER_ENV] = "plait train --nproc"  # run.json's launched_by
+    # restarts are run_local's (each a fresh elastic launch): the count torchrun would give
+    os.environ["TORCHELASTIC_RESTART_COUNT"] = str(attempt)
     return run_entry("run_config", cfg_dict, return_state)
 
 
@@ -65,7 +67,7 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
         for attempt in range(max_restarts + 1):
             failure.clear(failures)
             try:
-                results = elastic_launch(lc, _worker)(cfg_dict, return_state)
+                results = elastic_launch(lc, _worker)(cfg_dict, return_state, attempt)
                 break
             except ChildFailedError as e:
                 rank, fail = e.get_first_failure()
