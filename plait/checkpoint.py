@@ -222,15 +222,36 @@ def _removed_on_error(tmp: Path):
     way again, so the launcher ends the job rather than restart it (plait.failure)."""
     try:
         yield
-    except Exception as e:
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
         shutil.rmtree(tmp, ignore_errors=True)  # every rank tries: whichever is first wins
-        for cause in failure.causes(e):
-            if isinstance(cause, OSError) and cause.errno in failure.REPEATING_ERRNOS:
-                raise PlaitError(
-                    f"checkpoint save to {str(tmp)!r} failed: {failure.one_line(cause)}; the "
-                    "partial folder is removed (free space, or set checkpoint.dir elsewhere)"
-                ) from e
+        if not isinstance(e, Exception) and type(e).__name__ != "CheckpointException":
+            raise  # KeyboardInterrupt, SystemExit: the partial folder is gone, nothing to say
+        found = [c for c in failure.causes(e) if isinstance(c, OSError)]
+        cause = next((c for c in found if c.errno in failure.REPEATING_ERRNOS), None)
+        cause = cause or _probe_write(tmp.parent)
+        if cause is not None:
+            raise PlaitError(
+                f"checkpoint save to {str(tmp)!r} failed: {failure.one_line(cause)}; the "
+                "partial folder is removed (free space, or set checkpoint.dir elsewhere)"
+            ) from e
         raise
+
+
+def _probe_write(folder: Path) -> OSError | None:
+    """Why writing in ``folder`` fails, if it does: torch.save's C++ writer reports a full disk
+    as "unexpected pos" with no errno, so one MiB is written and synced here to ask the
+    kernel. None: the folder takes it (the save failed for another reason)."""
+    probe = folder / f".plait-write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 2**20)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e if e.errno in failure.REPEATING_ERRNOS else None
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 
 def _set_aside(folder: Path) -> None:
