@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     mine = _pick_node(launches, args.node_rank)
     if args.backend == _T:
-        _check_port(mine)
+        _check_port(mine, "--port" if args.port else "--rdzv-endpoint")
     print(mine.describe(), flush=True)
     rc, cause = run_watched(mine, local=args.backend in (_T, _D, _A))
     if cause is not None:  # the failing rank's own words, last
@@ -201,7 +201,7 @@ def _torchrun(args, entry, py, cfg, validate) -> list[Launch]:
     ]
 
 
-def _check_port(launch: Launch) -> None:
+def _check_port(launch: Launch, flag: str) -> None:
     """The rendezvous this machine would serve must have its port free (plait.ports), else
     torchrun waits silently on whatever holds it."""
     argv = launch.argv
@@ -209,7 +209,7 @@ def _check_port(launch: Launch) -> None:
         host, _, port = argv[argv.index("--rdzv-endpoint") + 1].rpartition(":")
         if not port.isdigit():
             raise PlaitError(f"--rdzv-endpoint: {host}:{port} is not HOST:PORT")
-        ports.check_free(host or "127.0.0.1", int(port), "--rdzv-endpoint")
+        ports.check_free(host or "127.0.0.1", int(port), flag)
 
 
 def _deepspeed(args, entry, py, cfg, validate, run_dir) -> list[Launch]:

@@ -186,7 +186,7 @@ def test_busy_rendezvous_port_is_refused_and_port_is_honoured(capsys, monkeypatc
         line = _refused(
             capsys, monkeypatch, "launch", "torchrun", CONFIG, *TINY, *run, "--port", str(held.port)
         )
-        assert f"port {held.port} on 127.0.0.1 is in use" in line, line
+        assert f"--port: port {held.port} on 127.0.0.1 is in use" in line, line
     # --port on one node is the rendezvous port (it was silently dropped for --standalone)
     port = free_port()
     assert cli(["launch", "torchrun", CONFIG, *TINY, *run, "--port", str(port), "--dry-run"]) == 0
