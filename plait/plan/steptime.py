@@ -44,7 +44,7 @@ from plait.plan.memory import state_bytes
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
 
-MATMUL_N0 = 256  # width per TP rank at which GEMMs reach half their large-matrix efficiency
+MATMUL_N0 = 128  # width per TP rank at which GEMMs reach half their large-matrix efficiency
 HBM_EFF = 0.8  # share of HBM bandwidth elementwise kernels reach (STREAM-like copies)
 COMPILE_TRAFFIC = 0.5  # memory-bound bytes left after torch.compile's fusion (assumption)
 COLL_EFF = 0.8  # NCCL bus bandwidth over link bandwidth for large messages (assumption)
@@ -185,7 +185,9 @@ def step_time(
             t_comp = sum(parts)
         n_rec = recomputed_blocks(layout, part.blocks)
         t_tp = (4 * part.blocks + 2 * n_rec) * comm.all_reduce(act, tp, tp_link) if tp > 1 else 0.0
-        t_p2p = 2 * v * comm.p2p(act, pp_link) if p > 1 else 0.0
+        # each tp rank sends its 1/tp slice of the boundary activations (the sequence-parallel
+        # shard; Megatron's scatter/gather optimisation, arXiv 2104.04473 sec. 4.1)
+        t_p2p = 2 * v * comm.p2p(act / tp, pp_link) if p > 1 else 0.0
         cand = (t_comp + t_tp + t_p2p, t_comp, t_tp, t_p2p, part, parts)
         worst = cand if worst is None or cand[0] > worst[0] else worst
     t_mb, t_comp, t_tp, t_p2p, part, parts = worst
