@@ -96,7 +96,8 @@ def _megatron_rows() -> list[Run]:
                 f"Megatron GPT {bn}B", MEGATRON_2021, "a100", gpus, shape, lay, job,
                 f / (gpus * tflops * 1e12), interconnect="ib-hdr",
                 note="1F1B, micro-batch 1, full recompute, fp16 (the paper's settings)",
-                tags=("a100", "tp" if tp > 1 else "dp", "pp" if pp > 1 else "", "fp16"),
+                tags=("a100", "fp16", "tp" if tp > 1 else "dp", "pp" if pp > 1 else "",
+                      "3d" if tp > 1 and pp > 1 and dp > 1 else ""),
             )
         )  # fmt: skip
     return rows
@@ -135,7 +136,8 @@ def _nemo_rows() -> list[Run]:
                 _step_from_tps(job, gpus, tps),
                 note="Megatron-core distributed optimizer (ZeRO-1), no recompute assumed, "
                 "Transformer Engine fp8 linears; its fused kernels priced as compiled",
-                tags=("h100", "fp8", "tp" if tp > 1 else "dp", "pp" if pp > 1 else ""),
+                tags=("h100", "fp8", "tp" if tp > 1 else "dp", "pp" if pp > 1 else "",
+                      "3d" if tp > 1 and pp > 1 and dp > 1 else ""),
             )
         )  # fmt: skip
     return rows
