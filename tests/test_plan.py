@@ -352,3 +352,67 @@ def test_engine_stage_and_offload_accounting_by_hand():
     # cpu_offload moves FSDP2's sharded states to host memory
     off = mem(zero_stage=3, cpu_offload=True)
     assert off.states == 0.0 and off.offloaded == pytest.approx(16 * psi / 4)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["parallel.dp_engine=deepspeed", "parallel.zero_stage=2", "parallel.pp=2"],
+        ["parallel.dp_engine=deepspeed", "parallel.zero_stage=2", "parallel.tp=2"],
+        ["parallel.zero_stage=1", "parallel.pp=2"],
+    ],
+    ids=["deepspeed-pp", "deepspeed-tp-x-dp", "zero1-pp"],
+)
+def test_cli_plan_refuses_what_launch_refuses_with_its_message(overrides, capsys):
+    from plait.preflight import check_supported
+    from plait.mesh import ParallelDims
+
+    cfg = load_config("configs/gpt_tiny.yaml", overrides)
+    with pytest.raises(ConfigError) as launch:
+        check_supported(cfg, ParallelDims.from_config(cfg, 8))
+    assert main(["plan", "configs/gpt_tiny.yaml", *overrides, "--gpus", "8", "--top", "0"]) == 2
+    assert str(launch.value) in capsys.readouterr().err
+
+
+def test_cli_plan_header_names_the_users_figures_and_flags_override_presets(capsys):
+    rc = main(["plan", "configs/gpt_tiny.yaml", "--gpus", "8", "--gpu-mem", "96GB", "--top", "0",
+               "--peak-flops", "500e12", "--hbm-bw", "2e12"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "H100 SXM5 (96GB memory, 500 TFLOP/s, HBM 2 TB/s)" in out
+    assert "80GB" not in out and "HFU" in out and "memory-bound" in out
+    cl = make_cluster("h100", 8, peak_flops="500e12", hbm_bw=2e12, net_bw="25e9", nvlink_bw=3e11)
+    assert cl.gpu.peak_flops == 500e12 and cl.gpu.fp8_flops == pytest.approx(1000e12, rel=0.01)
+    assert cl.gpu.hbm_bytes_per_s == 2e12 and cl.net.bytes_per_s == 25e9
+    assert cl.gpu.nvlink_bytes_per_s == 3e11
+    with pytest.raises(ConfigError, match="--hbm-bw: 'fast'"):
+        make_cluster("h100", 8, hbm_bw="fast")
+
+
+def test_presets_carry_sources_and_fp8_rates():
+    from plait.plan import GPUS
+
+    assert {"a100", "a100-40g", "h100", "h100-pcie", "h200", "b200", "mi300x"} <= set(GPUS)
+    for name, g in GPUS.items():
+        assert g.source and g.peak_flops > g.fp32_flops > 0 and 0 < g.matmul_eff < 1, name
+    assert GPUS["h100"].fp8_flops == pytest.approx(2 * GPUS["h100"].peak_flops, rel=1e-3)
+    assert GPUS["a100"].fp8_flops == 0  # no fp8 units: fp8 jobs run at the bf16 rate
+
+
+def test_roofline_fp8_compile_and_memory_bound_share():
+    """fp8 speeds up the matmuls only; compile shrinks the memory-bound part only; the
+    memory-bound share is larger on a GPU with more FLOPs per byte of HBM (H100 vs A100)."""
+    shape = ModelShape.from_config(load_config(None, ["model.preset=8b"]))
+    job = Job(8, 4096, "bf16")
+    h100, a100 = make_cluster("h100", 1), make_cluster("a100", 1)
+    t = step_time(shape, Layout(microbatches=8), job, h100)
+    t8 = step_time(shape, Layout(microbatches=8), Job(8, 4096, "fp8"), h100)
+    tc = step_time(shape, Layout(microbatches=8), Job(8, 4096, "bf16", compiled=True), h100)
+    assert t8.matmul_s < 0.7 * t.matmul_s and t8.attention_s == t.attention_s
+    assert tc.matmul_s == t.matmul_s and tc.memory_bound_s == pytest.approx(t.memory_bound_s / 2)
+    ta = step_time(shape, Layout(microbatches=8), job, a100)
+    assert t.memory_bound_s / t.compute_s > ta.memory_bound_s / ta.compute_s
+    # op-level checkpointing re-runs only the memory-bound forward; full re-runs everything
+    op = step_time(shape, Layout(microbatches=8, activation_checkpoint="op"), job, h100)
+    full = step_time(shape, Layout(microbatches=8, activation_checkpoint="full"), job, h100)
+    assert op.matmul_s == t.matmul_s and op.memory_bound_s > t.memory_bound_s
+    assert full.matmul_s > op.matmul_s and full.hfu > full.mfu
