@@ -316,7 +316,7 @@ def test_pipeline_activations_and_fsdp_buffers_by_hand():
     mem = plan_memory(TINY, lay, job, 80 * 2**30)
     assert mem.states == pytest.approx(16 * TINY.params / 4)
     root = TINY.embed_params + TINY.head_params
-    assert mem.buffers == pytest.approx(3 * 4 * TINY.block_params + 2 * 4 * root)
+    assert mem.buffers == pytest.approx(3 * 4 * TINY.block_params + 4 * root + 4 * TINY.head_params)
     # pp + FSDP2: PipelineStage holds the stage's params gathered and its grads unsharded
     lay = Layout(dp_shard=2, pp=2, zero_stage=3, microbatches=4)
     part = rank_parts(TINY, lay)[1]
@@ -364,8 +364,8 @@ def test_engine_stage_and_offload_accounting_by_hand():
     ids=["deepspeed-pp", "deepspeed-tp-x-dp", "zero1-pp"],
 )
 def test_cli_plan_refuses_what_launch_refuses_with_its_message(overrides, capsys):
-    from plait.preflight import check_supported
     from plait.mesh import ParallelDims
+    from plait.preflight import check_supported
 
     cfg = load_config("configs/gpt_tiny.yaml", overrides)
     with pytest.raises(ConfigError) as launch:

@@ -79,6 +79,7 @@ GPUS: dict[str, GPU] = {
     ),
 }  # fmt: skip
 
+
 @dataclass(frozen=True)
 class Interconnect:
     name: str

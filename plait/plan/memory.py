@@ -114,7 +114,9 @@ def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart
         else 0
     )
     full = block_activation_bytes(shape, tokens, job, tp, sp)
-    ckpt = block_activation_bytes(shape, tokens, job, tp, sp, checkpointed="op" if ac == "op" else True)
+    ckpt = block_activation_bytes(
+        shape, tokens, job, tp, sp, checkpointed="op" if ac == "op" else True
+    )
     per_mb = n_ckpt * ckpt + (part.blocks - n_ckpt) * full
     inflight = inflight_microbatches(
         layout.schedule, layout.pp, layout.microbatches, layout.v, part.rank
@@ -206,11 +208,13 @@ def rank_memory(
         buffers += held + (held if stage == 3 else 0.0)  # ZeRO-2 already counts the params
         notes.append("pp + FSDP2: the stage's unsharded params and grads live across the step")
     elif fsdp and stage == 3:
-        # FSDP2 units: each block, and the root (embedding, final norm, head) gathered for the
-        # whole forward and again for backward, whose head gradients (unsharded, compute dtype)
-        # wait for the root's reduce-scatter at the end of backward
-        root = ((shape.embed_params if part.embed else 0) + (shape.head_params if part.head else 0)) / layout.tp
-        buffers += 2 * cb * blk + gb * blk + cb * root + (cb * root if part.head else 0)
+        # FSDP2 units: each block, and the root (embedding, final norm, head), gathered again
+        # when backward starts (at the head, with every activation still alive) and held to the
+        # end of backward, with the head's unsharded gradients (compute dtype) waiting for the
+        # root's reduce-scatter (tests/test_plan_measure.py)
+        head = (shape.head_params if part.head else 0) / layout.tp
+        root = (shape.embed_params if part.embed else 0) / layout.tp + head
+        buffers += 2 * cb * blk + gb * blk + cb * root + cb * head
         notes.append(
             "FSDP2 prefetch: two blocks' unsharded params + one block's grads; the root unit "
             "(embedding + head) unsharded, with the head's gradients"
@@ -223,7 +227,9 @@ def rank_memory(
         # the largest layer's parameters; the embedding or the head is the largest here
         largest = max(shape.embed_params, shape.head_params, shape.block_params) / layout.tp
         buffers += max(min(DS_PREFETCH, psi_rank) * pb, 4 * largest) + min(DS_BUCKET, psi_rank) * gb
-        notes.append("DeepSpeed ZeRO-3: 4 x the largest layer (or the prefetch bucket) + reduce bucket")
+        notes.append(
+            "DeepSpeed ZeRO-3: 4 x the largest layer (or the prefetch bucket) + reduce bucket"
+        )
     if job.precision == "autocast" and cb < pb and not (engine == "torch" and stage >= 2):
         buffers += cb * psi_rank  # autocast's cast weight copies, saved for backward
         notes.append("autocast: bf16/fp16 copies of the weights live through backward")

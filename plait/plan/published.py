@@ -202,7 +202,9 @@ def _kempner_rows() -> list[Run]:
             dp_shard=fsdp, tp=tp, sequence_parallel=tp > 1, microbatches=ga,
             zero_stage=3 if fsdp > 1 else 0, activation_checkpoint="full", loss_parallel=False,
         )  # fmt: skip
-        par = "+".join(x for x in (f"FSDP{fsdp}" if fsdp > 1 else "", f"TP{tp}" if tp > 1 else "") if x)
+        par = "+".join(
+            x for x in (f"FSDP{fsdp}" if fsdp > 1 else "", f"TP{tp}" if tp > 1 else "") if x
+        )
         rows.append(
             Run(
                 f"KempnerForge {model} {par or '1 GPU'} {gpus}xH200", KEMPNER, "h200", gpus,

@@ -52,7 +52,7 @@ COLL_EFF = 0.8  # NCCL bus bandwidth over link bandwidth for large messages (ass
 
 @dataclass
 class StepTime:
-    compute_s: float  # matmul + attention + memory-bound time on the slowest rank, all micro-batches
+    compute_s: float  # matmul + attention + memory-bound, slowest rank, all micro-batches
     tp_s: float
     pp_p2p_s: float
     bubble_s: float
