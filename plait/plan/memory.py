@@ -103,7 +103,9 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
 def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
     """Peak activation bytes of one pipeline rank: in-flight micro-batches x its blocks, the
     head and embedding, plus the transients (:func:`transient_activation_bytes`)."""
-    tokens = job.tokens // (layout.dp * layout.microbatches)  # tokens of one micro-batch
+    # tokens of one micro-batch (hook: context parallel divides them by cp here; expert
+    # parallel changes block_activation_bytes' MLP term and the experts' share of params)
+    tokens = job.tokens // (layout.dp * layout.microbatches)
     tp, sp = layout.tp, layout.sequence_parallel
     ac = layout.activation_checkpoint
     n_ckpt = (

@@ -158,6 +158,9 @@ def step_time(
     hfu: float | None = None,
 ) -> StepTime:
     gpu, p, m, v, tp = cluster.gpu, layout.pp, layout.microbatches, layout.v, layout.tp
+    # hook for context / expert parallel (docs/design.md, "plait plan"): cp divides the tokens
+    # of a micro-batch per rank here and adds its attention ring to the TP-like critical path;
+    # ep changes the MLP's matmul FLOPs in roofline() and adds all-to-alls beside t_tp
     mb_tokens = job.tokens / (layout.dp * m)
 
     def link(stride: int, size: int) -> comm.Link:
