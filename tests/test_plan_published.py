@@ -2,7 +2,7 @@
 (plait/plan/published.py: each row with its source). Pure arithmetic, no process.
 
 Every row is held: within 25% of the published step time and peak memory, or, for the rows
-the model is known to miss, inside the band it misses by, with the reason. A change to the
+the model is known to miss (STEP_MISS, MEM_MISS), inside the band it misses by, with the reason. A change to the
 model that moves any row shows up here. README's plan section prints the same table.
 """
 
@@ -14,64 +14,60 @@ import pytest
 
 from plait.plan.published import HELD_OUT, TUNED, check, table
 
-#: rows outside 25%: name -> (step ratio band, memory ratio band or None, why)
-KNOWN_MISS = {
-    "NeMo GPT3-20B 64xH100 fp8": (
-        (1.25, 1.45), None,
-        "the plan exposes the ZeRO-1 reduce-scatter over 32 ranks on InfiniBand beyond the last "
-        "micro-batch's backward; Megatron-core overlaps it better than the stated rule",
-    ),
-    **{
-        name: (
-            (0.6, 0.85), (0.25, 0.9),
-            "KempnerForge's DTensor TP (no async TP, logits gathered whole) runs slower than the "
-            "plan's TP, and its FSDP runs hold memory the plan cannot name (a full fp32 copy of "
-            "the parameters at FSDP 8, less at 2 and 4; not in torch's FSDP2 as plait uses it)",
-        )
-        for name in (
-            "KempnerForge 7B TP2 2xH200", "KempnerForge 7B FSDP2+TP2 4xH200",
-            "KempnerForge 7B FSDP2+TP4 8xH200", "KempnerForge 13B FSDP2+TP4 8xH200",
-            "KempnerForge 7B FSDP4+TP4 16xH200", "KempnerForge 13B FSDP4+TP4 16xH200",
-            "KempnerForge 7B FSDP8+TP4 32xH200", "KempnerForge 13B FSDP8+TP4 32xH200",
-            "KempnerForge 70B FSDP8+TP4 32xH200",
-        )
-    },
-    "KempnerForge 7B FSDP4 4xH200": ((0.9, 1.1), (0.6, 0.75), "FSDP memory: see above"),
-    "KempnerForge 13B FSDP8 8xH200": ((0.75, 0.9), (0.45, 0.55), "FSDP memory: see above"),
-    **{
-        name: (
-            (0.55, 0.7), (1.1, 1.3),
-            "held out: Grand Teton H100s at a 500 W cap (the preset is 700 W SXM5) run ~1.6x "
-            "slower; the plan's selective-op activations overcount torchtitan's (it recomputes "
-            "every other matmul, plait's op mode saves them all)",
-        )
-        for name in (
-            "torchtitan llama3.1-8B 8xH100 FSDP", "torchtitan llama3.1-8B 8xH100 FSDP + compile",
-            "torchtitan llama3.1-8B 8xH100 FSDP + compile + float8",
-        )
-    },
-}  # fmt: skip
+NEMO_DP = (
+    "the plan exposes the ZeRO-1 reduce-scatter over 32 ranks on InfiniBand beyond the last "
+    "micro-batch's backward; Megatron-core hides more of it than the stated overlap rule"
+)
+LLAMA_V = (
+    "the paper gives neither the virtual stages nor the schedule's details; with v=2 assumed "
+    "the interleaved bubble (p-1)/(v·m) at p=16, m=16 is a third of the planned step"
+)
+KF_TP = (
+    "the plan's TP runs faster than KempnerForge's DTensor TP at 70B (no async TP, logits "
+    "gathered whole on every tp rank)"
+)
+TT_H100 = (
+    "held out: Grand Teton H100s capped at 500 W (the preset is a 700 W SXM5) run ~1.6x slower"
+)
+KF_MEM = (
+    "KempnerForge's FSDP2-wrapped runs hold about 4 bytes x parameters / tp more than the plan "
+    "counts (its bf16 parameters with an fp32 reduce dtype); torch's FSDP2 as plait uses it and "
+    "torchtitan show no such term, so the plan leaves it out"
+)
+
+#: rows outside 25%: name -> (ratio band it is held in, why)
+STEP_MISS = {
+    "NeMo GPT3-20B 64xH100 fp8": ((1.29, 1.4), NEMO_DP),
+    "Llama 3 405B 16384xH100": ((1.25, 1.36), LLAMA_V),
+    "KempnerForge 70B FSDP8+TP4 32xH200": ((0.63, 0.74), KF_TP),
+    "torchtitan llama3.1-8B 8xH100 FSDP": ((0.56, 0.67), TT_H100),
+    "torchtitan llama3.1-8B 8xH100 FSDP + compile": ((0.56, 0.67), TT_H100),
+    "torchtitan llama3.1-8B 8xH100 FSDP + compile + float8": ((0.56, 0.67), TT_H100),
+}
+MEM_MISS = {
+    "KempnerForge 7B FSDP4 4xH200": ((0.59, 0.7), KF_MEM),
+    "KempnerForge 13B FSDP8 8xH200": ((0.42, 0.53), KF_MEM),
+    "KempnerForge 13B FSDP2+TP4 8xH200": ((0.67, 0.78), KF_MEM),
+    "KempnerForge 7B FSDP4+TP4 16xH200": ((0.68, 0.79), KF_MEM),
+    "KempnerForge 13B FSDP4+TP4 16xH200": ((0.6, 0.71), KF_MEM),
+    "KempnerForge 7B FSDP8+TP4 32xH200": ((0.66, 0.77), KF_MEM),
+    "KempnerForge 13B FSDP8+TP4 32xH200": ((0.56, 0.67), KF_MEM),
+    "KempnerForge 70B FSDP8+TP4 32xH200": ((0.26, 0.37), KF_MEM),
+}
 
 
-def _inside(x: float, band: tuple[float, float]) -> bool:
-    return band[0] <= x <= band[1]
+def _held(name: str, ratio: float, misses: dict, what: str, source: str) -> None:
+    band, why = misses.get(name, ((0.75, 1.25), ""))
+    assert band[0] <= ratio <= band[1], (name, what, ratio, why or source)
 
 
 @pytest.mark.parametrize("run", TUNED + HELD_OUT, ids=lambda r: r.name)
 def test_published_row(run):
     assert run.source and run.step_s > 0
     c = check(run)
-    miss = KNOWN_MISS.get(run.name)
-    if miss is None:
-        assert abs(c.step_ratio - 1) <= 0.25, (run.name, c.step_ratio, run.source)
-        if c.mem_ratio is not None:
-            assert abs(c.mem_ratio - 1) <= 0.25, (run.name, c.mem_ratio, run.source)
-        return
-    step_band, mem_band, why = miss
-    assert _inside(c.step_ratio, step_band), (run.name, c.step_ratio, why)
+    _held(run.name, c.step_ratio, STEP_MISS, "step", run.source)
     if c.mem_ratio is not None:
-        band = mem_band or (0.75, 1.25)
-        assert _inside(c.mem_ratio, band), (run.name, c.mem_ratio, why)
+        _held(run.name, c.mem_ratio, MEM_MISS, "memory", run.source)
 
 
 def test_published_rows_cover_the_acceptance_grid():
@@ -84,9 +80,9 @@ def test_published_rows_cover_the_acceptance_grid():
 
 
 def test_published_medians():
-    """Median |error| of the step time over the tuned rows within 15% (measured 10.4%), over
+    """Median |error| of the step time over the tuned rows within 15% (measured 10.7%), over
     the held-out rows within 20% (measured 17.8%). Not met: the worst row within 25% (see
-    KNOWN_MISS) and the memory median within 10% (measured 26%, all from KempnerForge)."""
+    STEP_MISS) and the memory median within 10% (measured 27%, all from KempnerForge: MEM_MISS)."""
     err = [abs(check(r).step_ratio - 1) for r in TUNED]
     held = [abs(check(r).step_ratio - 1) for r in HELD_OUT]
     assert statistics.median(err) <= 0.15, statistics.median(err)

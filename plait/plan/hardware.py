@@ -39,25 +39,25 @@ GPUS: dict[str, GPU] = {
         "H100 SXM5 80GB", 989.4e12, 66.9e12, 80 * GiB, 3.35e12, 450e9,
         "NVIDIA H100 Tensor Core GPU datasheet: 989.4 TFLOPS bf16 dense, 1,979 fp8 dense, 66.9 fp32, "
         "80 GB HBM3 at 3.35 TB/s, NVLink 4 900 GB/s bidirectional",
-        fp8_flops=1978.9e12, matmul_eff=0.74, fp8_matmul_eff=0.65, attn_eff=0.55,
+        fp8_flops=1978.9e12, matmul_eff=0.8, fp8_matmul_eff=0.75, attn_eff=0.55,
     ),
     "h100-pcie": GPU(
         "H100 PCIe 80GB", 756.5e12, 51.2e12, 80 * GiB, 2.0e12, 300e9,
         "NVIDIA H100 Tensor Core GPU datasheet (PCIe): 756 TFLOPS bf16 dense, 1,513 fp8, 51 fp32, "
         "80 GB HBM2e at 2.0 TB/s, NVLink bridge 600 GB/s bidirectional (pairs)",
-        fp8_flops=1513e12, matmul_eff=0.74, fp8_matmul_eff=0.65, attn_eff=0.55,
+        fp8_flops=1513e12, matmul_eff=0.8, fp8_matmul_eff=0.75, attn_eff=0.55,
     ),
     "h200": GPU(
         "H200 SXM 141GB", 989.4e12, 66.9e12, 141 * 10**9, 4.8e12, 450e9,
         "NVIDIA H200 Tensor Core GPU datasheet: 989 TFLOPS bf16 dense, 1,979 fp8, 67 fp32, "
         "141 GB HBM3e at 4.8 TB/s, NVLink 900 GB/s bidirectional",
-        fp8_flops=1978.9e12, matmul_eff=0.74, fp8_matmul_eff=0.65, attn_eff=0.55,
+        fp8_flops=1978.9e12, matmul_eff=0.8, fp8_matmul_eff=0.75, attn_eff=0.55,
     ),
     "b200": GPU(
         "B200 SXM 180GB", 2250e12, 75e12, 180 * 10**9, 7.7e12, 900e9,
         "NVIDIA HGX B200 datasheet: 2.25 PFLOPS bf16 dense (4.5 sparse), 4.5 fp8 dense, 75 fp32, "
         "180 GB HBM3e at 7.7 TB/s, NVLink 5 1.8 TB/s bidirectional",
-        fp8_flops=4500e12, matmul_eff=0.74, fp8_matmul_eff=0.65, attn_eff=0.55,
+        fp8_flops=4500e12, matmul_eff=0.8, fp8_matmul_eff=0.75, attn_eff=0.55,
     ),
     "mi300x": GPU(
         "MI300X OAM 192GB", 1307.4e12, 163.4e12, 192 * 10**9, 5.3e12, 448e9,
@@ -69,13 +69,13 @@ GPUS: dict[str, GPU] = {
         "A100 SXM4 80GB", 312e12, 19.5e12, 80 * GiB, 2.039e12, 300e9,
         "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS bf16 dense, 19.5 fp32, 80 GB HBM2e at "
         "2,039 GB/s, NVLink 3 600 GB/s bidirectional (no fp8 units)",
-        matmul_eff=0.75, attn_eff=0.55,
+        matmul_eff=0.86, attn_eff=0.55,
     ),
     "a100-40g": GPU(
         "A100 SXM4 40GB", 312e12, 19.5e12, 40 * GiB, 1.555e12, 300e9,
         "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS bf16 dense, 19.5 fp32, 40 GB HBM2 at "
         "1,555 GB/s, NVLink 3 600 GB/s bidirectional (no fp8 units)",
-        matmul_eff=0.75, attn_eff=0.55,
+        matmul_eff=0.86, attn_eff=0.55,
     ),
 }  # fmt: skip
 

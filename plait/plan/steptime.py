@@ -44,7 +44,7 @@ from plait.plan.memory import state_bytes
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
 
-MATMUL_N0 = 128  # width per TP rank at which GEMMs reach half their large-matrix efficiency
+MATMUL_N0 = 512  # width per TP rank at which GEMMs reach half their large-matrix efficiency
 HBM_EFF = 0.8  # share of HBM bandwidth elementwise kernels reach (STREAM-like copies)
 COMPILE_TRAFFIC = 0.5  # memory-bound bytes left after torch.compile's fusion (assumption)
 COLL_EFF = 0.8  # NCCL bus bandwidth over link bandwidth for large messages (assumption)
