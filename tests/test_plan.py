@@ -416,3 +416,25 @@ def test_roofline_fp8_compile_and_memory_bound_share():
     full = step_time(shape, Layout(microbatches=8, activation_checkpoint="full"), job, h100)
     assert op.matmul_s == t.matmul_s and op.memory_bound_s > t.memory_bound_s
     assert full.matmul_s > op.matmul_s and full.hfu > full.mfu
+
+
+def test_stage_cuts_are_plaits_own():
+    """The plan prices the stages the run will have: parallel.pp_cuts when given, else
+    plait.pipeline.split's balanced cuts (the embedding and head weigh on the end stages)."""
+    from plait.plan.stages import stage_cuts
+
+    lay = Layout(pp=2, microbatches=4, pp_cuts=(2,))
+    assert [(p.blocks, p.embed, p.head) for p in rank_parts(TINY, lay)] == [
+        (2, True, False),
+        (6, False, True),
+    ]
+    heavy_ends = ModelShape(64, 8, 4, 4, 192, 50000)  # embedding and head ~ 3 blocks each
+    cuts = stage_cuts(heavy_ends, Layout(pp=4, microbatches=4))
+    assert cuts[0] < 2 and cuts[-1] > 6  # fewer blocks on the first and last stage
+    # V schedules: rank 0 holds the first and the last stage
+    parts = rank_parts(
+        TINY, Layout(pp=2, schedule="ZBVZeroBubble", virtual_stages=2, microbatches=4)
+    )
+    assert parts[0].embed and parts[0].head and sum(p.blocks for p in parts) == 8
+    cfg = load_config("configs/gpt_tiny.yaml", ["parallel.pp=2", "parallel.pp_cuts=[1]"])
+    assert Layout.from_config(cfg, 2).pp_cuts == (1,)

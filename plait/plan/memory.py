@@ -247,5 +247,8 @@ def rank_memory(
 
 def plan_memory(shape: ModelShape, layout: Layout, job: Job, device_bytes: int) -> Memory:
     """The heaviest rank (first or last pipeline rank)."""
-    mems = [rank_memory(shape, layout, job, p, device_bytes) for p in rank_parts(shape, layout)]
+    mems = [
+        rank_memory(shape, layout, job, p, device_bytes)
+        for p in rank_parts(shape, layout, job.seq_len)
+    ]
     return max(mems, key=lambda m: m.total)

@@ -108,6 +108,8 @@ class Layout:
     #: vocabulary-sharded logits meet the loss under tp (plait's ``loss_parallel``); False: the
     #: logits are gathered whole on every tp rank first
     loss_parallel: bool = True
+    pp_cuts: tuple[int, ...] = ()  # first block of each stage after the first; () balanced
+    pp_balance: str = "params"  # params | flops: how the automatic cuts balance stages
 
     @property
     def dp(self) -> int:
@@ -140,6 +142,7 @@ class Layout:
             virtual_stages=p.pp_virtual_stages, zero_stage=p.zero_stage, dp_engine=p.dp_engine,
             activation_checkpoint=p.activation_checkpoint,
             checkpoint_every=p.activation_checkpoint_every, cpu_offload=p.cpu_offload,
+            pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance,
         )  # fmt: skip
 
 

@@ -176,7 +176,7 @@ def step_time(
 
     act = mb_tokens * shape.dim * job.act_bytes  # one micro-batch's hidden states, bytes
     worst = None
-    for part in rank_parts(shape, layout):
+    for part in rank_parts(shape, layout, job.seq_len):
         if efficiency is not None:  # one share of peak for all FLOPs: no roofline
             _, hw = rank_flops_per_token(shape, layout, part, job.seq_len)
             # fp32 runs on plain fp32 units; MFU stays against the bf16 peak (docs/design.md)
