@@ -214,7 +214,7 @@ def test_head_and_loss_term_is_what_torch_saves_under_bf16_autocast():
     copy of the logits (which autograd frees): 2 + 4 bytes per logit."""
     from plait.plan.memory import head_activation_bytes
 
-    B, T, V = 2, 64, 32768
+    B, T, V = 2, 64, 16384
     cfg = load_config(
         "configs/gpt_small.yaml",
         [
