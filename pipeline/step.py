@@ -51,10 +51,12 @@ class PipelineEngine(Engine):
 
     def __init__(self, parts: PipelineParts, cfg: Config, dims: ParallelDims, mesh: Meshes, device):
         p = cfg.parallel
-        self.parts, self.inner, self.dp = parts, parts[0], dims.dp
+        # gradients are averaged over dp x cp (context-parallel ranks hold the same weights)
+        self.parts, self.inner, self.dp = parts, parts[0], dims.dp_cp
         self.pp_group = mesh.root["pp"].get_group()
         # FSDP2 reduces gradients itself; otherwise plait averages them over dp (see above)
-        self.dp_group = mesh.dp.get_group() if dims.dp > 1 and not uses_fsdp(cfg, dims) else None
+        grads_mesh = mesh.dp_cp if dims.cp > 1 else mesh.dp
+        self.dp_group = grads_mesh.get_group() if self.dp > 1 and not uses_fsdp(cfg, dims) else None
         S = parts.n_stages
         self.first, self.last = 0 in parts.stage_ids, S - 1 in parts.stage_ids
         # the part that computes the loss: the last stage's (its logits may be tp-sharded)

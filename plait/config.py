@@ -175,6 +175,10 @@ class ParallelConfig:
         -1, "Sharded data-parallel degree; -1: every rank not used by the other dimensions."
     )
     tp: int = _f(1, "Tensor-parallel degree.")
+    cp: int = _f(
+        1,
+        "Context-parallel degree: the sequence split over cp ranks (2 x cp chunks, causal load balance).",
+    )
     sequence_parallel: bool = _f(
         False, "Shard norms/dropout activations on the sequence dim (needs tp > 1)."
     )
@@ -542,6 +546,7 @@ def check_values(cfg: Config) -> None:
     for k in (
         "dp_replicate",
         "tp",
+        "cp",
         "pp",
         "pp_microbatches",
         "pp_virtual_stages",

@@ -19,7 +19,8 @@ from plait.models import build_model, check_model
 from plait.models.base import PlaitModel
 from plait.observe.checks import check_observe
 from plait.pipeline.validate import check_pipeline
-from plait.rules import divisors, dp_engine, layout_problem
+from plait.registry import MODELS
+from plait.rules import cp_seq_problem, divisors, dp_engine, layout_problem
 from plait.tensor_parallel.check import check_tp
 
 
@@ -50,16 +51,32 @@ def check_supported(cfg: Config, dims: ParallelDims, model: PlaitModel | None = 
     p = cfg.parallel
     problem = layout_problem(
         dp_engine=p.dp_engine, zero_stage=p.zero_stage, pp=dims.pp, dp=dims.dp, tp=dims.tp,
-        schedule=p.pp_schedule,
+        schedule=p.pp_schedule, cp=dims.cp,
     )  # fmt: skip
     if problem:
         raise ConfigError(problem)
+    check_cp(cfg, dims)
     check_dp(cfg, dims)
     if dims.pp == 1 and dims.tp == 1 and not cfg.parallel.pp_cuts:
         return  # the shape checks below have nothing to check: no model needed
     model = model if model is not None else build_model(cfg)
     check_pipeline(cfg, dims, n_blocks=len(model.layers))
     check_tp(cfg, dims, model)
+
+
+def check_cp(cfg: Config, dims: ParallelDims) -> None:
+    """Context parallel: the sequence splits into 2 x cp chunks, and the model takes it."""
+    if dims.cp == 1:
+        return
+    problem = cp_seq_problem(cfg.data.seq_len, dims.cp)
+    if problem:
+        raise ConfigError(problem)
+    task = MODELS.get(cfg.model.name).task
+    if task != "lm":
+        raise ConfigError(
+            f"parallel.cp: {dims.cp} needs a language model (it splits the token sequence); "
+            f"model.name={cfg.model.name} is a {task} model: use parallel.cp=1"
+        )
 
 
 def check_dp(cfg: Config, dims: ParallelDims) -> None:
