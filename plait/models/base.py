@@ -103,6 +103,14 @@ class PlaitModel(nn.Module):
             logits.float(), batch["target"].flatten(), reduction="sum"
         )
 
+    def set_loss_scale(self, scale: float) -> None:
+        """The trainer's loss multiplier of this step (see plait.trainer), for a model whose
+        forward adds a loss term of its own (the MoE balance loss). Default: nothing."""
+
+    def before_optimizer_step(self) -> None:
+        """After the step's last backward, before clipping: the MoE expert-gradient reduction
+        and balancing-bias update (plait.expert_parallel). Default: nothing."""
+
     @staticmethod
     def count(batch: dict[str, torch.Tensor]) -> int:
         """Number of terms ``loss`` sums over."""
