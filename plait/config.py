@@ -79,7 +79,8 @@ class ModelConfig:
     )
     moe_route_scale: float | None = _f(None, "gpt MoE: factor on the gates (default 1).")
     moe_aux_loss: float | None = _f(
-        None, "gpt MoE: weight of the sequence-wise load-balancing loss (DeepSeek-V3 eq. 17; 0: off)."
+        None,
+        "gpt MoE: weight of the sequence-wise load-balancing loss (DeepSeek-V3 eq. 17; 0: off).",
     )
     moe_bias_update: float | None = _f(
         None,

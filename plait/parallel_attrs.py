@@ -6,3 +6,8 @@ LOSS_PARALLEL_ATTR = "tp_loss_parallel"
 #: set by apply_tp: the residual stream between blocks (so a later pipeline stage's input) is
 #: this many sequence shards
 SEQ_SHARDS_ATTR = "tp_seq_shards"
+#: set by plait.expert_parallel on expert weights that hold a slice of the full (E, ., .) tensor
+#: (experts split over ep ranks and their hidden dim over tp): an ExpertShard. Data-parallel
+#: engines leave such parameters to it (their gradients reduce over other ranks), gradient
+#: norms sum them over its group, init and checkpoints read their place in the full tensor.
+EXPERT_SHARD_ATTR = "plait_expert_shard"

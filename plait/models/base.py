@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from plait.parallel_attrs import EXPERT_SHARD_ATTR
 from plait.seeding import name_seed
 
 WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod")
@@ -140,7 +141,9 @@ class PlaitModel(nn.Module):
             if name in done:
                 continue
             gen = torch.Generator().manual_seed(name_seed(seed, name))
-            _write_full(p, self.param_init(name, p.shape, gen))
+            shard = getattr(p, EXPERT_SHARD_ATTR, None)  # an expert slice: draw it whole
+            full = self.param_init(name, shard.full_shape if shard else p.shape, gen)
+            _write_full(p, shard.narrow(full, p.shape) if shard else full)
         self.init_buffers()
 
     # ---- defaults for one's own model (the Python API); kept apart from the zoo's

@@ -178,7 +178,9 @@ def check_gpt(cfg: Config) -> None:
             )
         for key in ("moe_ffn_dim", "moe_shared", "moe_aux_loss", "moe_bias_update"):
             if getattr(e, MOE_KEYS[key]) < (1 if key == "moe_ffn_dim" else 0):
-                raise ConfigError(f"model.{key}: {getattr(e, MOE_KEYS[key])} is not allowed; must be >= 0")
+                raise ConfigError(
+                    f"model.{key}: {getattr(e, MOE_KEYS[key])} is not allowed; must be >= 0"
+                )
         if e.capacity_factor < 0:
             raise ConfigError(
                 f"model.moe_capacity_factor: {e.capacity_factor} is not allowed; 0 (dropless) or > 0"
@@ -269,7 +271,9 @@ class GPT(PlaitModel):
         self.args = args
         self.vocab_size = args.vocab_size
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(args, i) for i in range(args.n_layers)})
+        self.layers = nn.ModuleDict(
+            {str(i): TransformerBlock(args, i) for i in range(args.n_layers)}
+        )
         self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
@@ -364,6 +368,12 @@ class GPT(PlaitModel):
         idle = moe_params(a.dim, a.moe, active=False) - moe_params(a.dim, a.moe, active=True)
         return total - n_moe * idle
 
+    def before_optimizer_step(self) -> None:
+        for block in self.layers.values():
+            for mod in block.modules():
+                if isinstance(mod, MoE):
+                    mod.finish_step()
+
     def set_loss_scale(self, scale: float) -> None:
         """The trainer's loss scale of this step (the balance loss's gradient uses it)."""
         for block in self.layers.values():
@@ -383,6 +393,10 @@ class GPT(PlaitModel):
         cos, sin = rope_tables(a.head_dim, a.max_seq_len, a.rope_theta)
         self.rope_cos = cos.to(self.rope_cos.device)
         self.rope_sin = sin.to(self.rope_sin.device)
+        for block in self.layers.values():  # the balancing bias starts at zero
+            for mod in block.modules():
+                if isinstance(mod, MoE):
+                    mod.router.expert_bias.zero_()
 
 
 @register_model("gpt", task="lm", check=check_gpt)

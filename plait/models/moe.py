@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -104,6 +105,7 @@ class Experts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(E, dim, H))
         self.w3 = nn.Parameter(torch.empty(E, dim, H))
         self.w2 = nn.Parameter(torch.empty(E, H, dim))
+        self.shards: dict = {}  # weight name -> ExpertShard, when split (plait.expert_parallel)
 
     def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """x (M, D) grouped by local expert, ``counts`` rows each -> (M, D). A loop of plain
@@ -125,6 +127,9 @@ class MoE(nn.Module):
         self.comm = moe_comm.Local()  # replaced by plait.expert_parallel (ep / tp groups)
         self.loss_scale = 0.0  # the trainer's loss scale, for the balance loss (set per step)
         self.tokens_per_expert: torch.Tensor | None = None  # this step's counts (bias update)
+        # set by plait.expert_parallel: experts split (their gradients reduced here, over
+        # grad_group, divided by grad_div), and the group of every data-parallel rank
+        self.sharded, self.grad_group, self.grad_div, self.count_group = False, None, 1.0, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
@@ -133,7 +138,9 @@ class MoE(nn.Module):
         keep = self._keep(idx.view(B, T, -1))  # (N*k,) bool, or None: dropless
         if self.training and self.m.bias_update > 0:
             c = torch.bincount(idx.flatten(), minlength=self.m.n_experts).float()
-            self.tokens_per_expert = c if self.tokens_per_expert is None else self.tokens_per_expert + c
+            self.tokens_per_expert = (
+                c if self.tokens_per_expert is None else self.tokens_per_expert + c
+            )
         y = self.comm.dispatch_combine(flat, idx.flatten(), gates.flatten(), keep, self)
         y = y.view(B, T, D).to(x.dtype)
         if self.shared_experts is not None:
@@ -142,6 +149,26 @@ class MoE(nn.Module):
             aux = self._balance_loss(idx.view(B, T, -1), scores.view(B, T, -1))
             y = AuxLossGrad.apply(y, aux, self.loss_scale * T * self.m.aux_loss)
         return y
+
+    @torch.no_grad()
+    def finish_step(self) -> None:
+        """After the step's last backward: split experts' gradients summed over the ranks
+        holding the same experts (the loss scale's dp x cp undone); the balancing bias moved
+        by gamma * sign(mean - count) from the step's global counts (DeepSeek-V3 sec. 2.1.2)."""
+        if self.sharded:
+            grads = [p.grad for p in self.experts.parameters() if p.grad is not None]
+            if grads:
+                flat = torch.cat([t.flatten() for t in grads])
+                if self.grad_group is not None:
+                    dist.all_reduce(flat, group=self.grad_group)
+                flat /= self.grad_div
+                for t, v in zip(grads, flat.split([t.numel() for t in grads])):
+                    t.copy_(v.view_as(t))
+        c, self.tokens_per_expert = self.tokens_per_expert, None
+        if c is not None:
+            if self.count_group is not None:
+                dist.all_reduce(c, group=self.count_group)
+            self.router.expert_bias += self.m.bias_update * torch.sign(c.mean() - c)
 
     def run_experts(self, x: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """x (M, D) rows sorted by (local) expert id ``expert`` (M,) -> expert outputs (M, D)."""
