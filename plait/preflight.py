@@ -57,6 +57,7 @@ def check_supported(cfg: Config, dims: ParallelDims, model: PlaitModel | None = 
     if problem:
         raise ConfigError(problem)
     check_cp(cfg, dims)
+    check_moe(cfg, dims)
     check_dp(cfg, dims)
     if dims.pp == 1 and dims.tp == 1 and not cfg.parallel.pp_cuts:
         return  # the shape checks below have nothing to check: no model needed

@@ -133,7 +133,10 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
-        flat = x.reshape(-1, D)  # (N, D)
+        # under tensor parallel the normed input arrives as a replicated DTensor: the router
+        # and the experts take the local copy (whole tokens on every tp rank)
+        local = x.to_local() if hasattr(x, "to_local") else x
+        flat = local.reshape(-1, D)  # (N, D)
         idx, gates, scores = self.router(flat)
         keep = self._keep(idx.view(B, T, -1))  # (N*k,) bool, or None: dropless
         if self.training and self.m.bias_update > 0:
@@ -142,7 +145,7 @@ class MoE(nn.Module):
                 c if self.tokens_per_expert is None else self.tokens_per_expert + c
             )
         y = self.comm.dispatch_combine(flat, idx.flatten(), gates.flatten(), keep, self)
-        y = y.view(B, T, D).to(x.dtype)
+        y = y.view(B, T, D).to(local.dtype)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         if self.training and self.m.aux_loss > 0 and self.loss_scale:

@@ -1,0 +1,126 @@
+"""Mixture of experts (plait.models.moe) and expert parallel (plait.expert_parallel) against one
+process: ep=4, ep=2 x tp=2, ep=2 x pp=2, dp_shard=4 with ep=2 (FSDP2, experts reduced over their
+copies) and per-sequence capacity, and a checkpoint resharded ep=2 -> ep=4 -> ep=2 mid-run, all
+in ONE launch of 4 gloo ranks; ep=2 on 2 ranks in a second; published parameter counts; the
+refusals of sizes that do not split, before any process group."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import assert_same_run, losses, run_distributed_many, run_single
+from plait.config import load_config
+from plait.errors import ConfigError
+from plait.models import build_model
+from plait.trainer import validate
+
+# moe_tiny: dim 64, 8 experts of width 64, top-2; one shared expert, the balance loss and the
+# aux-loss-free bias on, so routing changes every step and all three are compared
+MOE = [
+    "model.preset=moe_tiny",
+    "model.n_layers=2",
+    "model.moe_shared=1",
+    "model.moe_aux_loss=0.01",
+    "model.moe_bias_update=0.01",
+    "data.seq_len=16",
+    "train.global_batch=8",
+    "train.steps=4",
+    "optim.schedule=constant",
+    "train.eval_batches=1",
+]
+# SGD where tensor parallel changes reduction order inside the experts: Adam's first steps
+# divide a near-zero gradient by its own size, so 1e-9 differences become 1e-5 in a weight
+# (tests/test_tensor_parallel.py says the same of seed_bigmodel)
+SGD = ["optim.name=sgd", "optim.lr=0.05"]
+CAP = ["model.moe_capacity_factor=1.0"]
+
+
+def test_published_parameter_counts():
+    """Mixtral 8x7B: 46.7B total, 12.9B active (its config.json; arXiv 2401.04088).
+    DeepSeek-V3: 671B, 37B active (arXiv 2412.19437); gpt models its multi-head latent
+    attention as 128-head attention (18.4M more per block), so the totals sit 0.17% / 4.5% above."""
+
+    def counts(preset):
+        m = build_model(load_config(None, [f"model.preset={preset}", "data.seq_len=16"]))
+        return sum(p.numel() for p in m.parameters()), m.active_params()
+
+    total, active = counts("mixtral_8x7b")
+    assert round(total / 1e9, 1) == 46.7 and round(active / 1e9, 1) == 12.9, (total, active)
+    total, active = counts("deepseek_v3")
+    assert abs(total / 671e9 - 1) < 0.002, total
+    assert abs(active / 37e9 - 1) < 0.05, active
+
+
+def _refusal(overrides: list[str], world: int) -> str:
+    with pytest.raises(ConfigError) as e:
+        validate(load_config(None, overrides), world)
+    return str(e.value)
+
+
+def test_refusals_name_sizes_that_work():
+    tiny = ["model.preset=moe_tiny", "data.seq_len=16"]
+    msg = _refusal(tiny + ["model.moe_experts=6", "parallel.ep=4"], 4)
+    assert "model.moe_experts: 6 does not split over parallel.ep=4" in msg and ": 1, 2" in msg
+    msg = _refusal(tiny + ["parallel.ep=4", "parallel.dp_shard=2", "parallel.pp=2"], 4)
+    assert "parallel.ep: 4 does not divide dp_shard x cp = 2 x 1 = 2" in msg and ": 1, 2" in msg
+    assert "needs a mixture-of-experts model" in _refusal(["parallel.ep=2"], 2)
+    assert "zero_stage 0, 2 or 3" in _refusal(tiny + ["parallel.ep=2", "parallel.zero_stage=1"], 2)
+    msg = _refusal(tiny + ["model.moe_ffn_dim=30", "parallel.tp=4", "parallel.zero_stage=3"], 4)
+    assert "model.moe_ffn_dim: 30" in msg
+    sp = ["parallel.tp=2", "parallel.sequence_parallel=true"]
+    assert "sequence_parallel" in _refusal(tiny + sp, 2)
+    assert "moe_top_k: 9" in _refusal(tiny + ["model.moe_top_k=9"], 1)
+    validate(
+        load_config(None, tiny + ["parallel.ep=2", "parallel.tp=2", "parallel.zero_stage=3"]), 8
+    )
+
+
+@pytest.mark.timeout(420)
+def test_four_ranks_ep_tp_pp_fsdp_and_reshard(tmp_path):
+    ck = tmp_path / "ck"
+    chain = MOE + [f"checkpoint.dir={ck}", "checkpoint.keep=5"]
+    variants = {
+        "ep=4": MOE + ["parallel.ep=4"],
+        "ep=2 x tp=2": MOE + SGD + ["parallel.ep=2", "parallel.tp=2", "parallel.zero_stage=3"],
+        "ep=2 x pp=2": MOE + ["parallel.ep=2", "parallel.pp=2", "parallel.pp_microbatches=2"],
+        "dp_shard=4 ep=2 fsdp": MOE + CAP + ["parallel.ep=2", "parallel.zero_stage=3"],
+        # one run in three legs: ep=2 to step 2, resumed at ep=4 to step 4, back at ep=2 to 6
+        "ckpt ep=2": chain + ["parallel.ep=2", "train.steps=2"],
+        "ckpt ep=4": chain + ["parallel.ep=4", "train.steps=4"],
+        "ckpt ep=2 again": chain + ["parallel.ep=2", "train.steps=6"],
+    }
+    runs = dict(
+        zip(variants, run_distributed_many(list(variants.values()), 4, tmp_path / "r", timeout=400))
+    )
+    ref = run_single(MOE, tmp_path / "one")
+    for name in ("ep=4", "ep=2 x pp=2"):
+        _same(ref, runs[name], name)
+    _same(run_single(MOE + SGD, tmp_path / "one_sgd"), runs["ep=2 x tp=2"], "ep=2 x tp=2")
+    cap = run_single(MOE + CAP, tmp_path / "one_cap")
+    _same(cap, runs["dp_shard=4 ep=2 fsdp"], "dp_shard=4 ep=2 fsdp")
+    assert losses(cap) != losses(ref)  # capacity 1.0 does drop tokens here
+
+    straight = run_single(MOE + ["train.steps=6"], tmp_path / "one6")
+    legs = [runs["ckpt ep=2"], runs["ckpt ep=4"], runs["ckpt ep=2 again"]]
+    assert [[m["step"] for m in r.metrics] for r in legs] == [[1, 2], [3, 4], [5, 6]]
+    got = [x for r in legs for x in losses(r)]
+    worst = max(abs(a - b) / a for a, b in zip(losses(straight), got))
+    assert worst <= 1e-5, (losses(straight), got)
+    legs[-1].metrics = [*legs[0].metrics, *legs[1].metrics, *legs[2].metrics]
+    _same(straight, legs[-1], "ep=2 -> ep=4 -> ep=2")
+
+
+def _same(ref, got, name):
+    try:
+        assert_same_run(ref, got)
+    except AssertionError as e:
+        raise AssertionError(f"{name}: {e}") from None
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_ep2(tmp_path):
+    variants = [MOE + ["parallel.ep=2"], MOE + ["parallel.ep=1"]]
+    ep2, ep1 = run_distributed_many(variants, 2, tmp_path / "r", timeout=280)
+    ref = run_single(MOE, tmp_path / "one")
+    _same(ref, ep2, "ep=2")
+    _same(ref, ep1, "ep=1 (experts replicated under DDP)")
