@@ -126,8 +126,8 @@ def apply_ep(model: nn.Module, groups: ExpertGroups | None) -> None:
             setattr(mod.experts, name, p)
             mod.experts.shards[name] = shard
         mark_experts(mod.experts)
-        mod.experts._register_state_dict_hook(_global_view)
-        mod.experts._register_load_state_dict_pre_hook(_local_slice)
+        mod.experts.register_state_dict_post_hook(_global_view)
+        mod.experts.register_load_state_dict_pre_hook(_local_slice)
         mod.comm = ExpertParallel(g.ep_group, L, g.tp_group)
         mod.grad_group, mod.grad_div, mod.sharded = g.grad_group, g.grad_div, True
 
