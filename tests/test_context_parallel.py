@@ -3,12 +3,13 @@ gloo ranks, each layout against one process (fp32: relative 1e-5 per step, final
 launches hold every multi-rank config: one on 2 ranks (gpt cp=2 saving a checkpoint, gpt cp=2
 resumed from a one-process checkpoint, Hugging Face Llama and Mistral at cp=2) and one on 4
 ranks (cp=4, cp=2 x tp=2 with sequence parallel, cp=2 x dp_shard=2, cp=2 x pp=2, cp=2 x
-dp_replicate=2)."""
+dp_replicate=2). The 2-rank launch also measures bench/cp_comm.py's bytes per layer."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from cp_ranks import cp_comm
 
 from helpers import (
     assert_resumed,
@@ -94,9 +95,17 @@ def test_two_ranks_gpt_hf_and_reshard(tmp_path):
         "llama": LLAMA + CP2,
         "mistral": MISTRAL + CP2,
     }
-    cp2, one_to_cp2, llama, mistral = run_in_ranks(
-        "helpers:train_configs", (_cfgs(tmp_path, variants),), 2, tmp_path, timeout=270
+    res = run_in_ranks(
+        "cp_ranks:two_rank_suite", (_cfgs(tmp_path, variants),), 2, tmp_path, timeout=270
     )[0]
+    # bench/cp_comm.py's figures at a small size: the keys' and values' all-gather + reduce-
+    # scatter per layer moves exactly the analytic bytes; saved activations are the planner's
+    wire, saved = res["per_layer"]
+    want_wire, want_saved = cp_comm().analytic(2, batch=2, seq_len=32)
+    assert wire == pytest.approx(want_wire, rel=1e-9), (wire, want_wire)
+    assert saved == pytest.approx(want_saved, rel=0.05), (saved, want_saved)
+
+    cp2, one_to_cp2, llama, mistral = res["runs"]
     assert_same_run(straight, cp2)
     assert_resumed(straight, one_to_cp2, "one process -> cp=2")
     ck = step3_checkpoint(cp2.run_dir, tmp_path / "cp2_to_one")
