@@ -8,8 +8,8 @@ model itself depends on how the batch is cut or on the random stream of a rank:
   gradient-accumulation chunk (SyncBatchNorm is CUDA-only).
 - Dropout masks come from each rank's generator (seeded per dp rank; pipeline stages each start
   it afresh; tp ranks share it, see plait.tensor_parallel; cp ranks draw for their own chunks)
-  in the order forwards run, so dp, cp, tp,
-  pp and gradient accumulation each draw other masks than one process.
+  in the order forwards run, so dp, cp, tp, pp and gradient accumulation each draw other masks
+  than one process.
 """
 
 from __future__ import annotations
