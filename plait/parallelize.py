@@ -89,6 +89,13 @@ def _wrap_stage(
             sequence_parallel=cfg.parallel.sequence_parallel,
             loss_parallel=True,
         )
+    # 2b. context parallel: the model's attention gathers keys and values over cp and masks by
+    # global position; it shards no parameter, so its place only needs to be inside the wrappers
+    if dims.cp > 1:
+        # deferred: functional collectives only when cp > 1 (start-up)
+        from plait.context_parallel.apply import apply_cp
+
+        apply_cp(model, cp_mesh=mesh.root["cp"], window=getattr(model, "sliding_window", None))
     # 3. activation checkpointing, inside TP and outside compile
     apply_activation_checkpoint(
         model, cfg.parallel.activation_checkpoint, cfg.parallel.activation_checkpoint_every

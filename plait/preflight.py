@@ -19,8 +19,8 @@ from plait.models import build_model, check_model
 from plait.models.base import PlaitModel
 from plait.models.gpt import gpt_args
 from plait.observe.checks import check_observe
+from plait.parallel_attrs import CP_ATTENTION_MODULES
 from plait.pipeline.validate import check_pipeline
-from plait.registry import MODELS
 from plait.rules import cp_seq_problem, divisors, dp_engine, ep_problem, layout_problem
 from plait.tensor_parallel.check import check_tp
 
@@ -37,7 +37,7 @@ def validate(cfg: Config, world_size: int) -> ParallelDims:
     The meta model is built at most once, and only when a check reads its modules (pipeline
     stages, tensor-parallel shapes): its first build loads torch's meta kernels (seconds)."""
     p = cfg.parallel
-    model = build_model(cfg) if p.pp > 1 or p.tp > 1 or p.pp_cuts else None
+    model = build_model(cfg) if p.pp > 1 or p.tp > 1 or p.cp > 1 or p.pp_cuts else None
     if model is None:
         check_model(cfg)  # build_model runs it too
     check_observe(cfg)
@@ -56,29 +56,32 @@ def check_supported(cfg: Config, dims: ParallelDims, model: PlaitModel | None = 
     )  # fmt: skip
     if problem:
         raise ConfigError(problem)
-    check_cp(cfg, dims)
     check_moe(cfg, dims)
     check_dp(cfg, dims)
-    if dims.pp == 1 and dims.tp == 1 and not cfg.parallel.pp_cuts:
+    if dims.pp == 1 and dims.tp == 1 and dims.cp == 1 and not cfg.parallel.pp_cuts:
         return  # the shape checks below have nothing to check: no model needed
     model = model if model is not None else build_model(cfg)
+    check_cp(cfg, dims, model)
     check_pipeline(cfg, dims, n_blocks=len(model.layers))
     check_tp(cfg, dims, model)
 
 
-def check_cp(cfg: Config, dims: ParallelDims) -> None:
-    """Context parallel: the sequence splits into 2 x cp chunks, and the model takes it."""
+def check_cp(cfg: Config, dims: ParallelDims, model: PlaitModel) -> None:
+    """Context parallel: the model has attention plait can split (plait.parallel_attrs
+    CP_ATTENTION_MODULES), and the sequence splits into 2 x cp chunks."""
     if dims.cp == 1:
         return
+    names = set(getattr(model, CP_ATTENTION_MODULES, ()))
+    if not any(type(m).__name__ in names for m in model.modules()):
+        what = cfg.model.name + (f" ({cfg.model.hf_arch})" if cfg.model.name == "hf" else "")
+        raise ConfigError(
+            f"parallel.cp: {dims.cp} is not allowed for model.name={what}: it has no attention "
+            "context parallel can split (supported: gpt, hf LlamaForCausalLM and "
+            "MistralForCausalLM); use parallel.cp=1"
+        )
     problem = cp_seq_problem(cfg.data.seq_len, dims.cp)
     if problem:
         raise ConfigError(problem)
-    task = MODELS.get(cfg.model.name).task
-    if task != "lm":
-        raise ConfigError(
-            f"parallel.cp: {dims.cp} needs a language model (it splits the token sequence); "
-            f"model.name={cfg.model.name} is a {task} model: use parallel.cp=1"
-        )
 
 
 def check_moe(cfg: Config, dims: ParallelDims) -> None:
@@ -163,22 +166,27 @@ def check_dp(cfg: Config, dims: ParallelDims) -> None:
 def valid_layouts(
     cfg: Config, world_size: int, model: PlaitModel | None = None
 ) -> list[tuple[int, int, int]]:
-    """(pp, dp_shard, tp) factorizations of ``world_size`` that this model and config accept:
-    tp divides the model's heads/ffn/vocab, pp fits the blocks and schedule, the batch splits."""
+    """(pp, dp_shard, tp) factorizations of ``world_size`` / ``parallel.cp`` that this model and
+    config accept: tp divides the model's heads/ffn/vocab, pp fits the blocks and schedule, the
+    batch splits."""
     model = model if model is not None else build_model(cfg)
-    divs = divisors(world_size)
+    cp = cfg.parallel.cp
+    if world_size % cp:
+        return []
+    rest = world_size // cp
+    divs = divisors(rest)
     out = []
     for pp in divs:
         for tp in divs:
-            if world_size % (pp * tp):
+            if rest % (pp * tp):
                 continue
-            dp = world_size // (pp * tp)
+            dp = rest // (pp * tp)
             par = dataclasses.replace(cfg.parallel, pp=pp, tp=tp, dp_shard=dp, dp_replicate=1)
-            if tp > 1 and dp > 1 and par.zero_stage < 2:
+            if tp > 1 and dp * cp > 1 and par.zero_stage < 2:
                 par = dataclasses.replace(par, zero_stage=3)
             trial = dataclasses.replace(cfg, parallel=par)
             try:
-                dims = ParallelDims(pp, 1, dp, tp, world_size)
+                dims = ParallelDims(pp, 1, dp, tp, world_size, cp=cp)
                 dims.check_batch(trial)
                 check_supported(trial, dims, model)
             except ConfigError:
@@ -190,7 +198,8 @@ def valid_layouts(
 def layouts_hint(cfg: Config, world_size: int, model: PlaitModel | None = None) -> str:
     """The layouts of ``world_size`` ranks that would work, for a world-size mismatch error."""
     layouts = valid_layouts(cfg, world_size, model)
-    combos = [f"pp={pp} x dp_shard={dp} x tp={tp}" for pp, dp, tp in layouts]
+    cp = f" x cp={cfg.parallel.cp}" if cfg.parallel.cp > 1 else ""
+    combos = [f"pp={pp} x dp_shard={dp}{cp} x tp={tp}" for pp, dp, tp in layouts]
     if not combos:
         return f"no layout of {world_size} ranks fits this model and batch"
     return (

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from plait import dist as pdist
 from plait import resume, run_lock
 from plait.config import Config
+from plait.context_parallel import shard_batch
 from plait.data import build_data
 from plait.data.prefetch import Prefetcher
 from plait.ddp import build_engine
@@ -60,6 +61,8 @@ class _Step:
         # the group the loss, token counts and gradients are summed over: dp x cp
         sums = (mesh.dp_cp if dims.cp > 1 else mesh.dp) if mesh is not None else None
         self.dp_group = sums.get_group() if sums is not None and dims.dp_cp > 1 else None
+        # context parallel: this rank's 2 of 2 x cp sequence chunks (plait.context_parallel)
+        self.cp_rank = mesh.root["cp"].get_local_rank() if dims.cp > 1 else 0
         model = parallelize(build_model(cfg), cfg, dims, mesh, device)
         if cfg.checkpoint.init_from:  # seed weights: before DeepSpeed copies them into its
             # optimizer's flat fp32 partitions (loaded after, they would be overwritten)
@@ -106,6 +109,7 @@ class _Step:
         self.clock.start()
         self.model.train()
         batch, data_wait = self.loader.get(step)
+        batch = shard_batch(batch, self.cp_rank, self.dims.cp)
         self.clock.mark("data_s")
         micro = [
             dict(zip(batch, vals))
@@ -187,9 +191,8 @@ class _Step:
         B = self.cfg.train.global_batch
         totals = torch.zeros(3, device=self.device)  # loss sum, correct, count
         for k in range(self.data.eval_steps(B, self.cfg.train.eval_batches)):
-            mb = self._to_device(
-                self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B)
-            )
+            mb = self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B)
+            mb = self._to_device(shard_batch(mb, self.cp_rank, self.dims.cp))
             totals += self.engine.eval_batch(mb)
         loss_sum, correct, n = self._all_reduce(totals).tolist()
         res = {"eval_loss": loss_sum / n}

@@ -18,6 +18,7 @@ from plait.config import Config
 from plait.errors import ConfigError, did_you_mean
 from plait.models.base import PlaitModel, attention_flops, matmul_flops
 from plait.models.moe import MoE, MoEArgs, moe_params
+from plait.parallel_attrs import CP_ATTR
 from plait.registry import data_vocab_size, register_model
 from plait.rules import divisors
 
@@ -220,17 +221,23 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
+        cp = getattr(self, CP_ATTR, None)  # context parallel (plait.context_parallel)
+        if cp is not None:  # this rank holds 2 chunks of the sequence: their global positions
+            pos = cp.positions(T, x.device)
+            cos, sin = cos[pos], sin[pos]
         # -1 heads: under tensor parallelism each rank holds only its share of the heads
         q = self.wq(x).view(B, T, -1, self.head_dim)  # (B, T, H, E)
         k = self.wk(x).view(B, T, -1, self.head_dim)  # (B, T, K, E)
         v = self.wv(x).view(B, T, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H|K, T, E)
+        dropout_p = self.dropout if self.training else 0.0
+        if cp is not None:  # keys and values gathered over cp, masked by global position
+            y = cp(q, k, v, dropout_p=dropout_p)  # (B, H, T, E)
+            return self.wo(y.transpose(1, 2).reshape(B, T, -1))
         if self.n_rep > 1:  # grouped-query attention: share each kv head across n_rep q heads
             k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*E)
         return self.wo(y)
 
@@ -265,6 +272,8 @@ class TransformerBlock(nn.Module):
 
 class GPT(PlaitModel):
     task = "lm"
+    #: plait.parallel_attrs.CP_ATTENTION_MODULES: context parallel gives these its attention
+    cp_attention_modules = ("Attention",)
 
     def __init__(self, args: GPTArgs):
         super().__init__()

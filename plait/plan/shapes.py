@@ -105,14 +105,20 @@ class Layout:
     activation_checkpoint: str = "none"
     checkpoint_every: int = 1
     cpu_offload: bool = False
+    cp: int = 1  # context parallel: each sequence split over cp ranks
 
     @property
     def dp(self) -> int:
         return self.dp_replicate * self.dp_shard
 
     @property
+    def dp_cp(self) -> int:
+        """Ranks gradients are averaged over (FSDP2 shards over dp_shard x cp)."""
+        return self.dp * self.cp
+
+    @property
     def gpus(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.cp * self.tp * self.pp
 
     @property
     def v(self) -> int:
@@ -120,6 +126,8 @@ class Layout:
 
     def short(self) -> str:
         s = f"dp {self.dp_replicate}x{self.dp_shard} tp {self.tp}{'+sp' if self.sequence_parallel else ''} pp {self.pp}"
+        if self.cp > 1:
+            s += f" cp {self.cp}"
         if self.pp > 1:
             s += f" {self.schedule}" + (f"/v{self.v}" if self.v > 1 else "")
         return s
@@ -136,7 +144,7 @@ class Layout:
             microbatches=cfg.train.grad_accum * (p.pp_microbatches if dims.pp > 1 else 1),
             virtual_stages=p.pp_virtual_stages, zero_stage=p.zero_stage, dp_engine=p.dp_engine,
             activation_checkpoint=p.activation_checkpoint,
-            checkpoint_every=p.activation_checkpoint_every, cpu_offload=p.cpu_offload,
+            checkpoint_every=p.activation_checkpoint_every, cpu_offload=p.cpu_offload, cp=dims.cp,
         )  # fmt: skip
 
 

@@ -51,6 +51,7 @@ class StepTime:
     mfu: float
     model_flops_per_token: float
     hardware_flops_per_token: float
+    cp_s: float = 0.0  # context parallel's key/value all-gathers and reduce-scatters
 
 
 def recomputed_blocks(layout: Layout, blocks: int) -> int:
@@ -85,13 +86,16 @@ def step_time(
     eff = efficiency if efficiency is not None else DEFAULT_EFFICIENCY
     # fp32 runs on plain fp32 units; MFU stays against the bf16 peak (docs/design.md's convention)
     rate = (gpu.fp32_flops if job.dtype == "fp32" else gpu.peak_flops) * eff
-    mb_tokens = job.tokens / (layout.dp * m)
-    # rank order follows plait's mesh (pp, dp_replicate, dp_shard, tp): tp varies fastest
+    cp = layout.cp
+    mb_tokens = job.tokens / (layout.dp_cp * m)  # this rank's (T / cp of each sequence)
+    # rank order follows plait's mesh (pp, dp_replicate, dp_shard, cp, tp): tp varies fastest;
+    # FSDP2 shards over dp_shard x cp
     tp_link = cluster.link(1, tp)
-    shard_link = cluster.link(tp, layout.dp_shard)
-    rep_link = cluster.link(tp * layout.dp_shard, layout.dp_replicate)
-    dp_link = cluster.link(tp, layout.dp)
-    pp_link = cluster.link(tp * layout.dp, p)
+    cp_link = cluster.link(tp, cp)
+    shard_link = cluster.link(tp, layout.dp_shard * cp)
+    rep_link = cluster.link(tp * layout.dp_shard * cp, layout.dp_replicate)
+    dp_link = cluster.link(tp, layout.dp_cp)
+    pp_link = cluster.link(tp * layout.dp_cp, p)
 
     act = mb_tokens * shape.dim * job.act_bytes  # one micro-batch's hidden states, bytes
     worst = None
@@ -101,9 +105,15 @@ def step_time(
         n_rec = recomputed_blocks(layout, part.blocks)
         t_tp = (4 * part.blocks + 2 * n_rec) * comm.all_reduce(act, tp, tp_link) if tp > 1 else 0.0
         t_p2p = 2 * v * comm.p2p(act, pp_link) if p > 1 else 0.0
-        cand = (t_comp + t_tp + t_p2p, t_comp, t_tp, t_p2p, part)
+        # context parallel: keys + values all-gathered per block in forward (again when
+        # recomputed), their gradients reduce-scattered in backward (not overlapped)
+        kv = mb_tokens * cp * 2 * shape.kv_dim / tp * job.act_bytes  # gathered, bytes
+        t_cp = (part.blocks + n_rec) * comm.all_gather(kv, cp, cp_link) + part.blocks * (
+            comm.reduce_scatter(kv, cp, cp_link)
+        )
+        cand = (t_comp + t_tp + t_p2p + t_cp, t_comp, t_tp, t_p2p, part, t_cp)
         worst = cand if worst is None or cand[0] > worst[0] else worst
-    t_mb, t_comp, t_tp, t_p2p, part = worst
+    t_mb, t_comp, t_tp, t_p2p, part, t_cp = worst
     ideal = m * t_mb
     pipeline = ideal / (1 - bubble_fraction(layout.schedule, p, m, v))
 
@@ -117,11 +127,11 @@ def step_time(
     bwd = t_comp * (2 / 3 if not recomputed_blocks(layout, part.blocks) else 3 / 4)
     fwd = t_comp - bwd
     dp_s = exposed = 0.0
-    if layout.dp > 1:
-        ns, nr, stage = layout.dp_shard, layout.dp_replicate, layout.zero_stage
+    if layout.dp_cp > 1:
+        ns, nr, stage = layout.dp_shard * cp, layout.dp_replicate, layout.zero_stage
         rep = comm.all_reduce(grads / ns, nr, rep_link)  # HSDP: replicas all-reduce their shard
         if stage == 0:
-            red, ag = comm.all_reduce(grads, layout.dp, dp_link), 0.0
+            red, ag = comm.all_reduce(grads, layout.dp_cp, dp_link), 0.0
         else:
             red = comm.reduce_scatter(grads, ns, shard_link) + rep
             ag = comm.all_gather(params, ns, shard_link)
@@ -132,7 +142,7 @@ def step_time(
             dp_s = red + 2 * m * ag
             exposed = m * max(0.0, ag - fwd) + max(0.0, ag + red - bwd) + (m - 1) * max(0, ag - bwd)
     # optimizer: read weights, grads, state; write weights and state (bytes / HBM bandwidth)
-    shard = layout.dp_shard if layout.zero_stage >= 1 else 1
+    shard = layout.dp_shard * cp if layout.zero_stage >= 1 else 1
     opt_s = psi / shard * (2 * pb + gb + 2 * ob) / gpu.hbm_bytes_per_s
     if layout.cpu_offload:
         opt_s *= 10  # host memory and PCIe instead of HBM: an assumption, a 10x slower update
@@ -146,7 +156,8 @@ def step_time(
     elif hfu is not None:
         total = job.tokens * hw_fpt / (cluster.gpus * gpu.peak_flops * hfu)
     return StepTime(
-        compute_s=m * t_comp, tp_s=m * t_tp, pp_p2p_s=m * t_p2p, bubble_s=pipeline - ideal,
+        compute_s=m * t_comp, tp_s=m * t_tp, pp_p2p_s=m * t_p2p, cp_s=m * t_cp,
+        bubble_s=pipeline - ideal,
         dp_s=dp_s, dp_exposed_s=exposed, optimizer_s=opt_s, total_s=total,
         tokens_per_s=job.tokens / total,
         mfu=job.tokens * model_fpt / (total * cluster.gpus * gpu.peak_flops),
