@@ -163,7 +163,6 @@ def _global_view(module, state_dict, prefix, local_metadata):
         shard = getattr(p, EXPERT_SHARD_ATTR, None)
         if shard is not None and prefix + name in state_dict:
             state_dict[prefix + name] = as_global(state_dict[prefix + name], shard)
-    return state_dict
 
 
 def _local_slice(module, state_dict, prefix, *args):

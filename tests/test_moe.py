@@ -115,12 +115,3 @@ def _same(ref, got, name):
         assert_same_run(ref, got)
     except AssertionError as e:
         raise AssertionError(f"{name}: {e}") from None
-
-
-@pytest.mark.timeout(300)
-def test_two_ranks_ep2(tmp_path):
-    variants = [MOE + ["parallel.ep=2"], MOE + ["parallel.ep=1"]]
-    ep2, ep1 = run_distributed_many(variants, 2, tmp_path / "r", timeout=280)
-    ref = run_single(MOE, tmp_path / "one")
-    _same(ref, ep2, "ep=2")
-    _same(ref, ep1, "ep=1 (experts replicated under DDP)")
