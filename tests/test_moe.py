@@ -1,8 +1,9 @@
 """Mixture of experts (plait.models.moe) and expert parallel (plait.expert_parallel) against one
 process: ep=4, ep=2 x tp=2, ep=2 x pp=2, dp_shard=4 with ep=2 (FSDP2, experts reduced over their
 copies) and per-sequence capacity, and a checkpoint resharded ep=2 -> ep=4 -> ep=2 mid-run, all
-in ONE launch of 4 gloo ranks; ep=2 on 2 ranks in a second; published parameter counts; the
-refusals of sizes that do not split, before any process group."""
+in ONE launch of 4 gloo ranks; a 5-D run on 8 ranks (pp x dp_shard x cp, ep over dp_shard x
+cp); published parameter counts; the refusals of sizes that do not split, before any process
+group."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ MOE = [
     "model.moe_bias_update=0.01",
     "data.seq_len=16",
     "train.global_batch=8",
-    "train.steps=4",
+    "train.steps=3",
     "optim.schedule=constant",
     "train.eval_batches=1",
 ]
@@ -84,10 +85,10 @@ def test_four_ranks_ep_tp_pp_fsdp_and_reshard(tmp_path):
         "ep=2 x tp=2": MOE + SGD + ["parallel.ep=2", "parallel.tp=2", "parallel.zero_stage=3"],
         "ep=2 x pp=2": MOE + ["parallel.ep=2", "parallel.pp=2", "parallel.pp_microbatches=2"],
         "dp_shard=4 ep=2 fsdp": MOE + CAP + ["parallel.ep=2", "parallel.zero_stage=3"],
-        # one run in three legs: ep=2 to step 2, resumed at ep=4 to step 4, back at ep=2 to 6
-        "ckpt ep=2": chain + ["parallel.ep=2", "train.steps=2"],
-        "ckpt ep=4": chain + ["parallel.ep=4", "train.steps=4"],
-        "ckpt ep=2 again": chain + ["parallel.ep=2", "train.steps=6"],
+        # one run in three legs: ep=2 for step 1, resumed at ep=4 for step 2, back at ep=2
+        "ckpt ep=2": chain + ["parallel.ep=2", "train.steps=1"],
+        "ckpt ep=4": chain + ["parallel.ep=4", "train.steps=2"],
+        "ckpt ep=2 again": chain + ["parallel.ep=2", "train.steps=3"],
     }
     runs = dict(
         zip(variants, run_distributed_many(list(variants.values()), 4, tmp_path / "r", timeout=400))
@@ -100,14 +101,11 @@ def test_four_ranks_ep_tp_pp_fsdp_and_reshard(tmp_path):
     _same(cap, runs["dp_shard=4 ep=2 fsdp"], "dp_shard=4 ep=2 fsdp")
     assert losses(cap) != losses(ref)  # capacity 1.0 does drop tokens here
 
-    straight = run_single(MOE + ["train.steps=6"], tmp_path / "one6")
+    # the three legs continue one another: together they are the straight single-process run
     legs = [runs["ckpt ep=2"], runs["ckpt ep=4"], runs["ckpt ep=2 again"]]
-    assert [[m["step"] for m in r.metrics] for r in legs] == [[1, 2], [3, 4], [5, 6]]
-    got = [x for r in legs for x in losses(r)]
-    worst = max(abs(a - b) / a for a, b in zip(losses(straight), got))
-    assert worst <= 1e-5, (losses(straight), got)
+    assert [[m["step"] for m in r.metrics] for r in legs] == [[1], [2], [3]]
     legs[-1].metrics = [*legs[0].metrics, *legs[1].metrics, *legs[2].metrics]
-    _same(straight, legs[-1], "ep=2 -> ep=4 -> ep=2")
+    _same(ref, legs[-1], "ep=2 -> ep=4 -> ep=2")
 
 
 def _same(ref, got, name):
@@ -115,3 +113,14 @@ def _same(ref, got, name):
         assert_same_run(ref, got)
     except AssertionError as e:
         raise AssertionError(f"{name}: {e}") from None
+
+
+@pytest.mark.timeout(400)
+def test_eight_ranks_5d(tmp_path):
+    """pp=2 x dp_shard=2 x cp=2 with ep=4 folded over dp_shard x cp (FSDP2 per stage); cp
+    refuses the sequence-wise balance loss, so the bias balances here."""
+    five_d = [o for o in MOE if "aux_loss" not in o] + ["train.steps=2", "train.global_batch=4"]
+    layout = ["parallel.pp=2", "parallel.dp_shard=2", "parallel.cp=2", "parallel.ep=4"]
+    layout += ["parallel.pp_microbatches=2", "parallel.zero_stage=2"]
+    (got,) = run_distributed_many([five_d + layout], 8, tmp_path / "r", timeout=380)
+    _same(run_single(five_d, tmp_path / "one"), got, "pp=2 x dp_shard=2 x cp=2, ep=4")

@@ -76,8 +76,6 @@ class ExpertParallel(Local):
     def __init__(self, group, n_local: int, tp_group=None):
         self.group, self.n_local, self.tp_group = group, n_local, tp_group
         self.size = dist.get_world_size(group) if group is not None else 1
-        #: bytes this rank sent by all-to-all in forward (bench/ep_comm.py reads it)
-        self.sent_bytes = 0
 
     def dispatch_combine(self, x, expert, gates, keep, moe) -> torch.Tensor:
         if self.tp_group is not None:
@@ -100,7 +98,6 @@ class ExpertParallel(Local):
         send_split = counts.view(P, L).sum(1).tolist()
         recv_split = recv.view(P, L).sum(1).tolist()
         xr = all_to_all_single_autograd(xs, recv_split, send_split, self.group)
-        self.sent_bytes += xs.numel() * xs.element_size()
         # received blocks are [source][local expert]; the experts want [local expert][source]
         rc = recv.view(P, L)
         start = torch.cumsum(rc.flatten(), 0).view(P, L) - rc
