@@ -124,3 +124,31 @@ def test_eight_ranks_5d(tmp_path):
     layout += ["parallel.pp_microbatches=2", "parallel.zero_stage=2"]
     (got,) = run_distributed_many([five_d + layout], 8, tmp_path / "r", timeout=380)
     _same(run_single(five_d, tmp_path / "one"), got, "pp=2 x dp_shard=2 x cp=2, ep=4")
+
+
+def test_planner_prices_experts_and_all_to_all(capsys):
+    """Mixtral at ep=8 on 64 ranks: 1 expert per rank (3 x 4096 x 14336 x 32 layers / tp), the
+    all-to-all bytes 4 N k D per layer (bench/ep_comm.py measures them), the stated assumption,
+    and MFU FLOPs from the active parameters."""
+    from plait.cli import main
+    from plait.plan.experts import plan_experts
+    from plait.plan.shapes import ModelShape
+
+    e = plan_experts(
+        n_experts=8, top_k=2, expert_dim=14336, dim=4096, n_moe_layers=32, ep=8, tp=2, pp=1,
+        local_tokens=4096, act_bytes=2,
+    )  # fmt: skip
+    assert e.experts_per_rank == 1 and e.expert_params_per_rank == 32 * 3 * 4096 * 14336 // 2
+    assert e.a2a_bytes_per_layer == 4 * 4096 * 2 * 4096 * 2 and e.off_rank_fraction == 7 / 8
+    cfg = load_config(None, ["model.preset=mixtral_8x7b", "data.seq_len=4096"])
+    shape = ModelShape.from_config(cfg)
+    active = build_model(cfg).active_params()
+    dense = active - shape.embed_params
+    assert shape.flops_per_token(4096) == 6 * dense + 32 * shape.attn_flops_per_token(4096)
+    rc = main(
+        ["plan", "gpt_tiny", "--gpus", "64", "--gpu", "h100", "--top", "0",
+         "model.preset=mixtral_8x7b", "parallel.ep=8", "parallel.zero_stage=3",
+         "data.seq_len=4096", "train.global_batch=64", "train.dtype=bf16"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "experts  1 per ep rank" in out and "router imbalance 1.00" in out
