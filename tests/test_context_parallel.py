@@ -22,6 +22,8 @@ from helpers import (
 from plait.config import load_config
 from plait.context_parallel.shard import cp_positions, shard_batch
 from plait.errors import ConfigError
+from plait.plan import Job, Layout, ModelShape, make_cluster, plan_memory, search, step_time
+from plait.plan.memory import block_activation_bytes, cp_kv_gather_bytes
 from plait.preflight import validate
 
 GPT = ["data.seq_len=16", "model.n_layers=2", "model.n_kv_heads=2", "train.global_batch=4",
@@ -80,6 +82,33 @@ def test_shards_cover_the_sequence_once_with_balanced_causal_work():
         # keys each rank's queries see under the causal mask: equal on every rank
         work = {int((cp_positions(T // cp, r, cp) + 1).sum()) for r in range(cp)}
         assert len(work) == 1, work
+
+
+def test_planner_prices_cp_by_hand():
+    small = ModelShape(dim=256, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=688, vocab_size=256)
+    job = Job(global_batch=4, seq_len=256, dtype="fp32")
+    # per local token: keys and values gathered over cp (2 D cp), plus the (T/cp, T) bool mask
+    per_token = (6 * 256 + 2 * 256 + 2 * 256 * 2 + 4 * 688) * 4 + (8 + 2) * 4
+    got = block_activation_bytes(small, 512, job, cp=2)
+    assert got == 512 * per_token + 128 * 256
+    # kv all-gather + reduce-scatter per layer: 2 (cp-1)/cp x B T 2 K E elements, fp32
+    assert cp_kv_gather_bytes(small, job, 4, 1, 4) == 2 * 3 / 4 * 4 * 256 * 2 * 128 * 4
+    # activations per rank shrink with cp (not as far as dp's: keys and values are gathered);
+    # FSDP2 shards states over dp_shard x cp; the step pays the kv collectives (NVLink)
+    cl = make_cluster("h100", 4)
+    dp4, cp4 = Layout(dp_shard=4, zero_stage=3), Layout(dp_shard=1, cp=4, zero_stage=3)
+    m1, m_dp, m_cp = (plan_memory(small, lay, job, 80 * 2**30) for lay in (Layout(), dp4, cp4))
+    assert m_cp.params == m_dp.params == m1.params / 4
+    assert m_dp.activations < m_cp.activations < m1.activations / 2
+    t4 = step_time(small, cp4, job, cl, efficiency=0.5)
+    kv = 4 * 256 * 2 * 128 * 4  # the 4 sequences' gathered keys + values (dp=1), bytes
+    assert t4.cp_s == pytest.approx(8 * 2 * (3 * 3e-6 + 3 / 4 * kv / 450e9))
+    assert Layout.from_config(load_config(None, ["parallel.cp=2"]), 4).short() == (
+        "dp 1x2 tp 1 pp 1 cp 2"
+    )
+    # the search keeps cp and skips lengths that do not split
+    assert all(c.layout.cp == 4 for c in search(small, job, cl, cp4)[0])
+    assert search(small, Job(4, 100, "fp32"), cl, Layout(cp=4))[1] == 0
 
 
 # ---- real gloo processes
