@@ -165,3 +165,6 @@ def test_four_ranks_cp4_and_cp_with_tp_dp_pp(tmp_path):
     assert ref.final_eval
     for name, got in zip(variants, runs):
         assert_same_run_and_eval(ref, got, name)
+        # the global gradient norm combines shards over dp_shard x cp (and tp, pp) exactly
+        norms = [(a["grad_norm"], b["grad_norm"]) for a, b in zip(ref.metrics, got.metrics)]
+        assert all(abs(x - y) <= 1e-5 * x for x, y in norms), (name, norms)
