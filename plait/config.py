@@ -226,8 +226,10 @@ class ParallelConfig:
     )
     dp_engine: Literal["torch", "deepspeed", "fairscale"] = _f("torch", "Data-parallel engine.")
     zero_stage: int = _f(0, "0: DDP; 1: shard optimizer state; 2: + gradients; 3: + parameters.")
-    activation_checkpoint: Literal["none", "full", "selective"] = _f(
-        "none", "Recompute block activations in backward."
+    activation_checkpoint: Literal["none", "full", "selective", "op"] = _f(
+        "none",
+        "Recompute block activations in backward: full (every block), selective (every k-th "
+        "block), op (every block keeps its matmul and attention outputs, recomputes the rest).",
     )
     activation_checkpoint_every: int = _f(1, "With selective: checkpoint every k-th block.")
     cpu_offload: bool = _f(False, "Offload parameters/optimizer state to CPU (FSDP2 / DeepSpeed).")

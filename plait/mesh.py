@@ -102,7 +102,10 @@ class ParallelDims:
         if self.dp_cp > 1 and self.tp > 1:
             # FSDP x TP parameters live on a (dp, tp) mesh; with this flattened axis registered,
             # DTensor reduces their norms in one all-reduce instead of one per axis
-            root["dp_replicate", "dp_shard", "cp", "tp"]._flatten("dp_tp")
+            dp_axes = (
+                ("dp_replicate", "dp_shard", "cp") if self.cp > 1 else ("dp_replicate", "dp_shard")
+            )
+            root[(*dp_axes, "tp")]._flatten("dp_tp")
         return Meshes(root=root, dp=dp, dp_shard_cp=dp_shard_cp, dp_cp=dp_cp)
 
 
