@@ -56,6 +56,7 @@ from plait.config import from_dict
 from plait.ddp import deepspeed_checkpoint
 from plait.ddp.optim_state import is_partitioned, load_template, owned_state, set_owned_state
 from plait.errors import PlaitError
+from plait.expert_parallel import optim_global, optim_local
 from plait.models import build_model, param_count
 from plait.safe_load import dcp_load, read_safetensors
 from plait.wrapped import is_pipeline, state_module
@@ -82,7 +83,7 @@ def app_state(
     if optimizer is not None and is_partitioned(optimizer):  # ZeRO-1 / fairscale OSS
         state["optim"] = (load_template if loading else owned_state)(model, optimizer)
     elif optimizer is not None:
-        state["optim"] = get_optimizer_state_dict(model, optimizer)
+        state["optim"] = optim_global(model, get_optimizer_state_dict(model, optimizer))
     state["extra"] = extra
     return state
 
@@ -279,7 +280,7 @@ def _load_dcp(path: Path, model, optimizer) -> dict[str, Any]:
     if optimizer is not None and is_partitioned(optimizer):
         set_owned_state(model, optimizer, state["optim"])
     elif optimizer is not None:
-        set_optimizer_state_dict(model, optimizer, state["optim"])
+        set_optimizer_state_dict(model, optimizer, optim_local(model, state["optim"]))
     return state["extra"]
 
 

@@ -15,6 +15,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 
 from plait.config import Config
 from plait.ddp import apply_replicated, apply_sharded
+from plait.expert_parallel import apply_ep, ep_groups, mark_experts
 from plait.mesh import Meshes, ParallelDims
 from plait.models.base import PlaitModel
 from plait.pipeline import split_model
@@ -83,23 +84,33 @@ def parallelize(
     model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes | None, device: torch.device
 ) -> nn.Module:
     """Turn a meta-device model into the trainable, wrapped model for this rank."""
+    # expert-parallel groups: built once (every rank creates the same process groups)
+    groups = ep_groups(model, dims, device.type)
     # 1. pipeline split: this rank's stages, each then wrapped like a whole model; their
     # gradients are averaged over dp by plait.pipeline.step, not by DDP (see there why)
     if dims.pp > 1:
         parts = split_model(model, cfg, mesh.root["pp"].get_local_rank())
         for part in parts:
-            _wrap_stage(part, cfg, dims, mesh, device)
+            _wrap_stage(part, cfg, dims, mesh, device, groups)
         return parts
-    _wrap_stage(model, cfg, dims, mesh, device)
+    _wrap_stage(model, cfg, dims, mesh, device, groups)
     # 7. replicated data parallel (DDP) needs real parameters, so it comes last; DeepSpeed and
     # fairscale wrap model and optimizer together in plait.ddp.build_engine, right after this
     return apply_replicated(model, cfg, dims, mesh, device)
 
 
 def _wrap_stage(
-    model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes | None, device: torch.device
+    model: PlaitModel,
+    cfg: Config,
+    dims: ParallelDims,
+    mesh: Meshes | None,
+    device: torch.device,
+    groups=None,
 ) -> None:
-    # 2. tensor parallel: shards module shapes, so it comes before everything that wraps them
+    # 2a. expert parallel: keep this rank's experts (and their tp slice of the hidden dim);
+    # before tensor parallel, which leaves expert weights to it
+    apply_ep(model, groups)
+    # 2b. tensor parallel: shards module shapes, so it comes before everything that wraps them
     if dims.tp > 1:
         # deferred: torch.distributed.tensor (and sympy) only when tp > 1 (start-up)
         from plait.tensor_parallel.apply import apply_tp
@@ -110,6 +121,13 @@ def _wrap_stage(
             sequence_parallel=cfg.parallel.sequence_parallel,
             loss_parallel=True,
         )
+    # 2b. context parallel: the model's attention gathers keys and values over cp and masks by
+    # global position; it shards no parameter, so its place only needs to be inside the wrappers
+    if dims.cp > 1:
+        # deferred: functional collectives only when cp > 1 (start-up)
+        from plait.context_parallel.apply import apply_cp
+
+        apply_cp(model, cp_mesh=mesh.root["cp"], window=getattr(model, "sliding_window", None))
     # 3. activation checkpointing, inside TP and outside compile
     apply_activation_checkpoint(
         model, cfg.parallel.activation_checkpoint, cfg.parallel.activation_checkpoint_every
@@ -122,4 +140,5 @@ def _wrap_stage(
     apply_sharded(model, cfg, dims, mesh, device)
     # 6. materialise on the device and initialise by parameter name (same values on any layout)
     model.to_empty(device=device)
+    mark_experts(model)  # to_empty made new Parameters: expert slices marked again
     model.init_weights(cfg.train.seed)

@@ -13,6 +13,12 @@ against a saved-tensor hook measurement in tests/test_plan_measure.py), per toke
   SwiGLU        4·F   (w1 out, silu out, w3 out, product)
   + 2 fp32 rstd values, all divided by the TP degree t as in Korthikanti et al.
 (arXiv 2205.05198 sec. 4); a checkpointed block keeps only its input D (/t with SP).
+
+Context parallel (cp ranks, plait.context_parallel): a rank holds T / cp tokens of each sequence,
+so every term above is divided by cp, except the keys and values attention saves: gathered over
+the whole sequence, 2·D/t per token of the full sequence (2·D·cp/t per local token instead of
+2·D/t), plus the boolean (T/cp, T) mask by global position that attention saves per block and
+micro-batch.
 """
 
 from __future__ import annotations
@@ -51,22 +57,49 @@ def zero_model_states(psi: float, nd: int, stage: int, k: int = 12, pb: int = 2,
 
 
 def block_activation_bytes(
-    shape: ModelShape, tokens: int, job: Job, tp: int = 1, sp: bool = False, checkpointed=False
+    shape: ModelShape,
+    tokens: int,
+    job: Job,
+    tp: int = 1,
+    sp: bool = False,
+    checkpointed=False,
+    *,
+    cp: int = 1,
 ) -> float:
-    """Bytes one block saves for backward for ``tokens`` tokens of one micro-batch (see the
-    module docstring for the terms). ``checkpointed``: True (or "full"/"selective") keeps only
-    the block's input; "op" keeps the input and every matmul and attention output (q, k, v,
-    attention, wo, w1, w3, w2 and the fp32 log-sum-exp) and recomputes the rest."""
+    """Bytes one block saves for backward for ``tokens`` tokens (this rank's: T / cp of each
+    sequence under context parallel) of one micro-batch (see the module docstring for the
+    terms). ``checkpointed``: True (or "full"/"selective") keeps only the block's input; "op"
+    keeps the input and every matmul and attention output (q, k, v, attention, wo, w1, w3, w2
+    and the fp32 log-sum-exp) and recomputes the rest."""
     s = tp if sp else 1
     if checkpointed == "op":
         d, kv, f = shape.dim, shape.kv_dim, shape.ffn_dim
-        per_token = (3 * d / s + (2 * d + 2 * kv + 2 * f) / tp) * job.act_bytes
-        return tokens * (per_token + shape.n_heads / tp * 4)
+        # under context parallel the saved keys and values are the gathered ones (x cp)
+        per_token = (3 * d / s + (2 * d + 2 * kv * cp + 2 * f) / tp) * job.act_bytes
+        mask = cp_mask_bytes(job.seq_len, cp) if cp > 1 else 0.0
+        return tokens * (per_token + shape.n_heads / tp * 4) + mask
     if checkpointed:
         return tokens * shape.dim / s * job.act_bytes
     d, f = shape.dim, shape.ffn_dim
-    per_token = (6 * d / s + (4 * d + 4 * f) / tp) * job.act_bytes + (shape.n_heads / tp + 2) * 4
-    return tokens * per_token
+    # q and the attention output for this rank's tokens; keys and values gathered over cp
+    attn = 2 * d + 2 * d * cp
+    per_token = (6 * d / s + (attn + 4 * f) / tp) * job.act_bytes + (shape.n_heads / tp + 2) * 4
+    return tokens * per_token + (cp_mask_bytes(job.seq_len, cp) if cp > 1 else 0.0)
+
+
+def cp_mask_bytes(seq_len: int, cp: int) -> float:
+    """The boolean (T / cp, T) global-position mask context-parallel attention saves."""
+    return seq_len / cp * seq_len
+
+
+def cp_kv_gather_bytes(shape: ModelShape, job: Job, sequences: int, tp: int, cp: int) -> float:
+    """Per-rank ring bytes one block's context-parallel attention moves in forward + backward:
+    keys and values (B, K/t, T, E) all-gathered over cp in forward, their gradients
+    reduce-scattered in backward; each moves (cp-1)/cp of the gathered tensor."""
+    if cp == 1:
+        return 0.0
+    gathered = sequences * job.seq_len * 2 * shape.kv_dim / tp * job.act_bytes
+    return 2 * (cp - 1) / cp * gathered
 
 
 def _vocab(shape: ModelShape, layout_tp: int, loss_parallel: bool) -> float:
@@ -89,10 +122,12 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
     """Live only for a moment, not saved for backward: one checkpointed block's recomputed
     activations, and the loss's two (tokens, V/t) gradients at the start of backward (the
     log-softmax's output gradient and its input gradient: fp32 under an fp32 loss)."""
-    tokens = job.tokens // (layout.dp * layout.microbatches)
+    tokens = job.tokens // (layout.dp_cp * layout.microbatches)
     recompute = loss_grads = 0.0
     if layout.activation_checkpoint != "none":
-        recompute = block_activation_bytes(shape, tokens, job, layout.tp, layout.sequence_parallel)
+        recompute = block_activation_bytes(
+            shape, tokens, job, layout.tp, layout.sequence_parallel, cp=layout.cp
+        )
     if part.head:
         lsm = 4 if job.fp32_loss else job.act_bytes
         loss_grads = tokens * _vocab(shape, layout.tp, layout.loss_parallel) * 2 * lsm
@@ -103,9 +138,9 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
 def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
     """Peak activation bytes of one pipeline rank: in-flight micro-batches x its blocks, the
     head and embedding, plus the transients (:func:`transient_activation_bytes`)."""
-    # tokens of one micro-batch (hook: context parallel divides them by cp here; expert
-    # parallel changes block_activation_bytes' MLP term and the experts' share of params)
-    tokens = job.tokens // (layout.dp * layout.microbatches)
+    # this rank's tokens of one micro-batch (T / cp of each sequence under context parallel;
+    # hook: expert parallel changes block_activation_bytes' MLP term and the experts' params)
+    tokens = job.tokens // (layout.dp_cp * layout.microbatches)
     tp, sp = layout.tp, layout.sequence_parallel
     ac = layout.activation_checkpoint
     n_ckpt = (
@@ -115,9 +150,9 @@ def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart
         if ac == "selective"
         else 0
     )
-    full = block_activation_bytes(shape, tokens, job, tp, sp)
+    full = block_activation_bytes(shape, tokens, job, tp, sp, cp=layout.cp)
     ckpt = block_activation_bytes(
-        shape, tokens, job, tp, sp, checkpointed="op" if ac == "op" else True
+        shape, tokens, job, tp, sp, checkpointed="op" if ac == "op" else True, cp=layout.cp
     )
     per_mb = n_ckpt * ckpt + (part.blocks - n_ckpt) * full
     inflight = inflight_microbatches(
@@ -174,7 +209,8 @@ def rank_memory(
     shape: ModelShape, layout: Layout, job: Job, part: RankPart, device_bytes: int
 ) -> Memory:
     psi_rank = part.params(shape) / layout.tp  # norms are replicated under TP; ignored (tiny)
-    ns = layout.dp_shard  # ZeRO shards over dp_shard; dp_replicate holds replicas (HSDP)
+    # ZeRO shards over dp_shard (x cp: FSDP2 shards over both); dp_replicate holds replicas
+    ns = layout.dp_shard * layout.cp
     pb, gb, ob = state_bytes(job)
     stage, engine = layout.zero_stage, layout.dp_engine
     if engine == "torch" and stage == 2:  # FSDP2 keeps parameters sharded at rest
@@ -195,7 +231,7 @@ def rank_memory(
     cb = job.act_bytes  # dtype parameters are gathered / cast to for compute
     blk = shape.block_params / layout.tp
     buffers = 0.0
-    if layout.dp > 1 and engine in ("torch", "fairscale") and stage <= 1:
+    if layout.dp_cp > 1 and engine in ("torch", "fairscale") and stage <= 1:
         buffers += gb * psi_rank  # DDP's gradient buckets (gradient_as_bucket_view=False)
         notes.append("DDP buckets: one more copy of the gradients")
     if ns > 1 and engine == "torch" and stage == 2:

@@ -20,10 +20,16 @@ def format_plan(
     shape: ModelShape, layout: Layout, job: Job, cluster: Cluster, mem: Memory, t: StepTime
 ) -> str:
     g = cluster.gpu
-    mb_tokens = job.tokens // (layout.dp * layout.microbatches)
+    mb_tokens = job.tokens // (layout.dp_cp * layout.microbatches)
     per_block = [
         block_activation_bytes(
-            shape, mb_tokens, job, layout.tp, layout.sequence_parallel, checkpointed=c
+            shape,
+            mb_tokens,
+            job,
+            layout.tp,
+            layout.sequence_parallel,
+            checkpointed=c,
+            cp=layout.cp,
         )
         for c in (False, True)
     ]
@@ -64,6 +70,13 @@ def format_plan(
         ),
         f"  TP collectives    {t.tp_s:>10.4f} s  (not overlapped)",
         f"  PP send/recv      {t.pp_p2p_s:>10.4f} s  (not overlapped)",
+        *(
+            [
+                f"  CP kv all-gather  {t.cp_s:>10.4f} s  (+ reduce-scatter in backward; not overlapped)"
+            ]
+            if layout.cp > 1
+            else []
+        ),
         f"  pipeline bubble   {t.bubble_s:>10.4f} s",
         f"  DP communication  {t.dp_s:>10.4f} s  ({t.dp_exposed_s:.4f} s exposed)",
         f"  optimizer update  {t.optimizer_s:>10.4f} s",

@@ -68,6 +68,7 @@ class StepTime:
     attention_s: float = 0.0
     memory_bound_s: float = 0.0
     hfu: float = 0.0
+    cp_s: float = 0.0  # context parallel's key/value all-gathers and reduce-scatters
 
 
 def recomputed_blocks(layout: Layout, blocks: int) -> int:
@@ -158,21 +159,24 @@ def step_time(
     hfu: float | None = None,
 ) -> StepTime:
     gpu, p, m, v, tp = cluster.gpu, layout.pp, layout.microbatches, layout.v, layout.tp
-    # hook for context / expert parallel (docs/design.md, "plait plan"): cp divides the tokens
-    # of a micro-batch per rank here and adds its attention ring to the TP-like critical path;
-    # ep changes the MLP's matmul FLOPs in roofline() and adds all-to-alls beside t_tp
-    mb_tokens = job.tokens / (layout.dp * m)
+    # context parallel divides the tokens of a micro-batch per rank (T / cp of each sequence)
+    # and adds its key/value all-gathers to the critical path; hook for expert parallel: ep
+    # changes the MLP's matmul FLOPs in roofline() and adds all-to-alls beside t_tp
+    cp = layout.cp
+    mb_tokens = job.tokens / (layout.dp_cp * m)
 
     def link(stride: int, size: int) -> comm.Link:
         alpha, bw = cluster.link(stride, size)
         return alpha, bw * COLL_EFF
 
-    # rank order follows plait's mesh (pp, dp_replicate, dp_shard, tp): tp varies fastest
+    # rank order follows plait's mesh (pp, dp_replicate, dp_shard, cp, tp): tp varies fastest;
+    # FSDP2 shards over dp_shard x cp
     tp_link = link(1, tp)
-    shard_link = link(tp, layout.dp_shard)
-    rep_link = link(tp * layout.dp_shard, layout.dp_replicate)
-    dp_link = link(tp, layout.dp)
-    pp_link = link(tp * layout.dp, p)
+    cp_link = link(tp, cp)
+    shard_link = link(tp, layout.dp_shard * cp)
+    rep_link = link(tp * layout.dp_shard * cp, layout.dp_replicate)
+    dp_link = link(tp, layout.dp_cp)
+    pp_link = link(tp * layout.dp_cp, p)
 
     act = mb_tokens * shape.dim * job.act_bytes  # one micro-batch's hidden states, bytes
     worst = None
@@ -191,9 +195,15 @@ def step_time(
         # each tp rank sends its 1/tp slice of the boundary activations (the sequence-parallel
         # shard; Megatron's scatter/gather optimisation, arXiv 2104.04473 sec. 4.1)
         t_p2p = 2 * v * comm.p2p(act / tp, pp_link) if p > 1 else 0.0
-        cand = (t_comp + t_tp + t_p2p, t_comp, t_tp, t_p2p, part, parts)
+        # context parallel: keys + values all-gathered per block in forward (again when
+        # recomputed), their gradients reduce-scattered in backward (not overlapped)
+        kv = mb_tokens * cp * 2 * shape.kv_dim / tp * job.act_bytes  # gathered, bytes
+        t_cp = (part.blocks + n_rec) * comm.all_gather(kv, cp, cp_link) + part.blocks * (
+            comm.reduce_scatter(kv, cp, cp_link)
+        )
+        cand = (t_comp + t_tp + t_p2p + t_cp, t_comp, t_tp, t_p2p, part, parts, t_cp)
         worst = cand if worst is None or cand[0] > worst[0] else worst
-    t_mb, t_comp, t_tp, t_p2p, part, parts = worst
+    t_mb, t_comp, t_tp, t_p2p, part, parts, t_cp = worst
     ideal = m * t_mb
     pipeline = ideal / (1 - bubble_fraction(layout.schedule, p, m, v))
 
@@ -207,11 +217,11 @@ def step_time(
     bwd = t_comp * (2 / 3 if not recomputed_blocks(layout, part.blocks) else 3 / 4)
     fwd = t_comp - bwd
     dp_s = exposed = 0.0
-    if layout.dp > 1:
-        ns, nr, stage = layout.dp_shard, layout.dp_replicate, layout.zero_stage
+    if layout.dp_cp > 1:
+        ns, nr, stage = layout.dp_shard * cp, layout.dp_replicate, layout.zero_stage
         rep = comm.all_reduce(grads / ns, nr, rep_link)  # HSDP: replicas all-reduce their shard
         if stage == 0:
-            red, ag = comm.all_reduce(grads, layout.dp, dp_link), 0.0
+            red, ag = comm.all_reduce(grads, layout.dp_cp, dp_link), 0.0
         else:
             red = comm.reduce_scatter(grads, ns, shard_link) + rep
             ag = comm.all_gather(params, ns, shard_link)
@@ -222,7 +232,7 @@ def step_time(
             dp_s = red + 2 * m * ag
             exposed = m * max(0.0, ag - fwd) + max(0.0, ag + red - bwd) + (m - 1) * max(0, ag - bwd)
     # optimizer: read weights, grads, state; write weights and state (bytes / HBM bandwidth)
-    shard = layout.dp_shard if layout.zero_stage >= 1 else 1
+    shard = layout.dp_shard * cp if layout.zero_stage >= 1 else 1
     opt_s = psi / shard * (2 * pb + gb + 2 * ob) / gpu.hbm_bytes_per_s
     if layout.cpu_offload:
         opt_s *= 10  # host memory and PCIe instead of HBM: an assumption, a 10x slower update
@@ -236,7 +246,8 @@ def step_time(
     elif hfu is not None:
         total = job.tokens * hw_fpt / (cluster.gpus * gpu.peak_flops * hfu)
     return StepTime(
-        compute_s=m * t_comp, tp_s=m * t_tp, pp_p2p_s=m * t_p2p, bubble_s=pipeline - ideal,
+        compute_s=m * t_comp, tp_s=m * t_tp, pp_p2p_s=m * t_p2p, cp_s=m * t_cp,
+        bubble_s=pipeline - ideal,
         dp_s=dp_s, dp_exposed_s=exposed, optimizer_s=opt_s, total_s=total,
         tokens_per_s=job.tokens / total,
         mfu=job.tokens * model_fpt / (total * cluster.gpus * gpu.peak_flops),
