@@ -32,15 +32,19 @@ __all__ = [
 
 
 def uses_fsdp(cfg: Config, dims: ParallelDims) -> bool:
-    """FSDP2 shards this model (plait.rules.DP_ENGINES: torch, zero_stage 2/3, dp > 1)."""
-    return rules.uses_fsdp(cfg.parallel.dp_engine, cfg.parallel.zero_stage, dims.dp)
+    """FSDP2 shards this model (plait.rules.DP_ENGINES: torch, zero_stage 2/3, dp x cp > 1)."""
+    return rules.uses_fsdp(cfg.parallel.dp_engine, cfg.parallel.zero_stage, dims.dp_cp)
 
 
 def fsdp_mesh(meshes, dims: ParallelDims):
-    """1-D flattened dp mesh for ZeRO, the 2-D (dp_replicate, dp_shard) slice for HSDP."""
+    """1-D flattened dp mesh for ZeRO, the 2-D (dp_replicate, dp_shard) slice for HSDP; under
+    context parallel the shard axis is dp_shard x cp (torchtitan), so gradients are averaged
+    over the cp ranks too."""
     if dims.dp_replicate > 1:
+        if dims.cp > 1:
+            return meshes.root["dp_replicate", "dp_shard_cp"]
         return meshes.root["dp_replicate", "dp_shard"]
-    return meshes.dp
+    return meshes.dp_shard_cp if dims.cp > 1 else meshes.dp
 
 
 def apply_sharded(model: nn.Module, cfg: Config, dims: ParallelDims, meshes, device) -> None:
@@ -65,9 +69,9 @@ def apply_replicated(
 ) -> nn.Module:
     """Step 7: torch DDP around the materialised model (torch engine, zero_stage 0/1). DeepSpeed
     and fairscale wrap in :func:`build_engine`, since they need the optimizer too."""
-    if not rules.uses_ddp(cfg.parallel.dp_engine, cfg.parallel.zero_stage, dims.dp):
+    if not rules.uses_ddp(cfg.parallel.dp_engine, cfg.parallel.zero_stage, dims.dp_cp):
         return model
-    return apply_ddp(model, dp_mesh=meshes.dp, device=device)
+    return apply_ddp(model, dp_mesh=meshes.dp_cp if dims.cp > 1 else meshes.dp, device=device)
 
 
 def build_engine(
@@ -77,7 +81,7 @@ def build_engine(
     inner = unwrap(model)
     p = cfg.parallel
     kind = rules.dp_engine(p.dp_engine, p.zero_stage).engine
-    if dims.dp == 1 or kind == "plain":
+    if dims.dp_cp == 1 or kind == "plain":
         return Engine(model, inner, cfg, dims.dp)
     group = meshes.dp.get_group()
     # each engine's module is imported only when chosen: deferred optional heavy dependencies
@@ -101,4 +105,4 @@ def build_engine(
     # deferred: an engine's module (and its library) loads only when that engine is used
     from plait.ddp.fsdp import FSDPEngine
 
-    return FSDPEngine(model, inner, cfg, dims.dp)
+    return FSDPEngine(model, inner, cfg, dims.dp_cp)

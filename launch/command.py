@@ -11,10 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ENTRY_MODULE = "plait.train"
+STOP_GRACE_S = 10  # after SIGTERM, before SIGKILL
 
 
 def run_entry(function: str, *args):
@@ -71,12 +73,19 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 GRACE_S = 90.0
 
 
-def run(launch: Launch, *, cwd: str | None = None, grace: float = GRACE_S) -> int:
+def run(
+    launch: Launch,
+    *,
+    cwd: str | None = None,
+    grace: float = GRACE_S,
+    stop: Callable[[], bool] | None = None,
+) -> int:
     """Write the files and run the command in its own session. A SIGTERM, SIGINT, SIGHUP or
     SIGUSR1 to this process is passed on to that session (the ranks stop after their step with a
     checkpoint, plait.preemption) and waited for, at most ``grace`` seconds from the first one.
     On any exit, whatever is left of the session, and every process it started (launchers such as
-    torchrun start ranks in sessions of their own), is killed: no rank outlives the launch."""
+    torchrun start ranks in sessions of their own), is killed: no rank outlives the launch.
+    ``stop``: polled while it runs; True ends it (SIGTERM, then SIGKILL after a grace)."""
     for path, text in launch.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
@@ -106,10 +115,17 @@ def run(launch: Launch, *, cwd: str | None = None, grace: float = GRACE_S) -> in
         _kill_group(proc.pid, signum)
     try:
         while proc.poll() is None and not (first and time.monotonic() > first[0] + grace):
-            try:  # the tree is re-read each second: a launcher that dies hard still leaves
-                proc.wait(timeout=1.0)  # the pids of its ranks here
+            try:  # the tree is re-read each poll: a launcher that dies hard still leaves
+                proc.wait(timeout=0.2 if stop else 1.0)  # the pids of its ranks here
             except subprocess.TimeoutExpired:
                 tree.refresh()
+                if stop is not None and not first and stop():
+                    proc.terminate()  # torchrun's agent stops its workers on SIGTERM
+                    try:
+                        proc.wait(timeout=STOP_GRACE_S)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    break
         # after a passed-on signal the ranks may outlive their launcher (DeepSpeed's runner
         # dies at once while its ranks save): wait for them within the grace
         while first and tree.alive() and time.monotonic() < first[0] + grace:

@@ -4,10 +4,14 @@ newcomer needs no launcher. The config is validated here, before any process sta
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
-from plait import preemption, resume, run_lock
+from plait import failure, preemption, resume, run_lock
 from plait.config import Config
 from plait.errors import PlaitError
 from plait.launch.command import child_pids, handle, run_entry
@@ -16,11 +20,13 @@ AGENT_SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"
 AGENT_SIGNALS = "SIGQUIT"  # the agent's own handling; SIGTERM/INT/HUP/USR1: _pass_on
 
 
-def _worker(cfg_dict: dict[str, Any], return_state: bool):
+def _worker(cfg_dict: dict[str, Any], return_state: bool, attempt: int = 0):
     """Runs in each child: rebuild the config (already validated) and train."""
     from plait.dist import LAUNCHER_ENV  # deferred: plait.dist imports torch (see run_local)
 
     os.environ[LAUNCHER_ENV] = "plait train --nproc"  # run.json's launched_by
+    # restarts are run_local's (each a fresh elastic launch): the count torchrun would give
+    os.environ["TORCHELASTIC_RESTART_COUNT"] = str(attempt)
     return run_entry("run_config", cfg_dict, return_state)
 
 
@@ -34,11 +40,13 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     _HAS_SIGNALS = "signals_to_handle" in LaunchConfig.__dataclass_fields__
 
     # deferred: preflight builds meta models (torch), not needed to build commands
+    from plait.host_check import check_host
     from plait.preflight import default_run_dir, validate
 
     if nproc < 1:
         raise PlaitError(f"--nproc: {nproc} is not allowed; must be >= 1")
     validate(cfg, nproc)
+    check_host(cfg, nproc, nproc)  # files, folders, device and memory, before any rank starts
     resume.check_before_launch(cfg)  # a refused config change, before any rank starts
     cfg_dict = cfg.to_dict()
     run_dir = default_run_dir(cfg)
@@ -60,23 +68,41 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
         run_id=uuid.uuid4().hex[:8],
         rdzv_backend="c10d",
         rdzv_endpoint="127.0.0.1:0",  # port 0: pick a free one
-        max_restarts=max_restarts,
+        max_restarts=0,  # restarts are decided below: an error that will repeat ends the job
         monitor_interval=0.1,
         start_method="spawn",
         **({"signals_to_handle": AGENT_SIGNALS} if _HAS_SIGNALS else {}),
     )
+    failures = Path(tempfile.mkdtemp(prefix="plait-failures-"))
+    os.environ[failure.ENV] = str(failures)  # the ranks say why they failed (plait.failure)
     previous = handle(preemption.SIGNALS, _pass_on)
     try:
-        results = elastic_launch(lc, _worker)(cfg_dict, return_state)
-    except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        raise PlaitError(f"rank {rank} failed: {_last_line(failure)}") from None
+        for attempt in range(max_restarts + 1):
+            failure.clear(failures)
+            try:
+                results = elastic_launch(lc, _worker)(cfg_dict, return_state, attempt)
+                break
+            except ChildFailedError as e:
+                rank, fail = e.get_first_failure()
+                cause = failure.pick(failures, rank, f"failed: {_last_line(fail)}")
+                if cause.final or attempt == max_restarts:
+                    tries = f" (after {attempt + 1} tries)" if attempt else ""
+                    raise PlaitError(failure.describe(cause) + tries) from None
+                print(
+                    f"plait: {failure.describe(cause)}; restarting the ranks "
+                    f"({attempt + 1} of {max_restarts})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                lc.run_id = uuid.uuid4().hex[:8]
     finally:
         handle(preemption.SIGNALS, previous)
         if saved_env is None:
             os.environ.pop(AGENT_SIGNALS_ENV, None)
         else:
             os.environ[AGENT_SIGNALS_ENV] = saved_env
+        os.environ.pop(failure.ENV, None)
+        shutil.rmtree(failures, ignore_errors=True)
         os.environ.pop(run_lock.ENV, None)
         lock.release()
     if results[0].preempted and (info := preemption.read_marker(run_dir)) is not None:

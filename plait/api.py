@@ -103,12 +103,24 @@ def parallelize(
     ``{"dp_shard": 2, "tp": 2, "zero_stage": 2}``, or the same as keyword arguments) and
     initialise it by parameter name from ``seed`` (the same weights under any layout).
     Starts the process group from the launcher's environment when none exists. pp > 1 needs
-    plait's pipeline schedules: use :func:`train` for it."""
+    plait's pipeline schedules, cp > 1 its sequence split: use :func:`train` for them."""
     keys = {**(layout or {}), **parallel}
     if keys.get("pp", 1) != 1:
         raise ConfigError(
             f"parallel.pp: {keys['pp']} is not allowed in plait.parallelize (one's own loop "
             "cannot run pipeline schedules); use plait.train(cfg, model=...) for pp > 1"
+        )
+    if keys.get("cp", 1) != 1:
+        raise ConfigError(
+            f"parallel.cp: {keys['cp']} is not allowed in plait.parallelize (the batch split "
+            "over cp and the dp x cp loss sums are the trainer's); use plait.train(cfg, "
+            "model=...) for cp > 1"
+        )
+    if keys.get("ep", 1) != 1:
+        raise ConfigError(
+            f"parallel.ep: {keys['ep']} is not allowed in plait.parallelize (expert gradients "
+            "are reduced in the trainer's optimizer step); use plait.train(cfg, model=...) "
+            "with a gpt mixture-of-experts model for ep > 1"
         )
     env = pdist.DistEnv.from_environ()
     cfg = from_dict({"parallel": keys, "train": {"seed": seed, "device": device}})

@@ -7,8 +7,9 @@ model itself depends on how the batch is cut or on the random stream of a rank:
   statistics once per forward: per data-parallel rank's slice, per pipeline micro-batch and per
   gradient-accumulation chunk (SyncBatchNorm is CUDA-only).
 - Dropout masks come from each rank's generator (seeded per dp rank; pipeline stages each start
-  it afresh; tp ranks share it, see plait.tensor_parallel) in the order forwards run, so dp, tp,
-  pp and gradient accumulation each draw other masks than one process.
+  it afresh; tp ranks share it, see plait.tensor_parallel; cp ranks draw for their own chunks)
+  in the order forwards run, so dp, cp, tp, pp and gradient accumulation each draw other masks
+  than one process.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def layout_note(cfg: Config, dims: ParallelDims) -> str | None:
     # what cuts the batch a forward sees, and what runs forwards on other generators / in
     # another order
     slices = {"dp": dims.dp, "pp_microbatches": p.pp_microbatches if dims.pp > 1 else 1}
-    streams = {"dp": dims.dp, "tp": dims.tp, "pp": dims.pp}
+    streams = {"dp": dims.dp, "cp": dims.cp, "tp": dims.tp, "pp": dims.pp}
     notes = []
     if getattr(cfg.model, "batchnorm", False):
         by = [f"{k}={v}" for k, v in {**slices, "grad_accum": accum}.items() if v > 1]

@@ -17,9 +17,11 @@ from plait.errors import ConfigError
 from plait.mesh import ParallelDims
 from plait.models import build_model, check_model
 from plait.models.base import PlaitModel
+from plait.models.gpt import gpt_args
 from plait.observe.checks import check_observe
+from plait.parallel_attrs import CP_ATTENTION_MODULES
 from plait.pipeline.validate import check_pipeline
-from plait.rules import divisors, dp_engine, layout_problem
+from plait.rules import cp_seq_problem, divisors, dp_engine, ep_problem, layout_problem
 from plait.tensor_parallel.check import check_tp
 
 
@@ -35,7 +37,7 @@ def validate(cfg: Config, world_size: int) -> ParallelDims:
     The meta model is built at most once, and only when a check reads its modules (pipeline
     stages, tensor-parallel shapes): its first build loads torch's meta kernels (seconds)."""
     p = cfg.parallel
-    model = build_model(cfg) if p.pp > 1 or p.tp > 1 or p.pp_cuts else None
+    model = build_model(cfg) if p.pp > 1 or p.tp > 1 or p.cp > 1 or p.pp_cuts else None
     if model is None:
         check_model(cfg)  # build_model runs it too
     check_observe(cfg)
@@ -50,25 +52,70 @@ def check_supported(cfg: Config, dims: ParallelDims, model: PlaitModel | None = 
     p = cfg.parallel
     problem = layout_problem(
         dp_engine=p.dp_engine, zero_stage=p.zero_stage, pp=dims.pp, dp=dims.dp, tp=dims.tp,
-        schedule=p.pp_schedule,
+        schedule=p.pp_schedule, cp=dims.cp,
     )  # fmt: skip
     if problem:
         raise ConfigError(problem)
+    check_moe(cfg, dims)
     check_dp(cfg, dims)
-    if dims.pp == 1 and dims.tp == 1 and not cfg.parallel.pp_cuts:
+    if dims.pp == 1 and dims.tp == 1 and dims.cp == 1 and not cfg.parallel.pp_cuts:
         return  # the shape checks below have nothing to check: no model needed
     model = model if model is not None else build_model(cfg)
+    check_cp(cfg, dims, model)
     check_pipeline(cfg, dims, n_blocks=len(model.layers))
     check_tp(cfg, dims, model)
 
 
-def check_dp(cfg: Config, dims: ParallelDims) -> None:
-    """The data-parallel engine's options (plait.rules.DP_ENGINES): its package installed, its
+def check_cp(cfg: Config, dims: ParallelDims, model: PlaitModel) -> None:
+    """Context parallel: the model has attention plait can split (plait.parallel_attrs
+    CP_ATTENTION_MODULES), and the sequence splits into 2 x cp chunks."""
+    if dims.cp == 1:
+        return
+    names = set(getattr(model, CP_ATTENTION_MODULES, ()))
+    if not any(type(m).__name__ in names for m in model.modules()):
+        what = cfg.model.name + (f" ({cfg.model.hf_arch})" if cfg.model.name == "hf" else "")
+        raise ConfigError(
+            f"parallel.cp: {dims.cp} is not allowed for model.name={what}: it has no attention "
+            "context parallel can split (supported: gpt, hf LlamaForCausalLM and "
+            "MistralForCausalLM); use parallel.cp=1"
+        )
+    problem = cp_seq_problem(cfg.data.seq_len, dims.cp)
+    if problem:
+        raise ConfigError(problem)
+
+
+def check_moe(cfg: Config, dims: ParallelDims) -> None:
+    """Expert parallel and the mixture-of-experts options against the layout (plait.rules)."""
+    p = cfg.parallel
+    moe = gpt_args(cfg).moe if cfg.model.name == "gpt" else None
+    problem = ep_problem(
+        ep=p.ep, n_experts=moe.n_experts if moe else 0, expert_dim=moe.expert_dim if moe else 1,
+        dp_shard=dims.dp_shard, cp=dims.cp, tp=dims.tp, dp_engine=p.dp_engine,
+        zero_stage=p.zero_stage, sequence_parallel=p.sequence_parallel and moe is not None,
+    )  # fmt: skip
+    if problem:
+        raise ConfigError(problem)
+    if moe is not None and dims.cp > 1:
+        for key, v in (
+            ("moe_aux_loss", moe.aux_loss),
+            ("moe_capacity_factor", moe.capacity_factor),
+        ):
+            if v > 0:
+                raise ConfigError(
+                    f"model.{key}: {v} is not allowed with parallel.cp={dims.cp}: it is a "
+                    "function of whole sequences, which context parallel splits; set it to 0 "
+                    "(moe_bias_update balances without it)"
+                )
+
+
+def check_dp(cfg: Config, dims: ParallelDims, *, need_package: bool = True) -> None:
+    """The data-parallel engine's options (plait.rules.DP_ENGINES): its package installed
+    (unless ``need_package`` is False: ``plait plan`` prices a cluster's run from a laptop), its
     stage, offload, HSDP and checkpointing."""
     p = cfg.parallel
     eng, stage = p.dp_engine, p.zero_stage
     cell = dp_engine(eng, stage)
-    if eng != "torch" and importlib.util.find_spec(eng) is None:
+    if need_package and eng != "torch" and importlib.util.find_spec(eng) is None:
         raise ConfigError(
             f"parallel.dp_engine: {eng!r} needs the {eng} package (pip install 'plait[{eng}]'), "
             "or use dp_engine=torch (DDP, ZeRO-1/2/3, HSDP on FSDP2)"
@@ -120,22 +167,27 @@ def check_dp(cfg: Config, dims: ParallelDims) -> None:
 def valid_layouts(
     cfg: Config, world_size: int, model: PlaitModel | None = None
 ) -> list[tuple[int, int, int]]:
-    """(pp, dp_shard, tp) factorizations of ``world_size`` that this model and config accept:
-    tp divides the model's heads/ffn/vocab, pp fits the blocks and schedule, the batch splits."""
+    """(pp, dp_shard, tp) factorizations of ``world_size`` / ``parallel.cp`` that this model and
+    config accept: tp divides the model's heads/ffn/vocab, pp fits the blocks and schedule, the
+    batch splits."""
     model = model if model is not None else build_model(cfg)
-    divs = divisors(world_size)
+    cp = cfg.parallel.cp
+    if world_size % cp:
+        return []
+    rest = world_size // cp
+    divs = divisors(rest)
     out = []
     for pp in divs:
         for tp in divs:
-            if world_size % (pp * tp):
+            if rest % (pp * tp):
                 continue
-            dp = world_size // (pp * tp)
+            dp = rest // (pp * tp)
             par = dataclasses.replace(cfg.parallel, pp=pp, tp=tp, dp_shard=dp, dp_replicate=1)
-            if tp > 1 and dp > 1 and par.zero_stage < 2:
+            if tp > 1 and dp * cp > 1 and par.zero_stage < 2:
                 par = dataclasses.replace(par, zero_stage=3)
             trial = dataclasses.replace(cfg, parallel=par)
             try:
-                dims = ParallelDims(pp, 1, dp, tp, world_size)
+                dims = ParallelDims(pp, 1, dp, tp, world_size, cp=cp)
                 dims.check_batch(trial)
                 check_supported(trial, dims, model)
             except ConfigError:
@@ -147,7 +199,8 @@ def valid_layouts(
 def layouts_hint(cfg: Config, world_size: int, model: PlaitModel | None = None) -> str:
     """The layouts of ``world_size`` ranks that would work, for a world-size mismatch error."""
     layouts = valid_layouts(cfg, world_size, model)
-    combos = [f"pp={pp} x dp_shard={dp} x tp={tp}" for pp, dp, tp in layouts]
+    cp = f" x cp={cfg.parallel.cp}" if cfg.parallel.cp > 1 else ""
+    combos = [f"pp={pp} x dp_shard={dp}{cp} x tp={tp}" for pp, dp, tp in layouts]
     if not combos:
         return f"no layout of {world_size} ranks fits this model and batch"
     return (

@@ -117,14 +117,22 @@ def divisors(n: int) -> list[int]:
 
 
 def layout_problem(
-    *, dp_engine: str, zero_stage: int, pp: int, dp: int, tp: int, schedule: str
+    *, dp_engine: str, zero_stage: int, pp: int, dp: int, tp: int, schedule: str, cp: int = 1
 ) -> str | None:
     """Why this engine x layout cannot run, or None. The one statement of these rules: config
     validation raises it, and ``plait plan``'s layout search skips such layouts."""
     cell = DP_ENGINES.get((dp_engine, zero_stage))
-    if tp > 1 and dp > 1 and not (cell and cell.tp_2d):
+    if cp > 1 and not (dp_engine == "torch" and zero_stage in (0, 2, 3)):
+        # gradients are averaged over dp x cp: torch DDP over that flattened view, or FSDP2
+        # sharding over dp_shard x cp (docs/design.md, context parallel)
         return (
-            f"parallel: tp={tp} with dp={dp} data-parallel ranks needs sharded data parallel on "
+            f"parallel.cp={cp} with dp_engine={dp_engine!r} zero_stage={zero_stage} is not "
+            "allowed: context parallel averages gradients over dp x cp with the torch engine: "
+            "use dp_engine=torch with zero_stage 0 (DDP), 2 or 3 (FSDP2)"
+        )
+    if tp > 1 and dp * cp > 1 and not (cell and cell.tp_2d):
+        return (
+            f"parallel: tp={tp} with dp x cp={dp * cp} data-parallel ranks needs sharded data parallel on "
             f"the torch engine (FSDP2 over TP, torchtitan's 2-D); dp_engine={dp_engine!r} "
             f"zero_stage={zero_stage} is not allowed: use dp_engine=torch with zero_stage=2 or 3"
         )
@@ -143,5 +151,66 @@ def layout_problem(
             "weight-gradient pass gives wrong gradients for parameters FSDP2 re-shards after "
             "forward (torch 2.13); use zero_stage=2, or a schedule without W passes (GPipe, "
             "1F1B, Interleaved1F1B, LoopedBFS)"
+        )
+    return None
+
+
+def cp_seq_problem(seq_len: int, cp: int) -> str | None:
+    """Why ``data.seq_len`` cannot be split over ``cp`` context-parallel ranks, or None: the
+    sequence is cut into 2 x cp equal chunks (rank r keeps chunks r and 2cp-1-r, balancing
+    causal work), so 2 x cp must divide it."""
+    if cp > 1 and seq_len % (2 * cp):
+        ok_cp = [c for c in divisors(seq_len // 2) if c > 1][:6] if seq_len % 2 == 0 else []
+        ok_len = [seq_len + k for k in range(1, 2 * cp + 1) if (seq_len + k) % (2 * cp) == 0]
+        ok_len = [(seq_len // (2 * cp)) * 2 * cp] * (seq_len >= 2 * cp) + ok_len
+        return (
+            f"data.seq_len: {seq_len} does not split into 2 x parallel.cp={2 * cp} equal chunks; "
+            f"use data.seq_len {' or '.join(map(str, ok_len))}"
+            + (f", or parallel.cp in {ok_cp}" if ok_cp else "")
+        )
+    return None
+
+
+def ep_problem(
+    *, ep: int, n_experts: int, expert_dim: int, dp_shard: int, cp: int, tp: int,
+    dp_engine: str, zero_stage: int, sequence_parallel: bool,
+) -> str | None:  # fmt: skip
+    """Why this expert-parallel layout cannot run, or None (``n_experts`` 0: a dense model).
+    ep folds over the dp_shard x cp ranks (docs/design.md, expert parallel)."""
+    fold = dp_shard * cp
+    if n_experts == 0:
+        if ep > 1:
+            return (
+                f"parallel.ep: {ep} needs a mixture-of-experts model; set model.moe_experts "
+                "(gpt) or model.preset=moe_tiny, or use parallel.ep=1"
+            )
+        return None
+    ok = [d for d in divisors(n_experts) if fold % d == 0]
+    if n_experts % ep:
+        return (
+            f"model.moe_experts: {n_experts} does not split over parallel.ep={ep}; ep sizes that "
+            f"work for {n_experts} experts over dp_shard x cp = {fold} ranks: {', '.join(map(str, ok))}"
+        )
+    if fold % ep:
+        return (
+            f"parallel.ep: {ep} does not divide dp_shard x cp = {dp_shard} x {cp} = {fold} (ep "
+            f"folds over those ranks); ep sizes that work here: {', '.join(map(str, ok))}"
+        )
+    if expert_dim % tp:
+        return (
+            f"model.moe_ffn_dim: {expert_dim} does not split over parallel.tp={tp}; pick a "
+            f"multiple of {tp}, or tp among {', '.join(map(str, divisors(expert_dim)[:8]))}"
+        )
+    split = ep > 1 or tp > 1
+    if split and (dp_engine != "torch" or zero_stage == 1):
+        return (
+            f"parallel.ep={ep} / tp={tp} with a mixture-of-experts model needs dp_engine=torch "
+            f"with zero_stage 0, 2 or 3 (not {dp_engine!r} zero_stage={zero_stage}): split "
+            "experts reduce their gradients over their own ranks, which other engines cannot skip"
+        )
+    if sequence_parallel:
+        return (
+            "parallel.sequence_parallel: true is not allowed with a mixture-of-experts model "
+            "(the router needs whole tokens on every tp rank); set sequence_parallel=false"
         )
     return None

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from plait import preemption
+from plait import failure, preemption
 from plait.config import from_dict, load_config
 from plait.errors import PlaitError
 from plait.trainer import RunResult, train
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m plait.train CONFIG [key=value ...]")
         return 0 if argv else 2
     try:
-        train(load_config(argv[0], argv[1:]))
+        with failure.recorded():
+            train(load_config(argv[0], argv[1:]))
     except PlaitError as e:
         print(f"plait: error: {e}", file=sys.stderr)
         return 2
@@ -33,7 +34,8 @@ def run_config(cfg_dict: dict[str, Any], return_state: bool = False) -> RunResul
     validated config and train."""
     cfg = from_dict(cfg_dict)
     try:
-        return train(cfg, return_state=return_state)
+        with failure.recorded():  # a Preempted is not recorded as a failure
+            return train(cfg, return_state=return_state)
     except preemption.Preempted as e:  # a clean stop, not a failure for the agent to restart
         return RunResult(run_dir=Path(cfg.log.run_dir), preempted=str(e))
 

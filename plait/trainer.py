@@ -4,7 +4,9 @@ reaches it through ``python -m plait.train``.
 Loss normalisation: ``model.loss`` returns a *sum*; each micro-batch's sum is divided by the
 global number of terms in the step (samples or tokens over all dp ranks and micro-batches) and
 multiplied by dp, because the data-parallel engine averages gradients over dp ranks. The result
-is the single-process gradient of the mean loss whatever the layout or accumulation.
+is the single-process gradient of the mean loss whatever the layout or accumulation. Under
+context parallel each rank holds a part of every sequence: sums and counts run over dp x cp and
+gradients are averaged over dp x cp, so "dp" above reads "dp x cp".
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.distributed as dist
 from plait import dist as pdist
 from plait import preemption, resume, run_lock
 from plait.config import Config
+from plait.context_parallel import shard_batch
 from plait.data import build_data
 from plait.data.prefetch import Prefetcher
 from plait.ddp import build_engine
@@ -56,7 +59,11 @@ class _Step:
 
     def __init__(self, cfg: Config, dims: ParallelDims, mesh, device: torch.device, dp_rank: int):
         self.cfg, self.dims, self.device = cfg, dims, device
-        self.dp_group = mesh.dp.get_group() if mesh is not None and dims.dp > 1 else None
+        # the group the loss, token counts and gradients are summed over: dp x cp
+        sums = (mesh.dp_cp if dims.cp > 1 else mesh.dp) if mesh is not None else None
+        self.dp_group = sums.get_group() if sums is not None and dims.dp_cp > 1 else None
+        # context parallel: this rank's 2 of 2 x cp sequence chunks (plait.context_parallel)
+        self.cp_rank = mesh.root["cp"].get_local_rank() if dims.cp > 1 else 0
         model = parallelize(build_model(cfg), cfg, dims, mesh, device)
         if cfg.checkpoint.init_from:  # seed weights: before DeepSpeed copies them into its
             # optimizer's flat fp32 partitions (loaded after, they would be overwritten)
@@ -103,6 +110,7 @@ class _Step:
         self.clock.start()
         self.model.train()
         batch, data_wait = self.loader.get(step)
+        batch = shard_batch(batch, self.cp_rank, self.dims.cp)
         self.clock.mark("data_s")
         micro = [
             dict(zip(batch, vals))
@@ -112,7 +120,7 @@ class _Step:
             torch.tensor(float(sum(self.inner.count(m) for m in micro)), device=self.device)
         )
         self.clock.mark("wait_s")  # the step's first collective: early ranks wait here
-        scale = self.dims.dp / count  # see the module docstring
+        scale = self.dims.dp_cp / count  # see the module docstring
         loss_sum = self.engine.forward_backward([self._to_device(m) for m in micro], scale)
         loss_val = (self._all_reduce(loss_sum) / count).item()
         self.clock.mark("fwd_bwd_s")
@@ -184,9 +192,8 @@ class _Step:
         B = self.cfg.train.global_batch
         totals = torch.zeros(3, device=self.device)  # loss sum, correct, count
         for k in range(self.data.eval_steps(B, self.cfg.train.eval_batches)):
-            mb = self._to_device(
-                self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B)
-            )
+            mb = self.data.sample("eval", k, self.lo, self.lo + self.local_batch, B)
+            mb = self._to_device(shard_batch(mb, self.cp_rank, self.dims.cp))
             totals += self.engine.eval_batch(mb)
         loss_sum, correct, n = self._all_reduce(totals).tolist()
         res = {"eval_loss": loss_sum / n}

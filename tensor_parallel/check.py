@@ -62,7 +62,9 @@ def check_tp(cfg: Config, dims: ParallelDims, model: PlaitModel | None = None) -
             f"gives no style to {missed[:4]}; use parallel.tp=1"
         )
     if cfg.parallel.sequence_parallel:
-        sizes["data.seq_len"] = cfg.data.seq_len  # the residual stream is split on it
+        # the residual stream is split on it: under context parallel, this rank's T / cp
+        key = "data.seq_len / parallel.cp" if dims.cp > 1 else "data.seq_len"
+        sizes[key] = cfg.data.seq_len // dims.cp
     works = divisors(math.gcd(*sizes.values()))
     for key, size in sizes.items():
         if size % tp:

@@ -16,7 +16,7 @@ WRAPS = {
 
 def engine_name(cfg: Config, dims: ParallelDims, engine) -> str:
     p, kind = cfg.parallel, type(engine).__name__
-    if dims.dp == 1:
+    if dims.dp_cp == 1:
         return "none (dp 1)" + (", pipeline" if kind == "PipelineEngine" else "")
     return f"{p.dp_engine} ({WRAPS.get(kind, kind)}), ZeRO stage {p.zero_stage}"
 
@@ -31,7 +31,9 @@ def banner(
     lines = [
         f"plait | {cfg.name} | {cfg.model.name} {params:,} params | {world} rank(s) on {device}",
         f"  layout  pp {dims.pp} x dp_replicate {dims.dp_replicate} x dp_shard {dims.dp_shard} "
-        f"x tp {dims.tp}" + (" (sequence parallel)" if p.sequence_parallel else ""),
+        + (f"x cp {dims.cp} " if dims.cp > 1 else "")
+        + f"x tp {dims.tp}"
+        + (" (sequence parallel)" if p.sequence_parallel else ""),
         f"  engine  {engine_name(cfg, dims, engine)}; activation checkpoint "
         f"{p.activation_checkpoint}; compile {'on' if t.compile else 'off'}",
         f"  dtype   {t.dtype} | {unit}/step {per_step:,}{shape} | grad_accum {t.grad_accum} "

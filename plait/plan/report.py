@@ -20,10 +20,16 @@ def format_plan(
     shape: ModelShape, layout: Layout, job: Job, cluster: Cluster, mem: Memory, t: StepTime
 ) -> str:
     g = cluster.gpu
-    mb_tokens = job.tokens // (layout.dp * layout.microbatches)
+    mb_tokens = job.tokens // (layout.dp_cp * layout.microbatches)
     per_block = [
         block_activation_bytes(
-            shape, mb_tokens, job, layout.tp, layout.sequence_parallel, checkpointed=c
+            shape,
+            mb_tokens,
+            job,
+            layout.tp,
+            layout.sequence_parallel,
+            checkpointed=c,
+            cp=layout.cp,
         )
         for c in (False, True)
     ]
@@ -55,14 +61,28 @@ def format_plan(
     lines += [
         "",
         "step time (slowest pipeline rank)",
-        f"  compute           {t.compute_s:>10.4f} s",
+        f"  compute           {t.compute_s:>10.4f} s"
+        + (
+            f"  (matmul {t.matmul_s:.4f}, attention {t.attention_s:.4f}, "
+            f"memory-bound {t.memory_bound_s:.4f}{', compiled' if job.compiled else ''})"
+            if t.matmul_s
+            else ""
+        ),
         f"  TP collectives    {t.tp_s:>10.4f} s  (not overlapped)",
         f"  PP send/recv      {t.pp_p2p_s:>10.4f} s  (not overlapped)",
+        *(
+            [
+                f"  CP kv all-gather  {t.cp_s:>10.4f} s  (+ reduce-scatter in backward; not overlapped)"
+            ]
+            if layout.cp > 1
+            else []
+        ),
         f"  pipeline bubble   {t.bubble_s:>10.4f} s",
         f"  DP communication  {t.dp_s:>10.4f} s  ({t.dp_exposed_s:.4f} s exposed)",
         f"  optimizer update  {t.optimizer_s:>10.4f} s",
         f"  step              {t.total_s:>10.4f} s  -> {t.tokens_per_s:,.0f} tokens/s, "
-        f"MFU {t.mfu:.1%} (6N + 12·L·H·Q·T = {t.model_flops_per_token:.3e} FLOPs/token)",
+        f"MFU {t.mfu:.1%}, HFU {t.hfu:.1%} (6N + 12·L·H·Q·T = {t.model_flops_per_token:.3e} "
+        f"FLOPs/token; with recomputation {t.hardware_flops_per_token:.3e})",
     ]
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ from plait.plan.hardware import Cluster
 from plait.plan.memory import Memory, plan_memory
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.steptime import StepTime, step_time
-from plait.rules import divisors, layout_problem
+from plait.rules import cp_seq_problem, divisors, layout_problem
 
 SEARCH_SCHEDULES = (("1F1B", 1), ("Interleaved1F1B", 2), ("ZBVZeroBubble", 2))
 
@@ -31,8 +31,8 @@ def valid(shape: ModelShape, layout: Layout, job: Job) -> bool:
         return False
     if layout_problem(
         dp_engine=layout.dp_engine, zero_stage=layout.zero_stage, pp=p, dp=layout.dp,
-        tp=layout.tp, schedule=layout.schedule,
-    ):  # fmt: skip
+        tp=layout.tp, schedule=layout.schedule, cp=layout.cp,
+    ) or cp_seq_problem(job.seq_len, layout.cp):  # fmt: skip
         return False  # plait would refuse it at launch
     if p * v > shape.n_layers or (p > 1 and layout.microbatches < p):
         return False
@@ -40,9 +40,12 @@ def valid(shape: ModelShape, layout: Layout, job: Job) -> bool:
 
 
 def layouts(shape: ModelShape, job: Job, cluster: Cluster, base: Layout) -> list[Layout]:
-    """Every combination, keeping ``base``'s engine and offload choices. Sequence parallel is
-    on whenever tp > 1: it moves the same bytes as TP's all-reduces and saves memory."""
-    n, out = cluster.gpus, []
+    """Every combination, keeping ``base``'s engine, offload and context-parallel choices.
+    Sequence parallel is on whenever tp > 1: it moves the same bytes as TP's all-reduces and
+    saves memory."""
+    if cluster.gpus % base.cp:
+        return []
+    n, out = cluster.gpus // base.cp, []
     for tp in divisors(n):
         if tp > cluster.gpus_per_node:  # TP across nodes is never worth it
             continue
@@ -53,14 +56,16 @@ def layouts(shape: ModelShape, job: Job, cluster: Cluster, base: Layout) -> list
             reps = [1] + ([dp // node_shard] if dp % node_shard == 0 and dp > node_shard else [])
             for rep in reps:
                 shard = dp // rep
-                stages = (2, 3) if rep > 1 else (0, 1, 2, 3) if dp > 1 else (0,)  # HSDP shards
+                stages = (
+                    (2, 3) if rep > 1 else (0, 1, 2, 3) if dp * base.cp > 1 else (0,)
+                )  # HSDP shards
                 scheds = SEARCH_SCHEDULES if pp > 1 else (("1F1B", 1),)
                 for sched, v in scheds:
                     per_dp = job.global_batch // dp if job.global_batch % dp == 0 else 0
                     mbs = [m for m in divisors(per_dp) if pp == 1 or m >= pp] if per_dp else []
                     for m in mbs[:6] if pp == 1 else mbs:
                         for stage in stages:
-                            for ac in ("none", "full"):
+                            for ac in ("none", "op", "full"):
                                 lay = replace(
                                     base, dp_replicate=rep, dp_shard=shard, tp=tp, pp=pp,
                                     schedule=sched, virtual_stages=v, microbatches=m,

@@ -25,6 +25,9 @@ class ModelShape:
     block_params: int | None = None
     embed_params: int | None = None
     head_params: int | None = None
+    #: parameters one token runs through per block (mixture of experts: its top-k experts);
+    #: None: all of block_params. FLOPs use it, memory uses block_params
+    active_block_params: int | None = None
 
     def __post_init__(self) -> None:
         d, kv = self.dim, self.kv_dim
@@ -57,9 +60,9 @@ class ModelShape:
     def flops_per_token(self, seq_len: int) -> float:
         """Model FLOPs per token, plait's MFU convention (docs/design.md, torchtitan's
         ``get_nparams_and_flops``): 6·(N − embedding) + 12·L·H·Q·T."""
-        return 6 * (self.params - self.embed_params) + self.n_layers * self.attn_flops_per_token(
-            seq_len
-        )
+        block = self.active_block_params or self.block_params
+        dense = self.params - self.embed_params - self.n_layers * (self.block_params - block)
+        return 6 * dense + self.n_layers * self.attn_flops_per_token(seq_len)
 
     @staticmethod
     def from_config(cfg: Config) -> ModelShape:
@@ -77,11 +80,17 @@ class ModelShape:
         def params(names: list[str]) -> int:
             return sum(param_count(getattr(model, n)) for n in names)
 
+        embed, head = params(model.pre_modules()), params(model.post_modules())
+        n = len(model.layers)
+        blocks = param_count(model) - embed - head
+        # the mean block (a mixture of experts may keep its first blocks dense)
+        active = getattr(model, "active_params", None)
         return ModelShape(
             **dims,
-            block_params=param_count(next(iter(model.layers.values()))),
-            embed_params=params(model.pre_modules()),
-            head_params=params(model.post_modules()),
+            block_params=blocks // n,
+            active_block_params=(active() - embed - head) // n if active else None,
+            embed_params=embed,
+            head_params=head,
         )
 
 
@@ -105,14 +114,25 @@ class Layout:
     activation_checkpoint: str = "none"
     checkpoint_every: int = 1
     cpu_offload: bool = False
+    #: vocabulary-sharded logits meet the loss under tp (plait's ``loss_parallel``); False: the
+    #: logits are gathered whole on every tp rank first
+    loss_parallel: bool = True
+    pp_cuts: tuple[int, ...] = ()  # first block of each stage after the first; () balanced
+    pp_balance: str = "params"  # params | flops: how the automatic cuts balance stages
+    cp: int = 1  # context parallel: each sequence split over cp ranks
 
     @property
     def dp(self) -> int:
         return self.dp_replicate * self.dp_shard
 
     @property
+    def dp_cp(self) -> int:
+        """Ranks gradients are averaged over (FSDP2 shards over dp_shard x cp)."""
+        return self.dp * self.cp
+
+    @property
     def gpus(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.cp * self.tp * self.pp
 
     @property
     def v(self) -> int:
@@ -120,6 +140,8 @@ class Layout:
 
     def short(self) -> str:
         s = f"dp {self.dp_replicate}x{self.dp_shard} tp {self.tp}{'+sp' if self.sequence_parallel else ''} pp {self.pp}"
+        if self.cp > 1:
+            s += f" cp {self.cp}"
         if self.pp > 1:
             s += f" {self.schedule}" + (f"/v{self.v}" if self.v > 1 else "")
         return s
@@ -137,6 +159,7 @@ class Layout:
             virtual_stages=p.pp_virtual_stages, zero_stage=p.zero_stage, dp_engine=p.dp_engine,
             activation_checkpoint=p.activation_checkpoint,
             checkpoint_every=p.activation_checkpoint_every, cpu_offload=p.cpu_offload,
+            pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance, cp=dims.cp,
         )  # fmt: skip
 
 
@@ -146,10 +169,18 @@ class Job:
 
     global_batch: int  # sequences per step
     seq_len: int
-    dtype: str = "bf16"  # compute dtype: fp32 | bf16 | fp16
+    dtype: str = "bf16"  # compute dtype: fp32 | bf16 | fp16 | fp8 (fp8 linears, bf16 elsewhere)
     optimizer: str = "adamw"  # sgd | adam | adamw
     momentum: float = 0.0  # sgd only
-    precision: str = "autocast"  # autocast: fp32 weights/grads (plait); mixed: ZeRO-paper 2+2+12
+    #: autocast: fp32 weights/grads/moments (plait); mixed: ZeRO paper's 2 + 2 + 12;
+    #: pure: the model cast to bf16, its gradients and optimizer moments too (2 + 2 + 4)
+    precision: str = "autocast"
+    #: torch.compile fuses the memory-bound elementwise ops (an assumption: their HBM traffic
+    #: falls to :data:`plait.plan.steptime.COMPILE_TRAFFIC` of eager's)
+    compiled: bool = False
+    #: the loss upcasts the logits to fp32 first (plait's ``model.loss``); False: cross-entropy
+    #: straight on 16-bit logits (its log-softmax then saved in 16 bits)
+    fp32_loss: bool = True
 
     @property
     def tokens(self) -> int:
@@ -164,5 +195,5 @@ class Job:
         mixed = cfg.parallel.dp_engine == "deepspeed" and cfg.train.dtype != "fp32"
         return Job(
             cfg.train.global_batch, cfg.data.seq_len, cfg.train.dtype, cfg.optim.name,
-            cfg.optim.momentum, "mixed" if mixed else "autocast",
+            cfg.optim.momentum, "mixed" if mixed else "autocast", bool(cfg.train.compile),
         )  # fmt: skip

@@ -1,5 +1,17 @@
-"""Step time: compute from FLOPs at an efficiency, communication per parallelism (alpha-beta),
-pipeline bubble, and the optimizer update.
+"""Step time: a roofline per op class on the slowest pipeline rank, communication per
+parallelism (alpha-beta), the pipeline bubble, and the optimizer update.
+
+Compute, per micro-batch and op class (docs/design.md, "plait plan"):
+- matmuls (the linear layers and the head): their FLOPs at the GPU's matmul rate (bf16, or
+  fp8 for fp8 linears) x ``matmul_eff`` x a size factor n/(n + MATMUL_N0), n the model width
+  per tensor-parallel rank (narrow GEMMs run further from peak);
+- attention (flash, causal: half the square, backward 2.5x forward): at ``attn_eff`` of the
+  bf16 peak;
+- memory-bound ops (norms, residual adds, rotary, SwiGLU's product, layout copies, the
+  cross-entropy over the vocabulary, fp8 casts): bytes moved / HBM bandwidth (x HBM_EFF);
+  ``torch.compile`` fuses them (COMPILE_TRAFFIC of eager's bytes, an assumption).
+Recomputation adds the forward again: every op for ``full`` / ``selective`` blocks, only the
+memory-bound ones for ``op`` (matmul and attention outputs are saved).
 
 Overlap rules (stated, simple, conservative):
 - TP collectives (2 all-reduces per block forward, 2 backward, 2 more when the block is
@@ -11,13 +23,13 @@ Overlap rules (stated, simple, conservative):
   of the last micro-batch only (accumulation skips sync before it); ZeRO-1/2's parameter
   all-gather overlaps with the first forward; ZeRO-3 gathers every micro-batch (forward and
   backward: 1.5x DDP's volume at one micro-batch) and overlaps each with that pass's compute.
-  Only what exceeds its window is added.
+  Only what exceeds its window is added. Collectives reach COLL_EFF of the link bandwidth.
 - The optimizer update is memory-bound: bytes read and written / HBM bandwidth.
 
-Efficiency: ``efficiency`` is the share of dense peak the kernels reach while busy; the bubble
-and exposed communication come on top. ``mfu`` (or ``hfu``, counting recomputation as
-Megatron-LM's tables do) is a measured end-to-end figure that already contains them: the
-step time is then the FLOPs over that rate and the breakdown only shows where time goes.
+``efficiency`` (``--efficiency``) replaces the roofline by one share of peak for all FLOPs.
+``mfu`` / ``hfu`` (measured end-to-end figures, HFU counting recomputation as Megatron-LM's
+tables do) already contain every loss: the step time is the FLOPs over that rate and the
+breakdown only shows where time goes.
 """
 
 from __future__ import annotations
@@ -27,19 +39,20 @@ from dataclasses import dataclass
 
 from plait.plan import comm
 from plait.plan.bubble import bubble_fraction
-from plait.plan.hardware import Cluster
+from plait.plan.hardware import GPU, Cluster
 from plait.plan.memory import state_bytes
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
 
-DEFAULT_EFFICIENCY = (
-    0.55  # assumed share of dense bf16 peak reached by a transformer step's kernels
-)
+MATMUL_N0 = 512  # width per TP rank at which GEMMs reach half their large-matrix efficiency
+HBM_EFF = 0.8  # share of HBM bandwidth elementwise kernels reach (STREAM-like copies)
+COMPILE_TRAFFIC = 0.5  # memory-bound bytes left after torch.compile's fusion (assumption)
+COLL_EFF = 0.8  # NCCL bus bandwidth over link bandwidth for large messages (assumption)
 
 
 @dataclass
 class StepTime:
-    compute_s: float  # useful + recomputed FLOPs on the slowest rank, all micro-batches
+    compute_s: float  # matmul + attention + memory-bound, slowest rank, all micro-batches
     tp_s: float
     pp_p2p_s: float
     bubble_s: float
@@ -51,9 +64,16 @@ class StepTime:
     mfu: float
     model_flops_per_token: float
     hardware_flops_per_token: float
+    matmul_s: float = 0.0  # the roofline's parts of compute_s (0 when ``efficiency`` is given)
+    attention_s: float = 0.0
+    memory_bound_s: float = 0.0
+    hfu: float = 0.0
+    cp_s: float = 0.0  # context parallel's key/value all-gathers and reduce-scatters
 
 
 def recomputed_blocks(layout: Layout, blocks: int) -> int:
+    """Blocks whose whole forward runs again in backward (``op`` recomputes only its
+    memory-bound ops: not counted here)."""
     ac = layout.activation_checkpoint
     if ac == "full":
         return blocks
@@ -71,6 +91,63 @@ def rank_flops_per_token(shape: ModelShape, layout: Layout, part: RankPart, seq_
     return model, model + recompute
 
 
+def block_traffic_bytes(shape: ModelShape, job: Job, tp: int, sp: bool) -> float:
+    """HBM bytes the memory-bound ops of one block's forward move per token (eager), counted
+    as element passes of 16-bit values: two RMSNorms (fp32 inside: 8 passes of D each), two
+    residual adds (3D each), rotary on q and k (4 passes), the layout copies around attention
+    (q, k, v, o: 2 passes), SwiGLU's silu and product (5F); fp8 adds the casts of every
+    linear's input (6D + F, read + amax + write: 5 bytes each). Norms and residuals are
+    sharded by SP, the rest by TP. Backward moves twice the forward's bytes."""
+    d, f, kv = shape.dim, shape.ffn_dim, shape.kv_dim
+    s = tp if sp else 1
+    passes = (16 * d + 6 * d) / s + (4 * (d + kv) + 2 * (2 * d + 2 * kv) + 5 * f) / tp
+    out = passes * 2
+    if job.dtype == "fp8":
+        out += 5 * (6 * d + f) / tp
+    return out * (COMPILE_TRAFFIC if job.compiled else 1.0)
+
+
+def head_traffic_bytes(shape: ModelShape, job: Job, tp: int) -> float:
+    """Bytes per token of the loss over the vocabulary (forward + backward): logits written
+    (2), their fp32 copy (4 write, 4 read), log-softmax and its gradient (4 x 3), the bf16
+    gradient (2 + 2) = 28 bytes per logit, V/t logits under the vocab-parallel loss."""
+    return 28 * shape.vocab_size / tp * (COMPILE_TRAFFIC if job.compiled else 1.0)
+
+
+def roofline(
+    shape: ModelShape, layout: Layout, job: Job, gpu: GPU, part: RankPart, tokens: float
+) -> tuple[float, float, float]:
+    """(matmul, attention, memory-bound) seconds of one micro-batch of ``tokens`` on one rank
+    of ``part`` (forward, backward and recomputation)."""
+    tp, sp = layout.tp, layout.sequence_parallel
+    n = shape.dim / tp
+    size = n / (n + MATMUL_N0)
+    fp8 = job.dtype == "fp8" and gpu.fp8_flops > 0
+    if job.dtype == "fp32":
+        mm_rate = gpu.fp32_flops
+    elif fp8:
+        mm_rate = gpu.fp8_flops * gpu.fp8_matmul_eff * size
+    else:
+        mm_rate = gpu.peak_flops * gpu.matmul_eff * size
+    n_full = recomputed_blocks(layout, part.blocks)  # blocks whose forward reruns
+    n_op = part.blocks if layout.activation_checkpoint == "op" else 0
+    passes = part.blocks * 3 + n_full  # forward = 1, backward = 2
+    mm_flops = 2 * shape.block_params / tp * passes
+    head_mm = 6 * shape.head_params / tp if part.head else 0.0
+    # flash attention, causal: forward 2·H·Q·T (half of the 4·H·Q·T square), backward 2.5x
+    attn_fwd = 2 * shape.n_heads * shape.head_dim * job.seq_len / tp
+    attn_flops = attn_fwd * (part.blocks * 3.5 + n_full)
+    attn_rate = (gpu.fp32_flops if job.dtype == "fp32" else gpu.peak_flops) * gpu.attn_eff
+    traffic = block_traffic_bytes(shape, job, tp, sp) * (part.blocks * 3 + n_full + n_op)
+    if part.head:
+        traffic += head_traffic_bytes(shape, job, tp)
+    hbm = gpu.hbm_bytes_per_s * HBM_EFF
+    # the head matmul stays in bf16 under fp8 (torchao and Transformer Engine leave it out)
+    head_rate = gpu.peak_flops * gpu.matmul_eff * size if fp8 else mm_rate
+    t_mm = tokens * (mm_flops / mm_rate + head_mm / head_rate)
+    return t_mm, tokens * attn_flops / attn_rate, tokens * traffic / hbm
+
+
 def step_time(
     shape: ModelShape,
     layout: Layout,
@@ -82,28 +159,51 @@ def step_time(
     hfu: float | None = None,
 ) -> StepTime:
     gpu, p, m, v, tp = cluster.gpu, layout.pp, layout.microbatches, layout.v, layout.tp
-    eff = efficiency if efficiency is not None else DEFAULT_EFFICIENCY
-    # fp32 runs on plain fp32 units; MFU stays against the bf16 peak (docs/design.md's convention)
-    rate = (gpu.fp32_flops if job.dtype == "fp32" else gpu.peak_flops) * eff
-    mb_tokens = job.tokens / (layout.dp * m)
-    # rank order follows plait's mesh (pp, dp_replicate, dp_shard, tp): tp varies fastest
-    tp_link = cluster.link(1, tp)
-    shard_link = cluster.link(tp, layout.dp_shard)
-    rep_link = cluster.link(tp * layout.dp_shard, layout.dp_replicate)
-    dp_link = cluster.link(tp, layout.dp)
-    pp_link = cluster.link(tp * layout.dp, p)
+    # context parallel divides the tokens of a micro-batch per rank (T / cp of each sequence)
+    # and adds its key/value all-gathers to the critical path; hook for expert parallel: ep
+    # changes the MLP's matmul FLOPs in roofline() and adds all-to-alls beside t_tp
+    cp = layout.cp
+    mb_tokens = job.tokens / (layout.dp_cp * m)
+
+    def link(stride: int, size: int) -> comm.Link:
+        alpha, bw = cluster.link(stride, size)
+        return alpha, bw * COLL_EFF
+
+    # rank order follows plait's mesh (pp, dp_replicate, dp_shard, cp, tp): tp varies fastest;
+    # FSDP2 shards over dp_shard x cp
+    tp_link = link(1, tp)
+    cp_link = link(tp, cp)
+    shard_link = link(tp, layout.dp_shard * cp)
+    rep_link = link(tp * layout.dp_shard * cp, layout.dp_replicate)
+    dp_link = link(tp, layout.dp_cp)
+    pp_link = link(tp * layout.dp_cp, p)
 
     act = mb_tokens * shape.dim * job.act_bytes  # one micro-batch's hidden states, bytes
     worst = None
-    for part in rank_parts(shape, layout):
-        _, hw = rank_flops_per_token(shape, layout, part, job.seq_len)
-        t_comp = mb_tokens * hw / tp / rate
+    for part in rank_parts(shape, layout, job.seq_len):
+        if efficiency is not None:  # one share of peak for all FLOPs: no roofline
+            _, hw = rank_flops_per_token(shape, layout, part, job.seq_len)
+            # fp32 runs on plain fp32 units; MFU stays against the bf16 peak (docs/design.md)
+            rate = (gpu.fp32_flops if job.dtype == "fp32" else gpu.peak_flops) * efficiency
+            parts = (0.0, 0.0, 0.0)
+            t_comp = mb_tokens * hw / tp / rate
+        else:
+            parts = roofline(shape, layout, job, gpu, part, mb_tokens)
+            t_comp = sum(parts)
         n_rec = recomputed_blocks(layout, part.blocks)
         t_tp = (4 * part.blocks + 2 * n_rec) * comm.all_reduce(act, tp, tp_link) if tp > 1 else 0.0
-        t_p2p = 2 * v * comm.p2p(act, pp_link) if p > 1 else 0.0
-        cand = (t_comp + t_tp + t_p2p, t_comp, t_tp, t_p2p, part)
+        # each tp rank sends its 1/tp slice of the boundary activations (the sequence-parallel
+        # shard; Megatron's scatter/gather optimisation, arXiv 2104.04473 sec. 4.1)
+        t_p2p = 2 * v * comm.p2p(act / tp, pp_link) if p > 1 else 0.0
+        # context parallel: keys + values all-gathered per block in forward (again when
+        # recomputed), their gradients reduce-scattered in backward (not overlapped)
+        kv = mb_tokens * cp * 2 * shape.kv_dim / tp * job.act_bytes  # gathered, bytes
+        t_cp = (part.blocks + n_rec) * comm.all_gather(kv, cp, cp_link) + part.blocks * (
+            comm.reduce_scatter(kv, cp, cp_link)
+        )
+        cand = (t_comp + t_tp + t_p2p + t_cp, t_comp, t_tp, t_p2p, part, parts, t_cp)
         worst = cand if worst is None or cand[0] > worst[0] else worst
-    t_mb, t_comp, t_tp, t_p2p, part = worst
+    t_mb, t_comp, t_tp, t_p2p, part, parts, t_cp = worst
     ideal = m * t_mb
     pipeline = ideal / (1 - bubble_fraction(layout.schedule, p, m, v))
 
@@ -117,11 +217,11 @@ def step_time(
     bwd = t_comp * (2 / 3 if not recomputed_blocks(layout, part.blocks) else 3 / 4)
     fwd = t_comp - bwd
     dp_s = exposed = 0.0
-    if layout.dp > 1:
-        ns, nr, stage = layout.dp_shard, layout.dp_replicate, layout.zero_stage
+    if layout.dp_cp > 1:
+        ns, nr, stage = layout.dp_shard * cp, layout.dp_replicate, layout.zero_stage
         rep = comm.all_reduce(grads / ns, nr, rep_link)  # HSDP: replicas all-reduce their shard
         if stage == 0:
-            red, ag = comm.all_reduce(grads, layout.dp, dp_link), 0.0
+            red, ag = comm.all_reduce(grads, layout.dp_cp, dp_link), 0.0
         else:
             red = comm.reduce_scatter(grads, ns, shard_link) + rep
             ag = comm.all_gather(params, ns, shard_link)
@@ -132,7 +232,7 @@ def step_time(
             dp_s = red + 2 * m * ag
             exposed = m * max(0.0, ag - fwd) + max(0.0, ag + red - bwd) + (m - 1) * max(0, ag - bwd)
     # optimizer: read weights, grads, state; write weights and state (bytes / HBM bandwidth)
-    shard = layout.dp_shard if layout.zero_stage >= 1 else 1
+    shard = layout.dp_shard * cp if layout.zero_stage >= 1 else 1
     opt_s = psi / shard * (2 * pb + gb + 2 * ob) / gpu.hbm_bytes_per_s
     if layout.cpu_offload:
         opt_s *= 10  # host memory and PCIe instead of HBM: an assumption, a 10x slower update
@@ -146,9 +246,12 @@ def step_time(
     elif hfu is not None:
         total = job.tokens * hw_fpt / (cluster.gpus * gpu.peak_flops * hfu)
     return StepTime(
-        compute_s=m * t_comp, tp_s=m * t_tp, pp_p2p_s=m * t_p2p, bubble_s=pipeline - ideal,
+        compute_s=m * t_comp, tp_s=m * t_tp, pp_p2p_s=m * t_p2p, cp_s=m * t_cp,
+        bubble_s=pipeline - ideal,
         dp_s=dp_s, dp_exposed_s=exposed, optimizer_s=opt_s, total_s=total,
         tokens_per_s=job.tokens / total,
         mfu=job.tokens * model_fpt / (total * cluster.gpus * gpu.peak_flops),
         model_flops_per_token=model_fpt, hardware_flops_per_token=hw_fpt,
+        matmul_s=m * parts[0], attention_s=m * parts[1], memory_bound_s=m * parts[2],
+        hfu=job.tokens * hw_fpt / (total * cluster.gpus * gpu.peak_flops),
     )  # fmt: skip

@@ -10,11 +10,15 @@ from torch import nn
 
 from plait.models.base import attention_flops, matmul_flops
 from plait.models.hf.base import HFModel, hf_skeleton
-from plait.parallel_attrs import SEQ_SHARDS_ATTR
+from plait.parallel_attrs import CP_ATTR, SEQ_SHARDS_ATTR
 
 
 class HFDecoder(HFModel):
     """Llama / Mistral: HF's embedding, decoder layers, final norm and rotary embedding."""
+
+    #: plait.parallel_attrs.CP_ATTENTION_MODULES: context parallel gives these its attention
+    #: (through Transformers' AttentionInterface: plait.context_parallel.apply)
+    cp_attention_modules = ("LlamaAttention", "MistralAttention")
 
     def __init__(self, hf_cls: type, config, pretrained: str | None = None):
         super().__init__(hf_cls, config, pretrained)
@@ -58,9 +62,13 @@ class HFDecoder(HFModel):
         # are for the whole sequence, which attention sees after its all-gather
         T = x.shape[1] * (1 if self.embed_tokens is not None else getattr(self, SEQ_SHARDS_ATTR, 1))
         h = self.embed_tokens(x) if self.embed_tokens is not None else x
-        pos = torch.arange(T, device=h.device)[None]  # (1, T)
+        cp = getattr(self, CP_ATTR, None)  # context parallel: this rank's 2 chunks of 2 x cp
+        if cp is None:
+            pos = torch.arange(T, device=h.device)[None]  # (1, T)
+            mask = self._mask(T, h.device)
+        else:  # global positions; the attention masks by them itself (sliding window too)
+            pos, mask = cp.positions(T, h.device)[None], None
         rope = self.rotary_emb(h, pos)  # cos, sin: (1, T, E)
-        mask = self._mask(T, h.device)
         for layer in self.layers.values():
             h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=rope)
             if isinstance(h, tuple):  # older Transformers return (hidden, ...)
