@@ -25,12 +25,6 @@ KF_TP = (
 TT_H100 = (
     "held out: Grand Teton H100s capped at 500 W (the preset is a 700 W SXM5) run ~1.6x slower"
 )
-KF_MEM = (
-    "KempnerForge's FSDP2-wrapped runs hold about 4 bytes x parameters / tp more than the plan "
-    "counts (its bf16 parameters with an fp32 reduce dtype); torch's FSDP2 as plait uses it and "
-    "torchtitan show no such term, so the plan leaves it out"
-)
-
 #: rows outside 25%: name -> (ratio band it is held in, why)
 STEP_MISS = {
     "NeMo GPT3-20B 64xH100 fp8": ((1.29, 1.4), NEMO_DP),
@@ -39,16 +33,7 @@ STEP_MISS = {
     "torchtitan llama3.1-8B 8xH100 FSDP + compile": ((0.56, 0.67), TT_H100),
     "torchtitan llama3.1-8B 8xH100 FSDP + compile + float8": ((0.56, 0.67), TT_H100),
 }
-MEM_MISS = {
-    "KempnerForge 7B FSDP4 4xH200": ((0.59, 0.7), KF_MEM),
-    "KempnerForge 13B FSDP8 8xH200": ((0.42, 0.53), KF_MEM),
-    "KempnerForge 13B FSDP2+TP4 8xH200": ((0.67, 0.78), KF_MEM),
-    "KempnerForge 7B FSDP4+TP4 16xH200": ((0.68, 0.79), KF_MEM),
-    "KempnerForge 13B FSDP4+TP4 16xH200": ((0.6, 0.71), KF_MEM),
-    "KempnerForge 7B FSDP8+TP4 32xH200": ((0.66, 0.77), KF_MEM),
-    "KempnerForge 13B FSDP8+TP4 32xH200": ((0.56, 0.67), KF_MEM),
-    "KempnerForge 70B FSDP8+TP4 32xH200": ((0.26, 0.37), KF_MEM),
-}
+MEM_MISS: dict = {}  # every memory row within 25%
 
 
 def _held(name: str, ratio: float, misses: dict, what: str, source: str) -> None:
@@ -75,13 +60,17 @@ def test_published_rows_cover_the_acceptance_grid():
 
 
 def test_published_medians():
-    """Median |error| of the step time over the tuned rows within 15% (measured 10.6%), over
-    the held-out rows within 20% (measured 17.8%). Not met: the worst row within 25% (see
-    STEP_MISS) and the memory median within 10% (measured 27%, all from KempnerForge: MEM_MISS)."""
-    err = [abs(check(r).step_ratio - 1) for r in TUNED]
-    held = [abs(check(r).step_ratio - 1) for r in HELD_OUT]
-    assert statistics.median(err) <= 0.15, statistics.median(err)
-    assert statistics.median(held) <= 0.20, statistics.median(held)
+    """Median |error| over the tuned rows: step time within 15% (measured 10.6%), peak memory
+    within 10% (measured 4.6%, worst 13.5%); over the held-out rows: step time within 20%
+    (measured 15.6%), memory within 10% (measured 3.1%). Not met: the worst step time within
+    25% (STEP_MISS)."""
+    tuned, held = [check(r) for r in TUNED], [check(r) for r in HELD_OUT]
+    med = statistics.median
+    assert med(abs(c.step_ratio - 1) for c in tuned) <= 0.15
+    assert med(abs(c.step_ratio - 1) for c in held) <= 0.20
+    mem = [abs(c.mem_ratio - 1) for c in tuned if c.mem_ratio is not None]
+    assert med(mem) <= 0.10 and max(mem) <= 0.25, mem
+    assert med(abs(c.mem_ratio - 1) for c in held if c.mem_ratio is not None) <= 0.10
 
 
 def test_published_table_renders():

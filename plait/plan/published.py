@@ -173,34 +173,39 @@ _KF_SHAPES = {
     "13B": ModelShape(5120, 40, 40, 8, 17920, 128256),  # 14.84B
     "70B": ModelShape(8192, 80, 64, 8, 28672, 128256),  # 70.55B
 }
-_KF_BATCH = {"7B": (4, 2), "13B": (4, 4), "70B": (2, 4)}  # (batch per dp rank, grad accum)
-# (gpus, model, fsdp, tp, tokens/s, memory GiB, step s)
+# (gpus, model, fsdp, tp, tokens/s, memory GiB, step s, batch per dp rank, grad accum,
+# compiled): batch and compile from benchmarks/mfu_scaling/mfu_bench.sh, which ran the table
 _KEMPNER = [
-    (1, "7B", 1, 1, 10471, 80.7, 3.13),
-    (2, "7B", 2, 1, 18728, 62.4, 3.50),
-    (2, "7B", 1, 2, 13163, 57.8, 2.49),
-    (4, "7B", 4, 1, 38983, 61.1, 3.36),
-    (4, "7B", 1, 4, 25135, 39.4, 1.30),
-    (4, "7B", 2, 2, 25980, 45.9, 2.52),
-    (8, "7B", 2, 4, 44299, 32.7, 1.48),
-    (8, "13B", 8, 1, 35405, 88.5, 14.81),
-    (8, "13B", 2, 4, 27345, 45.1, 4.79),
-    (16, "7B", 4, 4, 82988, 29.4, 1.58),
-    (16, "13B", 4, 4, 53814, 39.2, 4.87),
-    (32, "7B", 8, 4, 155917, 27.6, 1.68),
-    (32, "13B", 8, 4, 104309, 36.3, 5.03),
-    (32, "70B", 8, 4, 17657, 93.2, 14.85),
+    (1, "7B", 1, 1, 10471, 80.7, 3.13, 2, 4, True),
+    (2, "7B", 2, 1, 18728, 62.4, 3.50, 2, 4, True),
+    (2, "7B", 1, 2, 13163, 57.8, 2.49, 4, 2, True),
+    (4, "7B", 4, 1, 38983, 61.1, 3.36, 4, 2, True),
+    (4, "7B", 1, 4, 25135, 39.4, 1.30, 4, 2, True),
+    (4, "7B", 2, 2, 25980, 45.9, 2.52, 4, 2, True),
+    (8, "7B", 2, 4, 44299, 32.7, 1.48, 4, 2, True),
+    (8, "13B", 8, 1, 35405, 88.5, 14.81, 4, 4, False),
+    (8, "13B", 2, 4, 27345, 45.1, 4.79, 4, 4, True),
+    (16, "7B", 4, 4, 82988, 29.4, 1.58, 4, 2, True),
+    (16, "13B", 4, 4, 53814, 39.2, 4.87, 4, 4, True),
+    (32, "7B", 8, 4, 155917, 27.6, 1.68, 4, 2, True),
+    (32, "13B", 8, 4, 104309, 36.3, 5.03, 4, 4, True),
+    (32, "70B", 8, 4, 17657, 93.2, 14.85, 2, 4, True),
 ]
 
 
 def _kempner_rows() -> list[Run]:
     rows = []
-    for gpus, model, fsdp, tp, _tps, mem, step in _KEMPNER:
-        bs, ga = _KF_BATCH[model]
-        job = Job(bs * ga * fsdp, 4096, "bf16", precision="pure", compiled=True, fp32_loss=False)
+    for gpus, model, fsdp, tp, _tps, mem, step, bs, ga, compiled in _KEMPNER:
+        job = Job(
+            bs * ga * fsdp, 4096, "bf16", precision="pure", compiled=compiled, fp32_loss=False,
+            reduce_dtype="fp32",
+        )  # fmt: skip
+        # FSDP2 wraps every multi-GPU run, over a one-rank dp mesh under tp alone
+        # (kempnerforge/distributed/setup.py); one GPU runs unwrapped
         lay = Layout(
             dp_shard=fsdp, tp=tp, sequence_parallel=tp > 1, microbatches=ga,
-            zero_stage=3 if fsdp > 1 else 0, activation_checkpoint="full", loss_parallel=False,
+            zero_stage=3 if gpus > 1 else 0, activation_checkpoint="full", loss_parallel=False,
+            grad_sync="last",
         )  # fmt: skip
         par = "+".join(
             x for x in (f"FSDP{fsdp}" if fsdp > 1 else "", f"TP{tp}" if tp > 1 else "") if x
@@ -209,9 +214,10 @@ def _kempner_rows() -> list[Run]:
             Run(
                 f"KempnerForge {model} {par or '1 GPU'} {gpus}xH200", KEMPNER, "h200", gpus,
                 _KF_SHAPES[model], lay, job, step, mem_gib=mem, gpus_per_node=4,
-                note="bf16 parameters and AdamW state (model.to(bf16)), full AC, torch.compile, "
-                "cross-entropy on bf16 logits gathered whole on each tp rank; memory is "
-                "max_memory_allocated / 2^30",
+                note="bf16 parameters and AdamW state (model.to(bf16)), full AC, torch.compile "
+                "(not the 13B FSDP8 run), cross-entropy on bf16 logits gathered whole on each "
+                "tp rank; FSDP2 reduce_dtype fp32 with gradient sync on the last micro-batch "
+                "only; memory is max_memory_allocated / 2^30 (kempnerforge/metrics/memory.py)",
                 tags=("h200", "bf16", "fsdp" if fsdp > 1 else "", "tp" if tp > 1 else ""),
             )
         )  # fmt: skip
