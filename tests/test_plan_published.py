@@ -48,6 +48,10 @@ def test_published_row(run):
     _held(run.name, c.step_ratio, STEP_MISS, "step", run.source)
     if c.mem_ratio is not None:
         _held(run.name, c.mem_ratio, MEM_MISS, "memory", run.source)
+    if run.mem_metric == "max_memory_reserved":  # reserved >= allocated: the plan's is the lower
+        assert c.mem_ratio <= 1.0, (run.name, c.mem_ratio)
+    else:
+        assert run.mem_metric == "max_memory_allocated", run.mem_metric
 
 
 def test_published_rows_cover_the_acceptance_grid():
