@@ -37,6 +37,10 @@ TORCHTITAN_H100 = (
     "torchtitan docs/performance.md table 1 (Llama 3.1 8B, 8 H100 96GB HBM2e Grand Teton, FSDP)"
     ", github.com/pytorch/torchtitan/blob/main/docs/performance.md"
 )
+TORCHTITAN_H100_SCALE = (
+    "torchtitan benchmarks/llama3_h100_202412_torchtitan.md tables 3 and 4 (Grand Teton H100 "
+    "96GB HBM2e, 500 W, 400 Gb/s RDMA per GPU; memory is the logged max_reserved)"
+)
 
 
 @dataclass(frozen=True)
@@ -280,7 +284,36 @@ def _torchtitan_rows() -> list[Run]:
                 tags=("h100", "fsdp", "fp8" if fp8 else "bf16", "held-out"),
             )
         )  # fmt: skip
+    # table 3: 128 GPUs, FSDP, local batch 2; table 4: Llama 3.1 70B, FSDP 32 x TP 8, local
+    # batch 16, full AC, compile + float8 (seq 8192: torchtitan's llama3 default)
+    scale = [
+        (128, "FSDP", False, False, 5605, 67.0),
+        (128, "FSDP + compile", True, False, 6514, 62.0),
+        (128, "FSDP + compile + float8", True, True, 8380, 61.8),
+    ]
+    for gpus, what, compiled, fp8, tps, mem in scale:
+        job = Job(2 * gpus, 8192, "fp8" if fp8 else "bf16", compiled=compiled)
+        lay = Layout(dp_shard=gpus, zero_stage=3, activation_checkpoint="op")
+        rows.append(_titan_h100(f"torchtitan llama3.1-8B {gpus}xH100 {what}", gpus, "llama3-8B",
+                                lay, job, tps, mem))  # fmt: skip
+    job = Job(512, 8192, "fp8", compiled=True)
+    lay = Layout(
+        dp_shard=32, tp=8, sequence_parallel=True, zero_stage=3, activation_checkpoint="full"
+    )
+    rows.append(_titan_h100("torchtitan llama3.1-70B 256xH100 FSDP32+TP8 float8", 256,
+                            "llama3-70B", lay, job, 829, 71.9))  # fmt: skip
     return rows
+
+
+def _titan_h100(name, gpus, model, lay, job, tps, mem) -> Run:
+    return Run(
+        name, TORCHTITAN_H100_SCALE, "h100", gpus, _TT_SHAPES[model], lay, job,
+        _step_from_tps(job, gpus, tps), mem_gib=mem, mem_metric="max_memory_reserved",
+        interconnect="roce", gpu_mem="96GB", overrides=(("hbm_bw", "2.4e12"),),
+        note="Grand Teton H100 at 500 W; selective op AC (8B) or full AC (70B); loss parallel "
+        "under TP",
+        tags=("h100", "fsdp", "fp8" if job.dtype == "fp8" else "bf16", "held-out"),
+    )  # fmt: skip
 
 
 TUNED: list[Run] = _megatron_rows() + _nemo_rows() + _llama3_rows() + _kempner_rows()
