@@ -353,6 +353,7 @@ def test_fsdp_fp32_reduce_accumulates_unsharded_fp32_grads_without_sync(tmp_path
     cfg = load_config("configs/gpt_small.yaml", ["data.seq_len=32", "train.global_batch=2"])
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    before = {t.untyped_storage().data_ptr() for t in _live_tensors()}  # other tests' leftovers
     try:
         model = build_model(cfg, "cpu").to(torch.bfloat16)
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -363,7 +364,7 @@ def test_fsdp_fp32_reduce_accumulates_unsharded_fp32_grads_without_sync(tmp_path
         model.set_requires_gradient_sync(False)
         tokens = torch.randint(0, 256, (2, 33))
         model.loss(model(tokens[:, :-1]), {"target": tokens[:, 1:]}).backward()
-        fp32 = _storage_bytes(t for t in _live_tensors() if t.dtype == torch.float32)
+        fp32 = _storage_bytes((t for t in _live_tensors() if t.dtype == torch.float32), skip=before)
     finally:
         dist.destroy_process_group()
 
