@@ -120,6 +120,10 @@ class Layout:
     pp_cuts: tuple[int, ...] = ()  # first block of each stage after the first; () balanced
     pp_balance: str = "params"  # params | flops: how the automatic cuts balance stages
     cp: int = 1  # context parallel: each sequence split over cp ranks
+    #: when FSDP2 reduces gradients under gradient accumulation: "every" micro-batch (plait),
+    #: or only the "last" (set_requires_gradient_sync(False) before: KempnerForge), which
+    #: keeps every unit's unsharded gradients accumulating across the step
+    grad_sync: str = "every"
 
     @property
     def dp(self) -> int:
@@ -181,6 +185,9 @@ class Job:
     #: the loss upcasts the logits to fp32 first (plait's ``model.loss``); False: cross-entropy
     #: straight on 16-bit logits (its log-softmax then saved in 16 bits)
     fp32_loss: bool = True
+    #: FSDP2 MixedPrecisionPolicy.reduce_dtype: "fp32" over 16-bit parameters makes FSDP2
+    #: accumulate unsharded gradients in fp32 between syncs; "" = the gradients' own dtype
+    reduce_dtype: str = ""
 
     @property
     def tokens(self) -> int:
