@@ -3,6 +3,8 @@ large-run step times, the search and the CLI. Pure arithmetic: no process, no te
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from plait.cli import main
@@ -164,10 +166,15 @@ def test_step_time_single_gpu_and_ddp_by_hand():
     t2 = step_time(TINY, Layout(dp_shard=2), job, cl2, efficiency=0.5)
     assert t2.dp_s == pytest.approx(2 * 3e-6 + TINY.params * 4 / 450e9)
     # ZeRO-3: reduce-scatter grads (fp32) once, all-gather bf16 params forward and backward
-    t3 = step_time(TINY, Layout(dp_shard=2, zero_stage=3), job, cl2, efficiency=0.5)
+    lay3 = Layout(dp_shard=2, zero_stage=3, reshard_after_forward=True)
+    t3 = step_time(TINY, lay3, job, cl2, efficiency=0.5)
     rs = 3e-6 + TINY.params * 4 / 2 / 450e9
     ag = 3e-6 + TINY.params * 2 / 2 / 450e9
     assert t3.dp_s == pytest.approx(rs + 2 * ag)
+    # reshard_after_forward=auto keeps the last block and embedding/head gathered for backward
+    auto = step_time(TINY, Layout(dp_shard=2, zero_stage=3), job, cl2, efficiency=0.5)
+    rest = TINY.params - TINY.block_params - TINY.embed_params - TINY.head_params
+    assert auto.dp_s == pytest.approx(rs + ag + 3e-6 + rest * 2 / 2 / 450e9)
     # full activation checkpointing recomputes each block's forward: + (2N_block + 4HQT)
     tc = step_time(TINY, Layout(activation_checkpoint="full"), job, cl1, efficiency=0.5)
     extra = 8 * (2 * TINY.block_params + 4 * 4 * 16 * 128)
@@ -322,10 +329,20 @@ def test_pipeline_activations_and_fsdp_buffers_by_hand():
     mem0 = rank_memory(TINY, lay, job, rank_parts(TINY, lay)[0], 80 * 2**30)
     assert mem0.activations == pytest.approx(4 * 4 * blk + tokens * 8)
     # FSDP2 ZeRO-3 over 4 ranks: states / 4, plus two blocks' fp32 weights and one block's grads
-    lay = Layout(dp_shard=4, zero_stage=3, microbatches=2)
+    lay = Layout(dp_shard=4, zero_stage=3, microbatches=2, reshard_after_forward=True)
     mem = plan_memory(TINY, lay, job, 80 * 2**30)
     assert mem.states == pytest.approx(16 * TINY.params / 4)
     assert mem.buffers == pytest.approx(3 * 4 * TINY.block_params)
+    # auto (the default): + the last block and the embedding/head unit, held fwd->bwd
+    kept = TINY.block_params + TINY.embed_params + TINY.head_params
+    auto = plan_memory(TINY, dataclasses.replace(lay, reshard_after_forward="auto"), job, 2**40)
+    assert auto.buffers == pytest.approx(3 * 4 * TINY.block_params + 4 * kept)
+    # a group of 2: every block's weights held at half, plus the root unit
+    two = plan_memory(TINY, dataclasses.replace(lay, reshard_after_forward=2), job, 2**40)
+    rest = TINY.embed_params + TINY.head_params
+    assert two.buffers == pytest.approx(
+        3 * 4 * TINY.block_params + 4 * (TINY.params - rest) / 2 + 4 * rest
+    )
 
 
 def test_cluster_links_nvlink_inside_a_node_network_across():

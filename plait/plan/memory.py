@@ -147,6 +147,23 @@ class Memory:
         return self.total <= self.usable
 
 
+def kept_unsharded(shape: ModelShape, layout: Layout, part: RankPart) -> float:
+    """ZeRO-3 on FSDP2: parameters per rank held (unsharded, or in a smaller group) from
+    forward to backward by ``parallel.reshard_after_forward`` (plait.ddp.fsdp.block_reshard):
+    auto keeps each stage's last block and the embedding/head unit; false keeps everything; a
+    group size g keeps a 1/g shard of every block; true keeps nothing."""
+    policy, tp = layout.reshard_after_forward, layout.tp
+    blocks = part.blocks * shape.block_params / tp
+    root = (part.params(shape) - part.blocks * shape.block_params) / tp
+    if policy is True:
+        return 0.0
+    if policy is False:
+        return blocks + root
+    if policy == "auto":
+        return (shape.block_params / tp if part.blocks else 0.0) + root
+    return blocks / policy + root
+
+
 def rank_memory(
     shape: ModelShape, layout: Layout, job: Job, part: RankPart, device_bytes: int
 ) -> Memory:
@@ -181,6 +198,13 @@ def rank_memory(
     if ns > 1 and engine == "torch" and stage == 3:
         buffers += 2 * cb * blk + gb * blk  # current + prefetched block, one block's grads
         notes.append("FSDP2 prefetch: two blocks' unsharded params + one block's grads")
+        kept = kept_unsharded(shape, layout, part)
+        if kept:
+            buffers += cb * kept
+            notes.append(
+                f"reshard_after_forward={layout.reshard_after_forward}: "
+                f"{kept / 1e6:.1f}M params held unsharded from forward to backward"
+            )
     if ns > 1 and engine == "deepspeed" and stage in (1, 2):
         buffers += 2 * min(DS_BUCKET, psi_rank) * gb
         notes.append("DeepSpeed reduce + all-gather buckets (5e8 elements each by default)")

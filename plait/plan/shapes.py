@@ -105,6 +105,8 @@ class Layout:
     activation_checkpoint: str = "none"
     checkpoint_every: int = 1
     cpu_offload: bool = False
+    #: parallel.reshard_after_forward (ZeRO-3 on the torch engine)
+    reshard_after_forward: bool | int | str = "auto"
 
     @property
     def dp(self) -> int:
@@ -137,6 +139,7 @@ class Layout:
             virtual_stages=p.pp_virtual_stages, zero_stage=p.zero_stage, dp_engine=p.dp_engine,
             activation_checkpoint=p.activation_checkpoint,
             checkpoint_every=p.activation_checkpoint_every, cpu_offload=p.cpu_offload,
+            reshard_after_forward=p.reshard_after_forward,
         )  # fmt: skip
 
 
