@@ -52,7 +52,8 @@ def total_norm(
                 )
             key = (
                 g.device_mesh,
-                tuple(Partial() if p.is_shard() else Replicate() for p in g.placements),
+                # every split placement (Shard, FSDP2+TP's _StridedShard) sums over its dim
+                tuple(Replicate() if p.is_replicate() else Partial() for p in g.placements),
             )
             g = g.to_local()
         sq = _sum_squares(g, buf)
