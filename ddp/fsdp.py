@@ -59,7 +59,7 @@ def apply_fsdp(
     model: PlaitModel,
     *,
     mesh,
-    stage: int,
+    stage: int = 3,
     reshard_after_forward: bool | int | str = "auto",
     dtype: str,
     cpu_offload: bool,
@@ -68,7 +68,9 @@ def apply_fsdp(
     """Shard ``model`` in place; ``mesh`` is 1-D (ZeRO) or 2-D (dp_replicate, dp_shard) for HSDP.
 
     Mixed precision: on GPU, bf16/fp16 compute copies with fp32 gradient reduction and fp32
-    sharded master parameters; on CPU everything stays fp32 (autocast does the casting)."""
+    sharded master parameters; on CPU everything stays fp32 (autocast does the casting).
+    ``stage`` 2 never reshards after forward; at 3 ``reshard_after_forward`` is the policy of
+    :func:`block_reshard` (true/false: every unit, the root too)."""
     mp = MixedPrecisionPolicy()
     if device.type == "cuda" and dtype in DTYPES:
         mp = MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)

@@ -138,21 +138,51 @@ def _plan_parser(sub) -> None:
     p.add_argument("config", help="YAML config (its parallel.* keys are the layout to plan)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. parallel.tp=8")
     p.add_argument("--gpus", type=int, default=8, help="number of GPUs (world size)")
-    p.add_argument("--gpu", default="h100", help="device preset: h100, h200, a100")
+    p.add_argument(
+        "--gpu", default="h100",
+        help="device preset: a100, a100-40g, h100, h100-pcie, h200, b200, mi300x",
+    )  # fmt: skip
     p.add_argument("--gpu-mem", help="device memory, overriding the preset (e.g. 80GiB)")
     p.add_argument("--nodes", type=int, help="nodes the GPUs are in (default: 8 GPUs per node)")
     p.add_argument(
         "--interconnect", default="ib", help="between nodes: nvlink, ib, ib-hdr, roce, ethernet"
     )
+    p.add_argument("--peak-flops", help="dense bf16 FLOP/s per GPU, overriding the preset (989e12)")
+    p.add_argument("--hbm-bw", help="HBM bytes/s per GPU, overriding the preset (3.35e12)")
+    p.add_argument("--nvlink-bw", help="bytes/s per GPU and direction inside a node (450e9)")
+    p.add_argument("--net-bw", help="bytes/s per GPU and direction between nodes (50e9)")
     p.add_argument(
-        "--efficiency", type=float, help="share of dense peak the kernels reach (default 0.55)"
-    )
+        "--efficiency", type=float,
+        help="one share of peak for all FLOPs instead of the roofline (matmul / attention / "
+        "memory-bound ops)",
+    )  # fmt: skip
     p.add_argument(
         "--mfu", type=float, help="measured end-to-end MFU: step time = FLOPs / (MFU x peak)"
     )
     p.add_argument(
+        "--hfu", type=float,
+        help="measured end-to-end HFU (recomputation counted): step time = HW FLOPs / (HFU x peak)",
+    )  # fmt: skip
+    p.add_argument(
         "--top", type=int, default=10, help="rows of the layout search table (0: no search)"
     )
+
+
+def refuse_what_launch_refuses(cfg, layout) -> None:
+    """The engine x layout rules ``plait launch`` enforces (plait.rules.layout_problem and the
+    engine's options), with launch's own message, so a plan never prices a refused layout."""
+    from plait.mesh import ParallelDims  # deferred: it loads torch.distributed (start-up)
+    from plait.preflight import check_dp
+    from plait.rules import layout_problem
+
+    problem = layout_problem(
+        dp_engine=layout.dp_engine, zero_stage=layout.zero_stage, pp=layout.pp, dp=layout.dp,
+        tp=layout.tp, schedule=layout.schedule,
+    )  # fmt: skip
+    if problem:
+        raise ConfigError(problem)
+    dims = ParallelDims.from_config(cfg, layout.gpus)
+    check_dp(cfg, dims, need_package=False)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -161,18 +191,22 @@ def _plan(args: argparse.Namespace) -> int:
     from plait.plan import Job, Layout, ModelShape, make_cluster, plan_memory, search, step_time
     from plait.plan.report import format_plan, format_table
 
-    for flag, val in (("--efficiency", args.efficiency), ("--mfu", args.mfu)):
+    for flag, val in (("--efficiency", args.efficiency), ("--mfu", args.mfu), ("--hfu", args.hfu)):
         if val is not None and not 0 < val <= 1:
             raise ConfigError(f"{flag}: {val} is not allowed; must be in (0, 1], e.g. 0.4")
     cfg = load_config(args.config, list(args.overrides))
     cluster = make_cluster(
         args.gpu.lower(), args.gpus, interconnect=args.interconnect, nodes=args.nodes,
-        gpu_mem=args.gpu_mem,
+        gpu_mem=args.gpu_mem, peak_flops=args.peak_flops, hbm_bw=args.hbm_bw,
+        net_bw=args.net_bw, nvlink_bw=args.nvlink_bw,
     )  # fmt: skip
     shape, job = ModelShape.from_config(cfg), Job.from_config(cfg)
     layout = Layout.from_config(cfg, cluster.gpus)
+    refuse_what_launch_refuses(cfg, layout)
     mem = plan_memory(shape, layout, job, cluster.gpu.mem_bytes)
-    t = step_time(shape, layout, job, cluster, efficiency=args.efficiency, mfu=args.mfu)
+    t = step_time(
+        shape, layout, job, cluster, efficiency=args.efficiency, mfu=args.mfu, hfu=args.hfu
+    )
     print(format_plan(shape, layout, job, cluster, mem, t))
     if args.top > 0:
         cands, tried = search(shape, job, cluster, layout, efficiency=args.efficiency)

@@ -202,8 +202,10 @@ class ParallelConfig:
         "(sharded while accumulating); false: only after the last (full gradients held, fewer "
         "collectives).",
     )
-    activation_checkpoint: Literal["none", "full", "selective"] = _f(
-        "none", "Recompute block activations in backward."
+    activation_checkpoint: Literal["none", "full", "selective", "op"] = _f(
+        "none",
+        "Recompute block activations in backward: full (every block), selective (every k-th "
+        "block), op (every block keeps its matmul and attention outputs, recomputes the rest).",
     )
     activation_checkpoint_every: int = _f(1, "With selective: checkpoint every k-th block.")
     cpu_offload: bool = _f(False, "Offload parameters/optimizer state to CPU (FSDP2 / DeepSpeed).")

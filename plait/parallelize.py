@@ -30,15 +30,47 @@ __all__ = [
 ]
 
 
+def _saved_ops() -> set:
+    """ATen ops whose outputs op-level checkpointing keeps: the matmuls (linear layers lower to
+    mm / addmm / bmm) and attention (each backend's SDPA kernel), and the tensor-parallel
+    reduce-scatter, so backward never re-runs a matmul or a collective."""
+    aten, names = torch.ops.aten, (
+        "mm", "addmm", "bmm", "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_mm",
+    )  # fmt: skip
+    ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
+    c10d = getattr(torch.ops, "_c10d_functional", None)
+    if c10d is not None and hasattr(c10d, "reduce_scatter_tensor"):
+        ops.add(c10d.reduce_scatter_tensor.default)
+    return ops
+
+
+def _op_context_fn():
+    """torch.utils.checkpoint's selective policy (torchtitan's default "op" mode, which saves
+    every other matmul; plait saves them all): matmul and attention outputs are saved, the
+    memory-bound ops between them (norms, rotary, SwiGLU's product, residual adds) recomputed."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    saved = _saved_ops()
+
+    def policy(ctx, func, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if func in saved else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
 def apply_activation_checkpoint(model: PlaitModel, mode: str, every: int) -> None:
     """Recompute each chosen block's activations in backward (Chen et al., arXiv 1604.06174).
-    full: every block; selective: every ``every``-th block. Parameter names gain a wrapper
-    prefix, which :func:`plait.models.base.canonical_name` strips for init and checkpoints."""
+    full: every block; selective: every ``every``-th block; op: every block, recomputing only
+    its memory-bound ops (:func:`_op_context_fn`). Parameter names gain a wrapper prefix, which
+    :func:`plait.models.base.canonical_name` strips for init and checkpoints."""
     if mode == "none":
         return
+    kw = {"context_fn": _op_context_fn} if mode == "op" else {}
     for i, key in enumerate(list(model.layers.keys())):
-        if mode == "full" or i % every == 0:
-            model.layers[key] = checkpoint_wrapper(model.layers[key], preserve_rng_state=True)
+        if mode in ("full", "op") or i % every == 0:
+            model.layers[key] = checkpoint_wrapper(model.layers[key], preserve_rng_state=True, **kw)
 
 
 def apply_compile(model: PlaitModel) -> None:

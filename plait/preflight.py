@@ -62,13 +62,14 @@ def check_supported(cfg: Config, dims: ParallelDims, model: PlaitModel | None = 
     check_tp(cfg, dims, model)
 
 
-def check_dp(cfg: Config, dims: ParallelDims) -> None:
-    """The data-parallel engine's options (plait.rules.DP_ENGINES): its package installed, its
+def check_dp(cfg: Config, dims: ParallelDims, *, need_package: bool = True) -> None:
+    """The data-parallel engine's options (plait.rules.DP_ENGINES): its package installed
+    (unless ``need_package`` is False: ``plait plan`` prices a cluster's run from a laptop), its
     stage, offload, HSDP and checkpointing."""
     p = cfg.parallel
     eng, stage = p.dp_engine, p.zero_stage
     cell = dp_engine(eng, stage)
-    if eng != "torch" and importlib.util.find_spec(eng) is None:
+    if need_package and eng != "torch" and importlib.util.find_spec(eng) is None:
         raise ConfigError(
             f"parallel.dp_engine: {eng!r} needs the {eng} package (pip install 'plait[{eng}]'), "
             "or use dp_engine=torch (DDP, ZeRO-1/2/3, HSDP on FSDP2)"

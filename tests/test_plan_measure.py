@@ -82,9 +82,9 @@ def test_gpt_small_memory_plan_matches_live_tensors():
     assert mem.params == pytest.approx(params, rel=0.05)
     assert mem.grads == pytest.approx(grads, rel=0.05)
     assert mem.optimizer == pytest.approx(opt_state, rel=0.05)
-    # activations and the total peak of the step: within 15%
-    assert mem.activations == pytest.approx(activations, rel=0.15), (mem.activations, activations)
-    assert mem.total == pytest.approx(measured_peak, rel=0.15), (mem.total, measured_peak)
+    # activations and the total peak of the step: within 5%
+    assert mem.activations == pytest.approx(activations, rel=0.05), (mem.activations, activations)
+    assert mem.total == pytest.approx(measured_peak, rel=0.05), (mem.total, measured_peak)
 
 
 @pytest.mark.timeout(60)
@@ -114,7 +114,7 @@ def test_gpt_small_checkpointed_activations_match_saved_tensors():
     mem = plan_memory(shape, layout, job, 80 * 2**30)
     transient = transient_activation_bytes(shape, layout, job, rank_parts(shape, layout)[0])
     planned = mem.activations - transient
-    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+    assert planned == pytest.approx(measured, rel=0.05), (planned, measured)
 
 
 @pytest.mark.timeout(60)
@@ -151,3 +151,187 @@ def test_ddp_buckets_are_one_more_copy_of_the_gradients(tmp_path):
     mem = plan_memory(shape, Layout(dp_shard=2), job, 80 * 2**30)
     assert sum(buffers.values()) == pytest.approx(grads, rel=0.05)
     assert mem.buffers == pytest.approx(sum(buffers.values()), rel=0.05)
+
+
+def _saved_during(model, tokens, autocast=None):
+    """Bytes autograd saves in forward + loss (distinct storages, no parameters), the output the
+    caller holds included; ``autocast``: a dtype for CPU autocast, whose cast copies of the
+    weights (the plan's "autocast" buffer, not activations) are left out too."""
+    import contextlib
+
+    fixed = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    fixed |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    weights = {s for p in model.parameters() if p.dim() == 2 for s in (p.shape, p.shape[::-1])}
+    saved = []
+    before = {id(t) for t in _live_tensors()}
+    ctx = torch.autocast("cpu", autocast) if autocast else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with ctx:
+            out = model(tokens[:, :-1])
+            loss = model.loss(out, {"target": tokens[:, 1:]})
+    # a checkpoint's own saves (non-reentrant checkpoint and its selective cache) happen under
+    # its inner hooks, out of sight of this one: they are the tensors new since forward began
+    saved += [t for t in _live_tensors() if id(t) not in before]
+    if autocast:
+        saved = [t for t in saved if not (t.dtype == autocast and tuple(t.shape) in weights)]
+    return _storage_bytes(saved + [out], skip=fixed), loss
+
+
+def _live_tensors() -> list:
+    import gc
+
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+
+
+@pytest.mark.timeout(60)
+def test_op_checkpoint_saves_what_the_plan_says():
+    """parallel.activation_checkpoint=op: each block keeps its input and its matmul and
+    attention outputs (plait.plan.memory's "op" term); compared without the transients, which
+    are never saved."""
+    from plait.parallelize import apply_activation_checkpoint
+    from plait.plan.memory import transient_activation_bytes
+    from plait.plan.stages import rank_parts
+
+    B, T = 2, 128
+    cfg = load_config("configs/gpt_small.yaml", [f"data.seq_len={T}", f"train.global_batch={B}"])
+    model = build_model(cfg, "cpu")
+    apply_activation_checkpoint(model, "op", 1)
+    measured, _ = _saved_during(model, torch.randint(0, 256, (B, T + 1)))
+    shape, job = ModelShape.from_config(cfg), Job(B, T, "fp32", "adamw")
+    layout = Layout(activation_checkpoint="op")
+    mem = plan_memory(shape, layout, job, 80 * 2**30)
+    planned = mem.activations - transient_activation_bytes(
+        shape, layout, job, rank_parts(shape, layout)[0]
+    )
+    assert planned == pytest.approx(measured, rel=0.05), (planned, measured)
+
+
+@pytest.mark.timeout(60)
+def test_head_and_loss_term_is_what_torch_saves_under_bf16_autocast():
+    """The head + loss term at a large vocabulary, where it dominates: under bf16 autocast the
+    caller holds the bf16 logits and cross-entropy saves its fp32 log-softmax, not the fp32
+    copy of the logits (which autograd frees): 2 + 4 bytes per logit."""
+    from plait.plan.memory import head_activation_bytes
+
+    B, T, V = 2, 64, 16384
+    cfg = load_config(
+        "configs/gpt_small.yaml",
+        [
+            f"data.seq_len={T}",
+            f"train.global_batch={B}",
+            f"model.vocab_size={V}",
+            "model.n_layers=1",
+        ],
+    )
+    model = build_model(cfg, "cpu")
+    tokens = torch.randint(0, V, (B, T + 1))
+    whole, _ = _saved_during(model, tokens, torch.bfloat16)
+    model.layers["0"].forward = lambda x, *a, **k: x  # the head and loss alone
+    head, _ = _saved_during(model, tokens, torch.bfloat16)
+    shape, job = ModelShape.from_config(cfg), Job(B, T, "bf16", "adamw")
+    planned = head_activation_bytes(shape, B * T, job)
+    assert whole > head
+    assert planned == pytest.approx(head, rel=0.05), (planned, head)
+
+
+@pytest.mark.timeout(120)
+def test_op_checkpoint_trains_like_no_checkpoint(tmp_path):
+    """Same losses and final weights as no checkpointing (fp32, one process): op-level
+    checkpointing only chooses what to keep, never changes a value."""
+    from helpers import assert_same_run, run_single
+
+    base = ["model.n_layers=2", "data.seq_len=32", "train.global_batch=4", "train.steps=3"]
+    ref = run_single(base, tmp_path / "ref")
+    got = run_single(base + ["parallel.activation_checkpoint=op"], tmp_path / "op")
+    assert_same_run(ref, got, rtol=1e-6)
+
+
+@pytest.mark.timeout(60)
+def test_pipeline_fsdp_holds_the_stage_unsharded_across_micro_batches(tmp_path):
+    """torch's PipelineStage makes FSDP2 skip gradient sync and reshard-after-backward until the
+    last micro-batch (the three calls below are the ones it makes): after a non-last
+    micro-batch the stage's parameters stay gathered and its gradients unsharded, which is the
+    plan's pp + FSDP2 buffer. One gloo rank: unsharded sizes do not depend on the mesh size."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from plait.ddp.fsdp import apply_fsdp, unsharded_param_bytes
+    from plait.plan.memory import rank_memory
+    from plait.plan.stages import rank_parts
+
+    cfg = load_config("configs/gpt_small.yaml", ["data.seq_len=32", "train.global_batch=2"])
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = build_model(cfg, "cpu")
+        mesh = init_device_mesh("cpu", (1,))
+        apply_fsdp(model, mesh=mesh, reshard_after_forward=True, dtype="fp32", cpu_offload=False,
+                   device=torch.device("cpu"))  # fmt: skip
+        model.set_is_last_backward(False)
+        model.set_reshard_after_backward(False)
+        model.set_requires_gradient_sync(False)
+        tokens = torch.randint(0, 256, (2, 33))
+        model.loss(model(tokens[:, :-1]), {"target": tokens[:, 1:]}).backward()
+        held = unsharded_param_bytes(model)
+        grads = _storage_bytes(
+            p.grad for m in model.modules() for p in _unsharded_params(m) if p.grad is not None
+        )
+    finally:
+        dist.destroy_process_group()
+
+    shape, job = ModelShape.from_config(cfg), Job(2, 32, "fp32", "adamw")
+    lay = Layout(dp_shard=2, pp=2, zero_stage=3, microbatches=2)
+    # the plan's whole-model stage (one pipeline rank holding every block, for the comparison)
+    part = rank_parts(shape, Layout())[0]
+    planned = rank_memory(shape, lay, job, part, 80 * 2**30).buffers
+    assert planned == pytest.approx(held + grads, rel=0.05), (planned, held, grads)
+
+
+def _unsharded_params(module):
+    """FSDP2's unsharded parameters of one module (plain tensors swapped in while gathered)."""
+    from torch.distributed.tensor import DTensor
+
+    return [p for p in module.parameters(recurse=False) if not isinstance(p, DTensor)]
+
+
+@pytest.mark.timeout(60)
+def test_zero3_root_unit_and_head_grads_held_through_backward(tmp_path):
+    """FSDP2 ZeRO-3 (plait's units: each block and the root): when backward reaches the
+    embedding, the root unit (embedding, final norm, head) is gathered and the head's gradients
+    wait unsharded for the root's reduce-scatter, the plan's ZeRO-3 root term (its blocks'
+    share is the two prefetched blocks and one block's gradients). One gloo rank: unsharded
+    sizes do not depend on the mesh size."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from plait.ddp.fsdp import apply_fsdp, unsharded_param_bytes
+
+    cfg = load_config("configs/gpt_small.yaml", ["data.seq_len=32", "train.global_batch=2"])
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    seen = {}
+    try:
+        model = build_model(cfg, "cpu")
+        apply_fsdp(model, mesh=init_device_mesh("cpu", (1,)), reshard_after_forward=True,
+                   dtype="fp32", cpu_offload=False, device=torch.device("cpu"))  # fmt: skip
+        emb = getattr(model, model.pre_modules()[0])
+
+        def record(_grad):
+            seen["params"] = unsharded_param_bytes(model)
+            seen["grads"] = _storage_bytes(
+                p.grad for m in model.modules() for p in _unsharded_params(m) if p.grad is not None
+            )
+
+        emb.register_forward_hook(lambda m, i, out: [out.register_hook(record)] and None)
+        tokens = torch.randint(0, 256, (2, 33))
+        model.loss(model(tokens[:, :-1]), {"target": tokens[:, 1:]}).backward()
+    finally:
+        dist.destroy_process_group()
+    shape = ModelShape.from_config(cfg)
+    assert seen["params"] == 4 * (shape.embed_params + shape.head_params)
+    assert seen["grads"] == 4 * shape.head_params
+    lay = Layout(dp_shard=2, zero_stage=3, reshard_after_forward=True)  # as measured above
+    mem = plan_memory(shape, lay, Job(2, 32, "fp32"), 80 * 2**30)
+    blocks = 3 * 4 * shape.block_params
+    assert mem.buffers - blocks == pytest.approx(seen["params"] + seen["grads"], rel=0.05)

@@ -168,6 +168,8 @@ def test_four_ranks_tp4_sp_and_2d_fsdp(tmp_path, gpt_ref):
             *SP,
             "parallel.activation_checkpoint=full",
         ],
+        # op-level checkpointing saves matmul outputs and the TP reduce-scatter (SP)
+        GPT + ["parallel.tp=4", *SP, "parallel.activation_checkpoint=op"],
     ]
     runs = run_in_ranks(
         "helpers:train_configs", (_cfgs(tmp_path, variants),), 4, tmp_path, timeout=270

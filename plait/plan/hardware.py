@@ -22,6 +22,62 @@ class GPU:
     hbm_bytes_per_s: float
     nvlink_bytes_per_s: float  # per GPU, per direction, inside one NVLink/NVSwitch domain
     source: str
+    fp8_flops: float = 0.0  # dense fp8 tensor-core FLOP/s; 0: no fp8 units (runs at bf16 rate)
+    #: share of the dense peak large bf16 GEMMs reach (cuBLAS, square 8k matrices): an
+    #: assumption of this model, fitted to plait.plan.published's tuned rows, not a vendor figure
+    matmul_eff: float = 0.75
+    #: the same for fp8 GEMMs against the fp8 peak (Transformer Engine / torchao float8)
+    fp8_matmul_eff: float = 0.55
+    #: flash attention (forward + backward) against the bf16 peak
+    attn_eff: float = 0.5
+
+
+GiB = 1024**3
+
+GPUS: dict[str, GPU] = {
+    "h100": GPU(
+        "H100 SXM5 80GB", 989.4e12, 66.9e12, 80 * GiB, 3.35e12, 450e9,
+        "NVIDIA H100 Tensor Core GPU datasheet: 989.4 TFLOPS bf16 dense, 1,979 fp8 dense, 66.9 fp32, "
+        "80 GB HBM3 at 3.35 TB/s, NVLink 4 900 GB/s bidirectional",
+        fp8_flops=1978.9e12, matmul_eff=0.8, fp8_matmul_eff=0.75, attn_eff=0.55,
+    ),
+    "h100-pcie": GPU(
+        "H100 PCIe 80GB", 756.5e12, 51.2e12, 80 * GiB, 2.0e12, 300e9,
+        "NVIDIA H100 Tensor Core GPU datasheet (PCIe): 756 TFLOPS bf16 dense, 1,513 fp8, 51 fp32, "
+        "80 GB HBM2e at 2.0 TB/s, NVLink bridge 600 GB/s bidirectional (pairs)",
+        fp8_flops=1513e12, matmul_eff=0.8, fp8_matmul_eff=0.75, attn_eff=0.55,
+    ),
+    "h200": GPU(
+        "H200 SXM 141GB", 989.4e12, 66.9e12, 141 * 10**9, 4.8e12, 450e9,
+        "NVIDIA H200 Tensor Core GPU datasheet: 989 TFLOPS bf16 dense, 1,979 fp8, 67 fp32, "
+        "141 GB HBM3e at 4.8 TB/s, NVLink 900 GB/s bidirectional",
+        fp8_flops=1978.9e12, matmul_eff=0.8, fp8_matmul_eff=0.75, attn_eff=0.55,
+    ),
+    "b200": GPU(
+        "B200 SXM 180GB", 2250e12, 75e12, 180 * 10**9, 7.7e12, 900e9,
+        "NVIDIA HGX B200 datasheet: 2.25 PFLOPS bf16 dense (4.5 sparse), 4.5 fp8 dense, 75 fp32, "
+        "180 GB HBM3e at 7.7 TB/s, NVLink 5 1.8 TB/s bidirectional",
+        fp8_flops=4500e12, matmul_eff=0.8, fp8_matmul_eff=0.75, attn_eff=0.55,
+    ),
+    "mi300x": GPU(
+        "MI300X OAM 192GB", 1307.4e12, 163.4e12, 192 * 10**9, 5.3e12, 448e9,
+        "AMD Instinct MI300X datasheet: 1,307.4 TFLOPS bf16 dense, 2,614.9 fp8, 163.4 fp32, "
+        "192 GB HBM3 at 5.3 TB/s, Infinity Fabric 896 GB/s aggregate bidirectional",
+        fp8_flops=2614.9e12, matmul_eff=0.5, fp8_matmul_eff=0.4, attn_eff=0.35,
+    ),
+    "a100": GPU(
+        "A100 SXM4 80GB", 312e12, 19.5e12, 80 * GiB, 2.039e12, 300e9,
+        "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS bf16 dense, 19.5 fp32, 80 GB HBM2e at "
+        "2,039 GB/s, NVLink 3 600 GB/s bidirectional (no fp8 units)",
+        matmul_eff=0.86, attn_eff=0.55,
+    ),
+    "a100-40g": GPU(
+        "A100 SXM4 40GB", 312e12, 19.5e12, 40 * GiB, 1.555e12, 300e9,
+        "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS bf16 dense, 19.5 fp32, 40 GB HBM2 at "
+        "1,555 GB/s, NVLink 3 600 GB/s bidirectional (no fp8 units)",
+        matmul_eff=0.86, attn_eff=0.55,
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -31,26 +87,6 @@ class Interconnect:
     alpha_s: float
     source: str
 
-
-GiB = 1024**3
-
-GPUS: dict[str, GPU] = {
-    "h100": GPU(
-        "H100 SXM5 80GB", 989.4e12, 66.9e12, 80 * GiB, 3.35e12, 450e9,
-        "NVIDIA H100 Tensor Core GPU datasheet: 989.4 TFLOPS bf16 dense, 66.9 fp32, 80 GB HBM3 at 3.35 TB/s, "
-        "NVLink 4 900 GB/s bidirectional",
-    ),
-    "h200": GPU(
-        "H200 SXM 141GB", 989.4e12, 66.9e12, 141 * 10**9, 4.8e12, 450e9,
-        "NVIDIA H200 Tensor Core GPU datasheet: 989 TFLOPS bf16 dense, 67 fp32, 141 GB HBM3e at 4.8 TB/s, "
-        "NVLink 900 GB/s bidirectional",
-    ),
-    "a100": GPU(
-        "A100 SXM4 80GB", 312e12, 19.5e12, 80 * GiB, 2.039e12, 300e9,
-        "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS bf16 dense, 19.5 fp32, 80 GB HBM2e at 2,039 GB/s, "
-        "NVLink 3 600 GB/s bidirectional",
-    ),
-}  # fmt: skip
 
 INTERCONNECTS: dict[str, Interconnect] = {
     "nvlink": Interconnect(
@@ -110,6 +146,19 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
+def parse_rate(flag: str, text: str | float | None) -> float | None:
+    """'989e12', '3.35e12', 989.4e12 -> a positive float (FLOP/s or bytes/s); None passes."""
+    if text is None:
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise ConfigError(f"{flag}: {text!r} is not a positive number; write e.g. 989e12")
+    return v
+
+
 def make_cluster(
     gpu: str = "h100",
     gpus: int = 8,
@@ -117,8 +166,16 @@ def make_cluster(
     interconnect: str = "ib",
     nodes: int | None = None,
     gpu_mem: str | None = None,
+    gpus_per_node: int | None = None,
+    peak_flops: str | float | None = None,
+    hbm_bw: str | float | None = None,
+    net_bw: str | float | None = None,
+    nvlink_bw: str | float | None = None,
 ) -> Cluster:
-    """Cluster from preset names; a user mistake raises ConfigError naming the allowed names."""
+    """Cluster from preset names; a user mistake raises ConfigError naming the allowed names.
+    ``peak_flops`` (dense bf16 FLOP/s; fp8 scales with it), ``hbm_bw``, ``net_bw`` (per GPU
+    between nodes) and ``nvlink_bw`` (per GPU inside a node), in bytes/s, override the preset:
+    the preset's name then says so."""
     if gpu not in GPUS:
         raise ConfigError(
             f"--gpu: {gpu!r} is not a preset{did_you_mean(gpu, GPUS)}; allowed: {', '.join(GPUS)}"
@@ -130,14 +187,33 @@ def make_cluster(
         )
     if gpus < 1:
         raise ConfigError(f"--gpus: {gpus} is not allowed; must be >= 1")
-    g = GPUS[gpu]
+    g, net = GPUS[gpu], INTERCONNECTS[interconnect]
+    changed = []
     if gpu_mem is not None:
         g = replace(g, mem_bytes=parse_bytes(gpu_mem))
-    per_node = 8
+        changed.append(f"{gpu_mem} memory")
+    flops = parse_rate("--peak-flops", peak_flops)
+    if flops is not None:
+        g = replace(g, peak_flops=flops, fp8_flops=g.fp8_flops * flops / g.peak_flops)
+        changed.append(f"{flops / 1e12:g} TFLOP/s")
+    hbm = parse_rate("--hbm-bw", hbm_bw)
+    if hbm is not None:
+        g = replace(g, hbm_bytes_per_s=hbm)
+        changed.append(f"HBM {hbm / 1e12:g} TB/s")
+    nvl = parse_rate("--nvlink-bw", nvlink_bw)
+    if nvl is not None:
+        g = replace(g, nvlink_bytes_per_s=nvl)
+        changed.append(f"NVLink {nvl / 1e9:g} GB/s")
+    if changed:  # the header names what the user gave, not the preset's figures
+        g = replace(g, name=f"{g.name.rsplit(' ', 1)[0]} ({', '.join(changed)})")
+    nbw = parse_rate("--net-bw", net_bw)
+    if nbw is not None:
+        net = replace(net, name=f"{net.name} at {nbw / 1e9:g} GB/s per GPU", bytes_per_s=nbw)
+    per_node = gpus_per_node or 8
     if nodes is not None:
         if nodes < 1 or gpus % nodes:
             raise ConfigError(
                 f"--nodes: {nodes} does not divide --gpus {gpus}; pick a divisor of {gpus}"
             )
         per_node = gpus // nodes
-    return Cluster(g, INTERCONNECTS[interconnect], gpus, min(per_node, gpus))
+    return Cluster(g, net, gpus, min(per_node, gpus))

@@ -35,6 +35,9 @@ DS_PREFETCH = 5e7  # DeepSpeed stage3_prefetch_bucket_size default, in elements
 
 def state_bytes(job: Job) -> tuple[int, int, int]:
     """Bytes per parameter of (weights, gradients, optimizer state incl. fp32 master)."""
+    if job.precision == "pure":  # everything in 16 bits: moments too (torch.optim keeps p's dtype)
+        _, _, k = bytes_per_param(job.optimizer, job.momentum, False)
+        return 2, 2, k // 2
     return bytes_per_param(job.optimizer, job.momentum, job.precision == "mixed")
 
 
@@ -51,8 +54,14 @@ def block_activation_bytes(
     shape: ModelShape, tokens: int, job: Job, tp: int = 1, sp: bool = False, checkpointed=False
 ) -> float:
     """Bytes one block saves for backward for ``tokens`` tokens of one micro-batch (see the
-    module docstring for the terms)."""
+    module docstring for the terms). ``checkpointed``: True (or "full"/"selective") keeps only
+    the block's input; "op" keeps the input and every matmul and attention output (q, k, v,
+    attention, wo, w1, w3, w2 and the fp32 log-sum-exp) and recomputes the rest."""
     s = tp if sp else 1
+    if checkpointed == "op":
+        d, kv, f = shape.dim, shape.kv_dim, shape.ffn_dim
+        per_token = (3 * d / s + (2 * d + 2 * kv + 2 * f) / tp) * job.act_bytes
+        return tokens * (per_token + shape.n_heads / tp * 4)
     if checkpointed:
         return tokens * shape.dim / s * job.act_bytes
     d, f = shape.dim, shape.ffn_dim
@@ -60,49 +69,63 @@ def block_activation_bytes(
     return tokens * per_token
 
 
-def head_activation_bytes(shape: ModelShape, tokens: int, job: Job, tp: int = 1, sp=False):
-    """Final norm and output projection inputs, the logits the caller holds, and the fp32
-    log-softmax cross-entropy saves (vocab-parallel: V/t)."""
+def _vocab(shape: ModelShape, layout_tp: int, loss_parallel: bool) -> float:
+    return shape.vocab_size / (layout_tp if loss_parallel else 1)
+
+
+def head_activation_bytes(
+    shape: ModelShape, tokens: int, job: Job, tp: int = 1, sp=False, loss_parallel=True
+):
+    """Final norm and output projection inputs, the logits the caller holds through backward,
+    and the log-softmax output cross-entropy saves: fp32 when the loss upcasts (plait's), the
+    fp32 copy itself is not saved (measured: tests/test_plan_measure.py). Vocab-parallel: V/t."""
     s = tp if sp else 1
-    v = shape.vocab_size / tp
-    upcast = 4 if job.act_bytes != 4 else 0  # logits.float() copy under bf16/fp16
-    return tokens * (3 * shape.dim / s * job.act_bytes + 4 + v * (job.act_bytes + upcast + 4))
+    v = _vocab(shape, tp, loss_parallel)
+    lsm = 4 if job.fp32_loss else job.act_bytes
+    return tokens * (3 * shape.dim / s * job.act_bytes + 4 + v * (job.act_bytes + lsm))
 
 
 def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart):
     """Live only for a moment, not saved for backward: one checkpointed block's recomputed
-    activations, and the two fp32 (tokens, V/t) gradients at the start of backward."""
+    activations, and the loss's two (tokens, V/t) gradients at the start of backward (the
+    log-softmax's output gradient and its input gradient: fp32 under an fp32 loss)."""
     tokens = job.tokens // (layout.dp * layout.microbatches)
-    out = 0.0
+    recompute = loss_grads = 0.0
     if layout.activation_checkpoint != "none":
-        out += block_activation_bytes(shape, tokens, job, layout.tp, layout.sequence_parallel)
+        recompute = block_activation_bytes(shape, tokens, job, layout.tp, layout.sequence_parallel)
     if part.head:
-        out += tokens * shape.vocab_size / layout.tp * 8
-    return out
+        lsm = 4 if job.fp32_loss else job.act_bytes
+        loss_grads = tokens * _vocab(shape, layout.tp, layout.loss_parallel) * 2 * lsm
+    # the loss's gradients are freed before the first block's backward recomputes it
+    return max(recompute, loss_grads)
 
 
 def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
     """Peak activation bytes of one pipeline rank: in-flight micro-batches x its blocks, the
     head and embedding, plus the transients (:func:`transient_activation_bytes`)."""
-    tokens = job.tokens // (layout.dp * layout.microbatches)  # tokens of one micro-batch
+    # tokens of one micro-batch (hook: context parallel divides them by cp here; expert
+    # parallel changes block_activation_bytes' MLP term and the experts' share of params)
+    tokens = job.tokens // (layout.dp * layout.microbatches)
     tp, sp = layout.tp, layout.sequence_parallel
     ac = layout.activation_checkpoint
     n_ckpt = (
         part.blocks
-        if ac == "full"
+        if ac in ("full", "op")
         else math.ceil(part.blocks / layout.checkpoint_every)
         if ac == "selective"
         else 0
     )
     full = block_activation_bytes(shape, tokens, job, tp, sp)
-    ckpt = block_activation_bytes(shape, tokens, job, tp, sp, checkpointed=True)
+    ckpt = block_activation_bytes(
+        shape, tokens, job, tp, sp, checkpointed="op" if ac == "op" else True
+    )
     per_mb = n_ckpt * ckpt + (part.blocks - n_ckpt) * full
     inflight = inflight_microbatches(
         layout.schedule, layout.pp, layout.microbatches, layout.v, part.rank
     )
     out = inflight * per_mb + transient_activation_bytes(shape, layout, job, part)
     if part.head:
-        out += head_activation_bytes(shape, tokens, job, tp, sp)
+        out += head_activation_bytes(shape, tokens, job, tp, sp, layout.loss_parallel)
     if part.embed:
         out += tokens * 8  # int64 token ids saved by the embedding
     return out
@@ -148,20 +171,19 @@ class Memory:
 
 
 def kept_unsharded(shape: ModelShape, layout: Layout, part: RankPart) -> float:
-    """ZeRO-3 on FSDP2: parameters per rank held (unsharded, or in a smaller group) from
+    """ZeRO-3 on FSDP2: block parameters per rank held (unsharded, or in a smaller group) from
     forward to backward by ``parallel.reshard_after_forward`` (plait.ddp.fsdp.block_reshard):
-    auto keeps each stage's last block and the embedding/head unit; false keeps everything; a
-    group size g keeps a 1/g shard of every block; true keeps nothing."""
+    auto keeps each stage's last block, false every block, a group size g a 1/g shard of every
+    block, true none. The root unit (embedding, head) is counted apart by :func:`rank_memory`."""
     policy, tp = layout.reshard_after_forward, layout.tp
     blocks = part.blocks * shape.block_params / tp
-    root = (part.params(shape) - part.blocks * shape.block_params) / tp
-    if policy is True:
+    if policy is True or not part.blocks:
         return 0.0
     if policy is False:
-        return blocks + root
+        return blocks
     if policy == "auto":
-        return (shape.block_params / tp if part.blocks else 0.0) + root
-    return blocks / policy + root
+        return shape.block_params / tp
+    return blocks / policy
 
 
 def rank_memory(
@@ -195,22 +217,44 @@ def rank_memory(
     if ns > 1 and engine == "torch" and stage == 2:
         buffers += cb * psi_rank  # unsharded for the whole of forward + backward
         notes.append("FSDP2 reshard_after_forward=False: all unsharded params held fwd->bwd")
-    if ns > 1 and engine == "torch" and stage == 3:
-        buffers += 2 * cb * blk + gb * blk  # current + prefetched block, one block's grads
-        notes.append("FSDP2 prefetch: two blocks' unsharded params + one block's grads")
+    fsdp = ns > 1 and engine == "torch" and stage >= 2
+    if fsdp and layout.pp > 1:
+        # torch's PipelineStage turns FSDP2's gradient sync and reshard-after-backward off
+        # until the last micro-batch: the stage's parameters stay gathered and its gradients
+        # accumulate unsharded (in the compute dtype) across the whole step
+        held = cb * psi_rank
+        buffers += held + (held if stage == 3 else 0.0)  # ZeRO-2 already counts the params
+        notes.append("pp + FSDP2: the stage's unsharded params and grads live across the step")
+    elif fsdp and stage == 3:
+        # FSDP2 units: each block, and the root (embedding, final norm, head), gathered again
+        # when backward starts (at the head, with every activation still alive) and held to the
+        # end of backward, with the head's unsharded gradients (compute dtype) waiting for the
+        # root's reduce-scatter (tests/test_plan_measure.py)
+        head = (shape.head_params if part.head else 0) / layout.tp
+        root = (shape.embed_params if part.embed else 0) / layout.tp + head
+        buffers += 2 * cb * blk + gb * blk + cb * root + cb * head
+        notes.append(
+            "FSDP2 prefetch: two blocks' unsharded params + one block's grads; the root unit "
+            "(embedding + head) unsharded, with the head's gradients"
+        )
         kept = kept_unsharded(shape, layout, part)
         if kept:
             buffers += cb * kept
             notes.append(
                 f"reshard_after_forward={layout.reshard_after_forward}: "
-                f"{kept / 1e6:.1f}M params held unsharded from forward to backward"
+                f"{kept / 1e6:.1f}M block params held unsharded from forward to backward"
             )
     if ns > 1 and engine == "deepspeed" and stage in (1, 2):
         buffers += 2 * min(DS_BUCKET, psi_rank) * gb
         notes.append("DeepSpeed reduce + all-gather buckets (5e8 elements each by default)")
     if ns > 1 and engine == "deepspeed" and stage == 3:
-        buffers += min(DS_PREFETCH, psi_rank) * pb + min(DS_BUCKET, psi_rank) * gb
-        notes.append("DeepSpeed ZeRO-3 prefetch + reduce buckets")
+        # DeepSpeed's own estimator (estimate_zero3_model_states_mem_needs) counts 4 bytes x
+        # the largest layer's parameters; the embedding or the head is the largest here
+        largest = max(shape.embed_params, shape.head_params, shape.block_params) / layout.tp
+        buffers += max(min(DS_PREFETCH, psi_rank) * pb, 4 * largest) + min(DS_BUCKET, psi_rank) * gb
+        notes.append(
+            "DeepSpeed ZeRO-3: 4 x the largest layer (or the prefetch bucket) + reduce bucket"
+        )
     if job.precision == "autocast" and cb < pb and not (engine == "torch" and stage >= 2):
         buffers += cb * psi_rank  # autocast's cast weight copies, saved for backward
         notes.append("autocast: bf16/fp16 copies of the weights live through backward")
@@ -226,5 +270,8 @@ def rank_memory(
 
 def plan_memory(shape: ModelShape, layout: Layout, job: Job, device_bytes: int) -> Memory:
     """The heaviest rank (first or last pipeline rank)."""
-    mems = [rank_memory(shape, layout, job, p, device_bytes) for p in rank_parts(shape, layout)]
+    mems = [
+        rank_memory(shape, layout, job, p, device_bytes)
+        for p in rank_parts(shape, layout, job.seq_len)
+    ]
     return max(mems, key=lambda m: m.total)

@@ -55,14 +55,21 @@ def format_plan(
     lines += [
         "",
         "step time (slowest pipeline rank)",
-        f"  compute           {t.compute_s:>10.4f} s",
+        f"  compute           {t.compute_s:>10.4f} s"
+        + (
+            f"  (matmul {t.matmul_s:.4f}, attention {t.attention_s:.4f}, "
+            f"memory-bound {t.memory_bound_s:.4f}{', compiled' if job.compiled else ''})"
+            if t.matmul_s
+            else ""
+        ),
         f"  TP collectives    {t.tp_s:>10.4f} s  (not overlapped)",
         f"  PP send/recv      {t.pp_p2p_s:>10.4f} s  (not overlapped)",
         f"  pipeline bubble   {t.bubble_s:>10.4f} s",
         f"  DP communication  {t.dp_s:>10.4f} s  ({t.dp_exposed_s:.4f} s exposed)",
         f"  optimizer update  {t.optimizer_s:>10.4f} s",
         f"  step              {t.total_s:>10.4f} s  -> {t.tokens_per_s:,.0f} tokens/s, "
-        f"MFU {t.mfu:.1%} (6N + 12·L·H·Q·T = {t.model_flops_per_token:.3e} FLOPs/token)",
+        f"MFU {t.mfu:.1%}, HFU {t.hfu:.1%} (6N + 12·L·H·Q·T = {t.model_flops_per_token:.3e} "
+        f"FLOPs/token; with recomputation {t.hardware_flops_per_token:.3e})",
     ]
     return "\n".join(lines)
 

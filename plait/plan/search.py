@@ -60,7 +60,7 @@ def layouts(shape: ModelShape, job: Job, cluster: Cluster, base: Layout) -> list
                     mbs = [m for m in divisors(per_dp) if pp == 1 or m >= pp] if per_dp else []
                     for m in mbs[:6] if pp == 1 else mbs:
                         for stage in stages:
-                            for ac in ("none", "full"):
+                            for ac in ("none", "op", "full"):
                                 lay = replace(
                                     base, dp_replicate=rep, dp_shard=shard, tp=tp, pp=pp,
                                     schedule=sched, virtual_stages=v, microbatches=m,

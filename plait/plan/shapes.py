@@ -105,6 +105,11 @@ class Layout:
     activation_checkpoint: str = "none"
     checkpoint_every: int = 1
     cpu_offload: bool = False
+    #: vocabulary-sharded logits meet the loss under tp (plait's ``loss_parallel``); False: the
+    #: logits are gathered whole on every tp rank first
+    loss_parallel: bool = True
+    pp_cuts: tuple[int, ...] = ()  # first block of each stage after the first; () balanced
+    pp_balance: str = "params"  # params | flops: how the automatic cuts balance stages
     #: parallel.reshard_after_forward (ZeRO-3 on the torch engine)
     reshard_after_forward: bool | int | str = "auto"
 
@@ -139,6 +144,7 @@ class Layout:
             virtual_stages=p.pp_virtual_stages, zero_stage=p.zero_stage, dp_engine=p.dp_engine,
             activation_checkpoint=p.activation_checkpoint,
             checkpoint_every=p.activation_checkpoint_every, cpu_offload=p.cpu_offload,
+            pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance,
             reshard_after_forward=p.reshard_after_forward,
         )  # fmt: skip
 
@@ -149,10 +155,18 @@ class Job:
 
     global_batch: int  # sequences per step
     seq_len: int
-    dtype: str = "bf16"  # compute dtype: fp32 | bf16 | fp16
+    dtype: str = "bf16"  # compute dtype: fp32 | bf16 | fp16 | fp8 (fp8 linears, bf16 elsewhere)
     optimizer: str = "adamw"  # sgd | adam | adamw
     momentum: float = 0.0  # sgd only
-    precision: str = "autocast"  # autocast: fp32 weights/grads (plait); mixed: ZeRO-paper 2+2+12
+    #: autocast: fp32 weights/grads/moments (plait); mixed: ZeRO paper's 2 + 2 + 12;
+    #: pure: the model cast to bf16, its gradients and optimizer moments too (2 + 2 + 4)
+    precision: str = "autocast"
+    #: torch.compile fuses the memory-bound elementwise ops (an assumption: their HBM traffic
+    #: falls to :data:`plait.plan.steptime.COMPILE_TRAFFIC` of eager's)
+    compiled: bool = False
+    #: the loss upcasts the logits to fp32 first (plait's ``model.loss``); False: cross-entropy
+    #: straight on 16-bit logits (its log-softmax then saved in 16 bits)
+    fp32_loss: bool = True
 
     @property
     def tokens(self) -> int:
@@ -167,5 +181,5 @@ class Job:
         mixed = cfg.parallel.dp_engine == "deepspeed" and cfg.train.dtype != "fp32"
         return Job(
             cfg.train.global_batch, cfg.data.seq_len, cfg.train.dtype, cfg.optim.name,
-            cfg.optim.momentum, "mixed" if mixed else "autocast",
+            cfg.optim.momentum, "mixed" if mixed else "autocast", bool(cfg.train.compile),
         )  # fmt: skip

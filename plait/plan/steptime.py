@@ -1,5 +1,17 @@
-"""Step time: compute from FLOPs at an efficiency, communication per parallelism (alpha-beta),
-pipeline bubble, and the optimizer update.
+"""Step time: a roofline per op class on the slowest pipeline rank, communication per
+parallelism (alpha-beta), the pipeline bubble, and the optimizer update.
+
+Compute, per micro-batch and op class (docs/design.md, "plait plan"):
+- matmuls (the linear layers and the head): their FLOPs at the GPU's matmul rate (bf16, or
+  fp8 for fp8 linears) x ``matmul_eff`` x a size factor n/(n + MATMUL_N0), n the model width
+  per tensor-parallel rank (narrow GEMMs run further from peak);
+- attention (flash, causal: half the square, backward 2.5x forward): at ``attn_eff`` of the
+  bf16 peak;
+- memory-bound ops (norms, residual adds, rotary, SwiGLU's product, layout copies, the
+  cross-entropy over the vocabulary, fp8 casts): bytes moved / HBM bandwidth (x HBM_EFF);
+  ``torch.compile`` fuses them (COMPILE_TRAFFIC of eager's bytes, an assumption).
+Recomputation adds the forward again: every op for ``full`` / ``selective`` blocks, only the
+memory-bound ones for ``op`` (matmul and attention outputs are saved).
 
 Overlap rules (stated, simple, conservative):
 - TP collectives (2 all-reduces per block forward, 2 backward, 2 more when the block is
@@ -11,13 +23,13 @@ Overlap rules (stated, simple, conservative):
   of the last micro-batch only (accumulation skips sync before it); ZeRO-1/2's parameter
   all-gather overlaps with the first forward; ZeRO-3 gathers every micro-batch (forward and
   backward: 1.5x DDP's volume at one micro-batch) and overlaps each with that pass's compute.
-  Only what exceeds its window is added.
+  Only what exceeds its window is added. Collectives reach COLL_EFF of the link bandwidth.
 - The optimizer update is memory-bound: bytes read and written / HBM bandwidth.
 
-Efficiency: ``efficiency`` is the share of dense peak the kernels reach while busy; the bubble
-and exposed communication come on top. ``mfu`` (or ``hfu``, counting recomputation as
-Megatron-LM's tables do) is a measured end-to-end figure that already contains them: the
-step time is then the FLOPs over that rate and the breakdown only shows where time goes.
+``efficiency`` (``--efficiency``) replaces the roofline by one share of peak for all FLOPs.
+``mfu`` / ``hfu`` (measured end-to-end figures, HFU counting recomputation as Megatron-LM's
+tables do) already contain every loss: the step time is the FLOPs over that rate and the
+breakdown only shows where time goes.
 """
 
 from __future__ import annotations
@@ -27,19 +39,20 @@ from dataclasses import dataclass
 
 from plait.plan import comm
 from plait.plan.bubble import bubble_fraction
-from plait.plan.hardware import Cluster
+from plait.plan.hardware import GPU, Cluster
 from plait.plan.memory import kept_unsharded, state_bytes
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
 
-DEFAULT_EFFICIENCY = (
-    0.55  # assumed share of dense bf16 peak reached by a transformer step's kernels
-)
+MATMUL_N0 = 512  # width per TP rank at which GEMMs reach half their large-matrix efficiency
+HBM_EFF = 0.8  # share of HBM bandwidth elementwise kernels reach (STREAM-like copies)
+COMPILE_TRAFFIC = 0.5  # memory-bound bytes left after torch.compile's fusion (assumption)
+COLL_EFF = 0.8  # NCCL bus bandwidth over link bandwidth for large messages (assumption)
 
 
 @dataclass
 class StepTime:
-    compute_s: float  # useful + recomputed FLOPs on the slowest rank, all micro-batches
+    compute_s: float  # matmul + attention + memory-bound, slowest rank, all micro-batches
     tp_s: float
     pp_p2p_s: float
     bubble_s: float
@@ -51,9 +64,15 @@ class StepTime:
     mfu: float
     model_flops_per_token: float
     hardware_flops_per_token: float
+    matmul_s: float = 0.0  # the roofline's parts of compute_s (0 when ``efficiency`` is given)
+    attention_s: float = 0.0
+    memory_bound_s: float = 0.0
+    hfu: float = 0.0
 
 
 def recomputed_blocks(layout: Layout, blocks: int) -> int:
+    """Blocks whose whole forward runs again in backward (``op`` recomputes only its
+    memory-bound ops: not counted here)."""
     ac = layout.activation_checkpoint
     if ac == "full":
         return blocks
@@ -71,6 +90,63 @@ def rank_flops_per_token(shape: ModelShape, layout: Layout, part: RankPart, seq_
     return model, model + recompute
 
 
+def block_traffic_bytes(shape: ModelShape, job: Job, tp: int, sp: bool) -> float:
+    """HBM bytes the memory-bound ops of one block's forward move per token (eager), counted
+    as element passes of 16-bit values: two RMSNorms (fp32 inside: 8 passes of D each), two
+    residual adds (3D each), rotary on q and k (4 passes), the layout copies around attention
+    (q, k, v, o: 2 passes), SwiGLU's silu and product (5F); fp8 adds the casts of every
+    linear's input (6D + F, read + amax + write: 5 bytes each). Norms and residuals are
+    sharded by SP, the rest by TP. Backward moves twice the forward's bytes."""
+    d, f, kv = shape.dim, shape.ffn_dim, shape.kv_dim
+    s = tp if sp else 1
+    passes = (16 * d + 6 * d) / s + (4 * (d + kv) + 2 * (2 * d + 2 * kv) + 5 * f) / tp
+    out = passes * 2
+    if job.dtype == "fp8":
+        out += 5 * (6 * d + f) / tp
+    return out * (COMPILE_TRAFFIC if job.compiled else 1.0)
+
+
+def head_traffic_bytes(shape: ModelShape, job: Job, tp: int) -> float:
+    """Bytes per token of the loss over the vocabulary (forward + backward): logits written
+    (2), their fp32 copy (4 write, 4 read), log-softmax and its gradient (4 x 3), the bf16
+    gradient (2 + 2) = 28 bytes per logit, V/t logits under the vocab-parallel loss."""
+    return 28 * shape.vocab_size / tp * (COMPILE_TRAFFIC if job.compiled else 1.0)
+
+
+def roofline(
+    shape: ModelShape, layout: Layout, job: Job, gpu: GPU, part: RankPart, tokens: float
+) -> tuple[float, float, float]:
+    """(matmul, attention, memory-bound) seconds of one micro-batch of ``tokens`` on one rank
+    of ``part`` (forward, backward and recomputation)."""
+    tp, sp = layout.tp, layout.sequence_parallel
+    n = shape.dim / tp
+    size = n / (n + MATMUL_N0)
+    fp8 = job.dtype == "fp8" and gpu.fp8_flops > 0
+    if job.dtype == "fp32":
+        mm_rate = gpu.fp32_flops
+    elif fp8:
+        mm_rate = gpu.fp8_flops * gpu.fp8_matmul_eff * size
+    else:
+        mm_rate = gpu.peak_flops * gpu.matmul_eff * size
+    n_full = recomputed_blocks(layout, part.blocks)  # blocks whose forward reruns
+    n_op = part.blocks if layout.activation_checkpoint == "op" else 0
+    passes = part.blocks * 3 + n_full  # forward = 1, backward = 2
+    mm_flops = 2 * shape.block_params / tp * passes
+    head_mm = 6 * shape.head_params / tp if part.head else 0.0
+    # flash attention, causal: forward 2·H·Q·T (half of the 4·H·Q·T square), backward 2.5x
+    attn_fwd = 2 * shape.n_heads * shape.head_dim * job.seq_len / tp
+    attn_flops = attn_fwd * (part.blocks * 3.5 + n_full)
+    attn_rate = (gpu.fp32_flops if job.dtype == "fp32" else gpu.peak_flops) * gpu.attn_eff
+    traffic = block_traffic_bytes(shape, job, tp, sp) * (part.blocks * 3 + n_full + n_op)
+    if part.head:
+        traffic += head_traffic_bytes(shape, job, tp)
+    hbm = gpu.hbm_bytes_per_s * HBM_EFF
+    # the head matmul stays in bf16 under fp8 (torchao and Transformer Engine leave it out)
+    head_rate = gpu.peak_flops * gpu.matmul_eff * size if fp8 else mm_rate
+    t_mm = tokens * (mm_flops / mm_rate + head_mm / head_rate)
+    return t_mm, tokens * attn_flops / attn_rate, tokens * traffic / hbm
+
+
 def step_time(
     shape: ModelShape,
     layout: Layout,
@@ -82,28 +158,42 @@ def step_time(
     hfu: float | None = None,
 ) -> StepTime:
     gpu, p, m, v, tp = cluster.gpu, layout.pp, layout.microbatches, layout.v, layout.tp
-    eff = efficiency if efficiency is not None else DEFAULT_EFFICIENCY
-    # fp32 runs on plain fp32 units; MFU stays against the bf16 peak (docs/design.md's convention)
-    rate = (gpu.fp32_flops if job.dtype == "fp32" else gpu.peak_flops) * eff
+    # hook for context / expert parallel (docs/design.md, "plait plan"): cp divides the tokens
+    # of a micro-batch per rank here and adds its attention ring to the TP-like critical path;
+    # ep changes the MLP's matmul FLOPs in roofline() and adds all-to-alls beside t_tp
     mb_tokens = job.tokens / (layout.dp * m)
+
+    def link(stride: int, size: int) -> comm.Link:
+        alpha, bw = cluster.link(stride, size)
+        return alpha, bw * COLL_EFF
+
     # rank order follows plait's mesh (pp, dp_replicate, dp_shard, tp): tp varies fastest
-    tp_link = cluster.link(1, tp)
-    shard_link = cluster.link(tp, layout.dp_shard)
-    rep_link = cluster.link(tp * layout.dp_shard, layout.dp_replicate)
-    dp_link = cluster.link(tp, layout.dp)
-    pp_link = cluster.link(tp * layout.dp, p)
+    tp_link = link(1, tp)
+    shard_link = link(tp, layout.dp_shard)
+    rep_link = link(tp * layout.dp_shard, layout.dp_replicate)
+    dp_link = link(tp, layout.dp)
+    pp_link = link(tp * layout.dp, p)
 
     act = mb_tokens * shape.dim * job.act_bytes  # one micro-batch's hidden states, bytes
     worst = None
-    for part in rank_parts(shape, layout):
-        _, hw = rank_flops_per_token(shape, layout, part, job.seq_len)
-        t_comp = mb_tokens * hw / tp / rate
+    for part in rank_parts(shape, layout, job.seq_len):
+        if efficiency is not None:  # one share of peak for all FLOPs: no roofline
+            _, hw = rank_flops_per_token(shape, layout, part, job.seq_len)
+            # fp32 runs on plain fp32 units; MFU stays against the bf16 peak (docs/design.md)
+            rate = (gpu.fp32_flops if job.dtype == "fp32" else gpu.peak_flops) * efficiency
+            parts = (0.0, 0.0, 0.0)
+            t_comp = mb_tokens * hw / tp / rate
+        else:
+            parts = roofline(shape, layout, job, gpu, part, mb_tokens)
+            t_comp = sum(parts)
         n_rec = recomputed_blocks(layout, part.blocks)
         t_tp = (4 * part.blocks + 2 * n_rec) * comm.all_reduce(act, tp, tp_link) if tp > 1 else 0.0
-        t_p2p = 2 * v * comm.p2p(act, pp_link) if p > 1 else 0.0
-        cand = (t_comp + t_tp + t_p2p, t_comp, t_tp, t_p2p, part)
+        # each tp rank sends its 1/tp slice of the boundary activations (the sequence-parallel
+        # shard; Megatron's scatter/gather optimisation, arXiv 2104.04473 sec. 4.1)
+        t_p2p = 2 * v * comm.p2p(act / tp, pp_link) if p > 1 else 0.0
+        cand = (t_comp + t_tp + t_p2p, t_comp, t_tp, t_p2p, part, parts)
         worst = cand if worst is None or cand[0] > worst[0] else worst
-    t_mb, t_comp, t_tp, t_p2p, part = worst
+    t_mb, t_comp, t_tp, t_p2p, part, parts = worst
     ideal = m * t_mb
     pipeline = ideal / (1 - bubble_fraction(layout.schedule, p, m, v))
 
@@ -129,7 +219,13 @@ def step_time(
             dp_s = red + ag
             exposed = max(0.0, red - bwd) + max(0.0, ag - fwd)
         else:  # gather for every forward and backward (less what stays gathered), reduce once
-            kept = kept_unsharded(shape, layout, part) / psi if psi else 0.0
+            # the root unit (embedding, head) stays gathered unless every unit reshards
+            root = (
+                0.0
+                if layout.reshard_after_forward is True
+                else part.params(shape) / tp - (part.blocks * shape.block_params / tp)
+            )
+            kept = (kept_unsharded(shape, layout, part) + root) / psi if psi else 0.0
             ag_b = comm.all_gather(params * (1 - kept), ns, shard_link) if kept < 1 else 0.0
             dp_s = red + m * (ag + ag_b)
             exposed = (
@@ -155,4 +251,6 @@ def step_time(
         tokens_per_s=job.tokens / total,
         mfu=job.tokens * model_fpt / (total * cluster.gpus * gpu.peak_flops),
         model_flops_per_token=model_fpt, hardware_flops_per_token=hw_fpt,
+        matmul_s=m * parts[0], attention_s=m * parts[1], memory_bound_s=m * parts[2],
+        hfu=job.tokens * hw_fpt / (total * cluster.gpus * gpu.peak_flops),
     )  # fmt: skip
