@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from plait import failure
 from plait.checkpoint_files import (  # noqa: F401 - re-exported
     MANIFEST,
     PREFIX,
@@ -126,19 +128,20 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "rng").mkdir(parents=True)
         _barrier()
-        extra = {"step": step}
-        torch.save(_rng_state(), tmp / "rng" / f"rank-{_rank()}.pt")
-        if deepspeed_checkpoint.is_deepspeed(model):  # DeepSpeed's own files (see there)
-            deepspeed_checkpoint.save(model, tmp, extra)
-            self._commit(tmp, final_dir, step, fmt="deepspeed")
-            return final_dir
-        state = app_state(model, optimizer, extra)
-        if self.async_save and not final:
-            fut = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
-            self._pending = (fut, tmp, final_dir, step)
-        else:
-            dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
-            self._commit(tmp, final_dir, step)
+        with _removed_on_error(tmp):
+            extra = {"step": step}
+            torch.save(_rng_state(), tmp / "rng" / f"rank-{_rank()}.pt")
+            if deepspeed_checkpoint.is_deepspeed(model):  # DeepSpeed's own files (see there)
+                deepspeed_checkpoint.save(model, tmp, extra)
+                self._commit(tmp, final_dir, step, fmt="deepspeed")
+                return final_dir
+            state = app_state(model, optimizer, extra)
+            if self.async_save and not final:
+                fut = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
+                self._pending = (fut, tmp, final_dir, step)
+            else:
+                dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
+                self._commit(tmp, final_dir, step)
         return final_dir
 
     def wait(self) -> None:
@@ -147,8 +150,9 @@ class Checkpointer:
             return
         fut, tmp, final_dir, step = self._pending
         self._pending = None
-        fut.result()
-        self._commit(tmp, final_dir, step)
+        with _removed_on_error(tmp):
+            fut.result()
+            self._commit(tmp, final_dir, step)
 
     def _commit(self, tmp: Path, final_dir: Path, step: int, fmt: str = "dcp") -> None:
         _barrier()  # every rank's files are on disk
@@ -209,6 +213,45 @@ def load(path: Path, model, optimizer) -> int:
             warnings.warn(f"{str(rng)!r} not restored ({type(e).__name__}): dropout and other "
                           "random draws restart from this rank's seed", stacklevel=2)  # fmt: skip
     return int(extra["step"])
+
+
+@contextmanager
+def _removed_on_error(tmp: Path):
+    """A save that fails removes its partial folder (it would keep a full disk full) and says
+    why in one line: a full disk or quota, a read-only or forbidden folder will fail the same
+    way again, so the launcher ends the job rather than restart it (plait.failure)."""
+    try:
+        yield
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        shutil.rmtree(tmp, ignore_errors=True)  # every rank tries: whichever is first wins
+        if not isinstance(e, Exception) and type(e).__name__ != "CheckpointException":
+            raise  # KeyboardInterrupt, SystemExit: the partial folder is gone, nothing to say
+        found = [c for c in failure.causes(e) if isinstance(c, OSError)]
+        cause = next((c for c in found if c.errno in failure.REPEATING_ERRNOS), None)
+        cause = cause or _probe_write(tmp.parent)
+        if cause is not None:
+            raise PlaitError(
+                f"checkpoint save to {str(tmp)!r} failed: {failure.one_line(cause)}; the "
+                "partial folder is removed (free space, or set checkpoint.dir elsewhere)"
+            ) from e
+        raise
+
+
+def _probe_write(folder: Path) -> OSError | None:
+    """Why writing in ``folder`` fails, if it does: torch.save's C++ writer reports a full disk
+    as "unexpected pos" with no errno, so one MiB is written and synced here to ask the
+    kernel. None: the folder takes it (the save failed for another reason)."""
+    probe = folder / f".plait-write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 2**20)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e if e.errno in failure.REPEATING_ERRNOS else None
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 
 def _set_aside(folder: Path) -> None:

@@ -220,8 +220,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.max_restarts < 0:
         raise PlaitError(f"--max-restarts: {args.max_restarts} is not allowed; must be >= 0")
     if args.nproc == 1 and args.max_restarts == 0:  # in this process: no launcher at all
+        from plait.host_check import check_host  # deferred: torch (start-up, see _plan)
         from plait.trainer import train  # deferred: torch (start-up, see _plan)
 
+        check_host(cfg, 1, 1)
         result = train(cfg)
     else:
         result = run_local(cfg, args.nproc, max_restarts=args.max_restarts)
