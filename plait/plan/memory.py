@@ -206,6 +206,22 @@ class Memory:
         return self.total <= self.usable
 
 
+def kept_unsharded(shape: ModelShape, layout: Layout, part: RankPart) -> float:
+    """ZeRO-3 on FSDP2: block parameters per rank held (unsharded, or in a smaller group) from
+    forward to backward by ``parallel.reshard_after_forward`` (plait.ddp.fsdp.block_reshard):
+    auto keeps each stage's last block, false every block, a group size g a 1/g shard of every
+    block, true none. The root unit (embedding, head) is counted apart by :func:`rank_memory`."""
+    policy, tp = layout.reshard_after_forward, layout.tp
+    blocks = part.blocks * shape.block_params / tp
+    if policy is True or not part.blocks:
+        return 0.0
+    if policy is False:
+        return blocks
+    if policy == "auto":
+        return shape.block_params / tp
+    return blocks / policy
+
+
 def rank_memory(
     shape: ModelShape, layout: Layout, job: Job, part: RankPart, device_bytes: int
 ) -> Memory:
@@ -263,6 +279,13 @@ def rank_memory(
             "FSDP2 prefetch: two blocks' unsharded params + one block's grads; the root unit "
             "(embedding + head) unsharded, with the head's gradients"
         )
+        kept = kept_unsharded(shape, layout, part)
+        if kept:
+            buffers += cb * kept
+            notes.append(
+                f"reshard_after_forward={layout.reshard_after_forward}: "
+                f"{kept / 1e6:.1f}M block params held unsharded from forward to backward"
+            )
     if nosync:
         # the step's gradients are these unsharded ones (also under fully_shard over a one-rank
         # mesh: KempnerForge's tp-only runs); each unit's sharded gradient replaces its

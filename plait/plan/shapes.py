@@ -124,6 +124,8 @@ class Layout:
     #: or only the "last" (set_requires_gradient_sync(False) before: KempnerForge), which
     #: keeps every unit's unsharded gradients accumulating across the step
     grad_sync: str = "every"
+    #: parallel.reshard_after_forward (ZeRO-3 on the torch engine)
+    reshard_after_forward: bool | int | str = "auto"
 
     @property
     def dp(self) -> int:
@@ -164,6 +166,8 @@ class Layout:
             activation_checkpoint=p.activation_checkpoint,
             checkpoint_every=p.activation_checkpoint_every, cpu_offload=p.cpu_offload,
             pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance, cp=dims.cp,
+            reshard_after_forward=p.reshard_after_forward,
+            grad_sync="every" if p.reduce_every_microbatch else "last",
         )  # fmt: skip
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from plait.plan import comm
 from plait.plan.bubble import bubble_fraction
 from plait.plan.hardware import GPU, Cluster
-from plait.plan.memory import state_bytes
+from plait.plan.memory import kept_unsharded, state_bytes
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
 
@@ -236,9 +236,19 @@ def step_time(
         if stage < 3:
             dp_s = red + ag
             exposed = max(0.0, red - bwd) + max(0.0, ag - fwd)
-        else:  # gather for every forward and backward, reduce once
-            dp_s = red + 2 * m * ag
-            exposed = m * max(0.0, ag - fwd) + max(0.0, ag + red - bwd) + (m - 1) * max(0, ag - bwd)
+        else:  # gather for every forward and backward (less what stays gathered), reduce once
+            # the root unit (embedding, head) stays gathered unless every unit reshards
+            root = (
+                0.0
+                if layout.reshard_after_forward is True
+                else part.params(shape) / tp - (part.blocks * shape.block_params / tp)
+            )
+            kept = (kept_unsharded(shape, layout, part) + root) / psi if psi else 0.0
+            ag_b = comm.all_gather(params * (1 - kept), ns, shard_link) if kept < 1 else 0.0
+            dp_s = red + m * (ag + ag_b)
+            exposed = (
+                m * max(0.0, ag - fwd) + max(0.0, ag_b + red - bwd) + (m - 1) * max(0, ag_b - bwd)
+            )
     # optimizer: read weights, grads, state; write weights and state (bytes / HBM bandwidth)
     shard = layout.dp_shard * cp if layout.zero_stage >= 1 else 1
     opt_s = psi / shard * (2 * pb + gb + 2 * ob) / gpu.hbm_bytes_per_s
