@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from plait.parallel_attrs import EXPERT_SHARD_ATTR
+
 
 def apply_ddp(
     model: nn.Module, *, dp_mesh, device: torch.device, bucket_cap_mb: int = 25
@@ -23,6 +25,11 @@ def apply_ddp(
     """Wrap a materialised model; a no-op when the dp axis has one rank."""
     if dp_mesh is None or dp_mesh.size() == 1:
         return model
+    # expert weights split over ep/tp ranks: their gradients reduce over other groups
+    # (plait.models.moe.MoE.finish_step), so DDP neither broadcasts nor averages them
+    skip = [n for n, p in model.named_parameters() if hasattr(p, EXPERT_SHARD_ATTR)]
+    if skip:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, skip)
     return DistributedDataParallel(
         model,
         process_group=dp_mesh.get_group(),

@@ -94,6 +94,7 @@ class Engine:
         """Forward and backward of each micro-batch (on the device), its loss multiplied by
         ``scale``; gradients reduced over dp on the last. Returns the summed unscaled loss."""
         loss_sum = torch.zeros((), device=self.device)
+        self.set_loss_scale(scale)
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             # loss_context: vocabulary-sharded logits under tensor parallel (loss_parallel)
@@ -106,6 +107,16 @@ class Engine:
             loss_sum += loss.detach().float()
         return loss_sum
 
+    def model_parts(self) -> list[nn.Module]:
+        """The plait models this rank steps (a pipeline rank: its stages)."""
+        return [self.inner]
+
+    def set_loss_scale(self, scale) -> None:
+        """Tell the models this step's loss scale (the MoE balance loss's gradient uses it)."""
+        for part in self.model_parts():
+            if hasattr(part, "set_loss_scale"):
+                part.set_loss_scale(float(scale))
+
     def sync(self, last: bool):
         """Context for one micro-batch's forward+backward: gradient all-reduce only on the last."""
         return no_sync(self.model, sync=last)
@@ -117,6 +128,9 @@ class Engine:
         """Unscale (fp16), clip to ``max_norm`` (inf: measure only) and step; the update is
         skipped when ``loss_finite`` is False or the gradient norm is not finite (with a loss
         scaler, the scaler decides)."""
+        for part in self.model_parts():  # MoE: expert gradients, balancing bias
+            if hasattr(part, "before_optimizer_step"):
+                part.before_optimizer_step()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = self.clip_grad_norm(max_norm)

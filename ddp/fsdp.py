@@ -32,6 +32,7 @@ from torch.distributed.tensor import DTensor
 from plait.ddp import memory
 from plait.ddp.engine import Engine
 from plait.models.base import PlaitModel
+from plait.parallel_attrs import EXPERT_SHARD_ATTR
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,6 +57,10 @@ def apply_fsdp(
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy()
     kw = dict(mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp)
     kw["offload_policy"] = offload
+    # expert weights split over ep/tp ranks stay out (plait.models.moe.MoE.finish_step)
+    experts = {p for p in model.parameters() if hasattr(p, EXPERT_SHARD_ATTR)}
+    if experts:
+        kw["ignored_params"] = experts
     for block in model.layers.values():
         fully_shard(block, **kw)
     fully_shard(model, **kw)

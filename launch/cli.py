@@ -4,10 +4,13 @@ command, print it, run it. Options a backend does not use are refused, not silen
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
+from plait import failure, ports
 from plait.config import load_config
 from plait.errors import PlaitError
 from plait.launch import accelerate as acc
@@ -66,8 +69,12 @@ def main(args: argparse.Namespace) -> int:
         print("\n".join(la.describe() for la in launches))
         return 0
     mine = _pick_node(launches, args.node_rank)
+    if args.backend == _T:
+        _check_port(mine, "--port" if args.port else "--rdzv-endpoint")
     print(mine.describe(), flush=True)
-    rc = run(mine)
+    rc, cause = run_watched(mine, local=args.backend in (_T, _D, _A))
+    if cause is not None:  # the failing rank's own words, last
+        raise PlaitError(failure.describe(cause))
     if rc != 0:
         raise PlaitError(f"{args.backend} exited with code {rc}")
     if args.backend == "slurm" and not args.wait:
@@ -75,6 +82,28 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"run folder: {args.run_dir_resolved}")
     return 0
+
+
+def run_watched(launch: Launch, *, local: bool) -> tuple[int, failure.Failure | None]:
+    """Run the command; its ranks (on this machine: ``local``) say why they fail
+    (plait.failure). A failure that will repeat ends the job at once, though the backend may
+    have restarts left (torchrun's elastic agent restarts on any failure); returns the exit
+    code and the failure to report, if any."""
+    if not local:
+        return run(launch), None
+    folder = Path(tempfile.mkdtemp(prefix="plait-failures-"))
+    launch.env[failure.ENV] = str(folder)
+
+    def final() -> bool:
+        found = failure.read(folder)
+        return bool(found) and found[0].final
+
+    try:
+        rc = run(launch, stop=final)
+        found = failure.read(folder) if rc != 0 else []
+        return rc, (found[0] if found else None)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def build(args: argparse.Namespace) -> list[Launch]:
@@ -96,6 +125,24 @@ def build(args: argparse.Namespace) -> list[Launch]:
     entry = Entry(args.config, (*args.overrides, f"log.run_dir={run_dir}"))
     py = sys.executable
     b = args.backend
+    # deferred: host_check loads torch (see above); files and folders before anything starts,
+    # this host's device and memory where its ranks run here (after the layout checks)
+    from plait.host_check import check_device, check_files
+
+    check_files(cfg)
+    worlds: list[int] = []
+
+    def validated(c, world: int):
+        worlds.append(world)
+        return validate(c, world)
+
+    launches = _build(args, b, entry, py, cfg, validated, run_dir)
+    if b in (_T, _D, _A) and not args.dry_run and worlds:
+        check_device(cfg, worlds[-1], args.nproc)
+    return launches
+
+
+def _build(args, b, entry, py, cfg, validate, run_dir) -> list[Launch]:
     if b == _T:
         return _torchrun(args, entry, py, cfg, validate)
     if b == _D:
@@ -141,10 +188,28 @@ def _torchrun(args, entry, py, cfg, validate) -> list[Launch]:
     endpoint = args.rdzv_endpoint
     if endpoint and args.port:
         raise PlaitError("--port and --rdzv-endpoint: give one (the endpoint has the port)")
+    if args.port and nnodes == 1:  # one node: the rendezvous on this machine, at that port
+        endpoint = f"127.0.0.1:{args.port}"
+    elif args.port:
+        raise PlaitError(
+            f"--port with --nnodes {nnodes} needs the first host: pass --hosts A,B (the port is "
+            "on A) or --rdzv-endpoint HOST:PORT"
+        )
     validate(cfg, nnodes * args.nproc)
     return [
         tr.torchrun_launch(entry, py, nproc=args.nproc, nnodes=nnodes, rdzv_endpoint=endpoint, **kw)
     ]
+
+
+def _check_port(launch: Launch, flag: str) -> None:
+    """The rendezvous this machine would serve must have its port free (plait.ports), else
+    torchrun waits silently on whatever holds it."""
+    argv = launch.argv
+    if "--rdzv-endpoint" in argv:
+        host, _, port = argv[argv.index("--rdzv-endpoint") + 1].rpartition(":")
+        if not port.isdigit():
+            raise PlaitError(f"--rdzv-endpoint: {host}:{port} is not HOST:PORT")
+        ports.check_free(host or "127.0.0.1", int(port), flag)
 
 
 def _deepspeed(args, entry, py, cfg, validate, run_dir) -> list[Launch]:

@@ -9,10 +9,12 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ENTRY_MODULE = "plait.train"
+STOP_GRACE_S = 10  # after SIGTERM, before SIGKILL
 
 
 def run_entry(function: str, *args):
@@ -58,9 +60,10 @@ class Launch:
         return f"{head}{files}{self.shell()}"
 
 
-def run(launch: Launch, *, cwd: str | None = None) -> int:
+def run(launch: Launch, *, cwd: str | None = None, stop: Callable[[], bool] | None = None) -> int:
     """Write the files, run the command in its own session, and on any exit (normal, error,
-    Ctrl-C) kill whatever is left of that session, so no rank outlives the launch."""
+    Ctrl-C) kill whatever is left of that session, so no rank outlives the launch. ``stop``:
+    polled while it runs; True ends it (SIGTERM, then SIGKILL after a grace)."""
     for path, text in launch.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
@@ -68,6 +71,17 @@ def run(launch: Launch, *, cwd: str | None = None) -> int:
         launch.argv, env={**os.environ, **launch.env}, cwd=cwd, start_new_session=True
     )
     try:
+        while stop is not None:
+            try:
+                return proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                if stop():
+                    proc.terminate()  # torchrun's agent stops its workers on SIGTERM
+                    try:
+                        return proc.wait(timeout=STOP_GRACE_S)
+                    except subprocess.TimeoutExpired:
+                        _kill_group(proc.pid, signal.SIGKILL)
+                        return proc.wait()
         return proc.wait()
     except BaseException:
         _kill_group(proc.pid, signal.SIGTERM)

@@ -4,20 +4,26 @@ newcomer needs no launcher. The config is validated here, before any process sta
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
-from plait import resume, run_lock
+from plait import failure, resume, run_lock
 from plait.config import Config
 from plait.errors import PlaitError
 from plait.launch.command import run_entry
 
 
-def _worker(cfg_dict: dict[str, Any], return_state: bool):
+def _worker(cfg_dict: dict[str, Any], return_state: bool, attempt: int = 0):
     """Runs in each child: rebuild the config (already validated) and train."""
     from plait.dist import LAUNCHER_ENV  # deferred: plait.dist imports torch (see run_local)
 
     os.environ[LAUNCHER_ENV] = "plait train --nproc"  # run.json's launched_by
+    # restarts are run_local's (each a fresh elastic launch): the count torchrun would give
+    os.environ["TORCHELASTIC_RESTART_COUNT"] = str(attempt)
     return run_entry("run_config", cfg_dict, return_state)
 
 
@@ -29,11 +35,13 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     # deferred: preflight builds meta models (torch), not needed to build commands
+    from plait.host_check import check_host
     from plait.preflight import default_run_dir, validate
 
     if nproc < 1:
         raise PlaitError(f"--nproc: {nproc} is not allowed; must be >= 1")
     validate(cfg, nproc)
+    check_host(cfg, nproc, nproc)  # files, folders, device and memory, before any rank starts
     resume.check_before_launch(cfg)  # a refused config change, before any rank starts
     cfg_dict = cfg.to_dict()
     run_dir = default_run_dir(cfg)
@@ -49,16 +57,34 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
         run_id=uuid.uuid4().hex[:8],
         rdzv_backend="c10d",
         rdzv_endpoint="127.0.0.1:0",  # port 0: pick a free one
-        max_restarts=max_restarts,
+        max_restarts=0,  # restarts are decided below: an error that will repeat ends the job
         monitor_interval=0.1,
         start_method="spawn",
     )
+    failures = Path(tempfile.mkdtemp(prefix="plait-failures-"))
+    os.environ[failure.ENV] = str(failures)  # the ranks say why they failed (plait.failure)
     try:
-        results = elastic_launch(lc, _worker)(cfg_dict, return_state)
-    except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        raise PlaitError(f"rank {rank} failed: {_last_line(failure)}") from None
+        for attempt in range(max_restarts + 1):
+            failure.clear(failures)
+            try:
+                results = elastic_launch(lc, _worker)(cfg_dict, return_state, attempt)
+                break
+            except ChildFailedError as e:
+                rank, fail = e.get_first_failure()
+                cause = failure.pick(failures, rank, f"failed: {_last_line(fail)}")
+                if cause.final or attempt == max_restarts:
+                    tries = f" (after {attempt + 1} tries)" if attempt else ""
+                    raise PlaitError(failure.describe(cause) + tries) from None
+                print(
+                    f"plait: {failure.describe(cause)}; restarting the ranks "
+                    f"({attempt + 1} of {max_restarts})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                lc.run_id = uuid.uuid4().hex[:8]
     finally:
+        os.environ.pop(failure.ENV, None)
+        shutil.rmtree(failures, ignore_errors=True)
         os.environ.pop(run_lock.ENV, None)
         lock.release()
     return results[0]

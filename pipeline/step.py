@@ -37,6 +37,7 @@ from plait.ddp.engine import Engine
 from plait.grad_norm import clip_grad_norm
 from plait.mesh import Meshes, ParallelDims
 from plait.models.base import canonical_name
+from plait.parallel_attrs import EXPERT_SHARD_ATTR
 from plait.pipeline.p2p import recv_tensor, send_tensor
 from plait.pipeline.schedules import schedule_class
 from plait.pipeline.simulate import write_measured
@@ -145,6 +146,7 @@ class PipelineEngine(Engine):
 
     def _forward_backward(self, micro: list[dict[str, torch.Tensor]], scale) -> torch.Tensor:
         self.scale, self.steps_run = scale, self.steps_run + 1
+        self.set_loss_scale(scale)
         if self.schedule is None:
             self._build(micro[0]["input"])
         if self.record_last and self.steps_run == self.total_steps:
@@ -206,10 +208,18 @@ class PipelineEngine(Engine):
         dist.broadcast(t, group=self.pp_group, group_src=self.last_rank)
         return t
 
+    def model_parts(self) -> list:
+        return list(self.parts)
+
     def _average_grads(self) -> None:
         if self.dp_group is None:
             return
-        grads = [p.grad for p in self.parts.parameters() if p.grad is not None]
+        # expert weights split over ep/tp ranks reduce over their own group (MoE.finish_step)
+        grads = [
+            p.grad
+            for p in self.parts.parameters()
+            if p.grad is not None and not hasattr(p, EXPERT_SHARD_ATTR)
+        ]
         flat = _flatten_dense_tensors(grads)
         dist.all_reduce(flat, group=self.dp_group)
         flat /= self.dp

@@ -116,6 +116,12 @@ def parallelize(
             "over cp and the dp x cp loss sums are the trainer's); use plait.train(cfg, "
             "model=...) for cp > 1"
         )
+    if keys.get("ep", 1) != 1:
+        raise ConfigError(
+            f"parallel.ep: {keys['ep']} is not allowed in plait.parallelize (expert gradients "
+            "are reduced in the trainer's optimizer step); use plait.train(cfg, model=...) "
+            "with a gpt mixture-of-experts model for ep > 1"
+        )
     env = pdist.DistEnv.from_environ()
     cfg = from_dict({"parallel": keys, "train": {"seed": seed, "device": device}})
     with components.use(components.Components(model=model)):

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from plait import failure
 from plait.checkpoint_files import (  # noqa: F401 - re-exported
     MANIFEST,
     PREFIX,
@@ -54,6 +56,7 @@ from plait.config import from_dict
 from plait.ddp import deepspeed_checkpoint
 from plait.ddp.optim_state import is_partitioned, load_template, owned_state, set_owned_state
 from plait.errors import PlaitError
+from plait.expert_parallel import optim_global, optim_local
 from plait.models import build_model, param_count
 from plait.safe_load import dcp_load, read_safetensors
 from plait.wrapped import is_pipeline, state_module
@@ -80,7 +83,7 @@ def app_state(
     if optimizer is not None and is_partitioned(optimizer):  # ZeRO-1 / fairscale OSS
         state["optim"] = (load_template if loading else owned_state)(model, optimizer)
     elif optimizer is not None:
-        state["optim"] = get_optimizer_state_dict(model, optimizer)
+        state["optim"] = optim_global(model, get_optimizer_state_dict(model, optimizer))
     state["extra"] = extra
     return state
 
@@ -126,19 +129,20 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "rng").mkdir(parents=True)
         _barrier()
-        extra = {"step": step}
-        torch.save(_rng_state(), tmp / "rng" / f"rank-{_rank()}.pt")
-        if deepspeed_checkpoint.is_deepspeed(model):  # DeepSpeed's own files (see there)
-            deepspeed_checkpoint.save(model, tmp, extra)
-            self._commit(tmp, final_dir, step, fmt="deepspeed")
-            return final_dir
-        state = app_state(model, optimizer, extra)
-        if self.async_save and not final:
-            fut = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
-            self._pending = (fut, tmp, final_dir, step)
-        else:
-            dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
-            self._commit(tmp, final_dir, step)
+        with _removed_on_error(tmp):
+            extra = {"step": step}
+            torch.save(_rng_state(), tmp / "rng" / f"rank-{_rank()}.pt")
+            if deepspeed_checkpoint.is_deepspeed(model):  # DeepSpeed's own files (see there)
+                deepspeed_checkpoint.save(model, tmp, extra)
+                self._commit(tmp, final_dir, step, fmt="deepspeed")
+                return final_dir
+            state = app_state(model, optimizer, extra)
+            if self.async_save and not final:
+                fut = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
+                self._pending = (fut, tmp, final_dir, step)
+            else:
+                dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
+                self._commit(tmp, final_dir, step)
         return final_dir
 
     def wait(self) -> None:
@@ -147,8 +151,9 @@ class Checkpointer:
             return
         fut, tmp, final_dir, step = self._pending
         self._pending = None
-        fut.result()
-        self._commit(tmp, final_dir, step)
+        with _removed_on_error(tmp):
+            fut.result()
+            self._commit(tmp, final_dir, step)
 
     def _commit(self, tmp: Path, final_dir: Path, step: int, fmt: str = "dcp") -> None:
         _barrier()  # every rank's files are on disk
@@ -211,6 +216,45 @@ def load(path: Path, model, optimizer) -> int:
     return int(extra["step"])
 
 
+@contextmanager
+def _removed_on_error(tmp: Path):
+    """A save that fails removes its partial folder (it would keep a full disk full) and says
+    why in one line: a full disk or quota, a read-only or forbidden folder will fail the same
+    way again, so the launcher ends the job rather than restart it (plait.failure)."""
+    try:
+        yield
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        shutil.rmtree(tmp, ignore_errors=True)  # every rank tries: whichever is first wins
+        if not isinstance(e, Exception) and type(e).__name__ != "CheckpointException":
+            raise  # KeyboardInterrupt, SystemExit: the partial folder is gone, nothing to say
+        found = [c for c in failure.causes(e) if isinstance(c, OSError)]
+        cause = next((c for c in found if c.errno in failure.REPEATING_ERRNOS), None)
+        cause = cause or _probe_write(tmp.parent)
+        if cause is not None:
+            raise PlaitError(
+                f"checkpoint save to {str(tmp)!r} failed: {failure.one_line(cause)}; the "
+                "partial folder is removed (free space, or set checkpoint.dir elsewhere)"
+            ) from e
+        raise
+
+
+def _probe_write(folder: Path) -> OSError | None:
+    """Why writing in ``folder`` fails, if it does: torch.save's C++ writer reports a full disk
+    as "unexpected pos" with no errno, so one MiB is written and synced here to ask the
+    kernel. None: the folder takes it (the save failed for another reason)."""
+    probe = folder / f".plait-write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 2**20)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e if e.errno in failure.REPEATING_ERRNOS else None
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
+
+
 def _set_aside(folder: Path) -> None:
     """A folder already at a new checkpoint's name (a later run restarted from an older step, or
     one whose manifest was lost) is renamed, never deleted: it may hold the only copy."""
@@ -236,7 +280,7 @@ def _load_dcp(path: Path, model, optimizer) -> dict[str, Any]:
     if optimizer is not None and is_partitioned(optimizer):
         set_owned_state(model, optimizer, state["optim"])
     elif optimizer is not None:
-        set_optimizer_state_dict(model, optimizer, state["optim"])
+        set_optimizer_state_dict(model, optimizer, optim_local(model, state["optim"]))
     return state["extra"]
 
 

@@ -189,6 +189,7 @@ def _plan(args: argparse.Namespace) -> int:
     # deferred (here and in main): what loads torch is imported by the subcommand that runs, so
     # plait --help and the parser stay instant (start-up)
     from plait.plan import Job, Layout, ModelShape, make_cluster, plan_memory, search, step_time
+    from plait.plan.experts import experts_from_config
     from plait.plan.report import format_plan, format_table
 
     for flag, val in (("--efficiency", args.efficiency), ("--mfu", args.mfu), ("--hfu", args.hfu)):
@@ -208,6 +209,14 @@ def _plan(args: argparse.Namespace) -> int:
         shape, layout, job, cluster, efficiency=args.efficiency, mfu=args.mfu, hfu=args.hfu
     )
     print(format_plan(shape, layout, job, cluster, mem, t))
+    experts = experts_from_config(cfg, layout, job)
+    if experts is not None:
+        print(f"\nmixture of experts (expert parallel ep={cfg.parallel.ep})")
+        print("\n".join("  " + line for line in experts.lines()))
+        print(
+            "  note: the memory above holds every expert in each block (split by tp and ZeRO); "
+            "with ep each rank holds only the expert params above, which ZeRO does not shard"
+        )
     if args.top > 0:
         cands, tried = search(shape, job, cluster, layout, efficiency=args.efficiency)
         print("\n" + format_table(cands, tried, args.top))
@@ -220,8 +229,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.max_restarts < 0:
         raise PlaitError(f"--max-restarts: {args.max_restarts} is not allowed; must be >= 0")
     if args.nproc == 1 and args.max_restarts == 0:  # in this process: no launcher at all
+        from plait.host_check import check_host  # deferred: torch (start-up, see _plan)
         from plait.trainer import train  # deferred: torch (start-up, see _plan)
 
+        check_host(cfg, 1, 1)
         result = train(cfg)
     else:
         result = run_local(cfg, args.nproc, max_restarts=args.max_restarts)

@@ -48,7 +48,7 @@ class ModelConfig:
     )
     preset: str = _f(
         "tiny",
-        "Size preset (gpt: tiny, small, 125m, 350m, 1b, 8b, 70b, 405b; seed models: default).",
+        "Size preset (gpt: tiny, small, 125m, 350m, 1b, 8b, 70b, 405b; mixture of experts: moe_tiny, mixtral_8x7b, deepseek_v3; seed models: default).",
     )
     dim: int | None = _f(None, "gpt: hidden size (overrides the preset).")
     n_layers: int | None = _f(None, "gpt: number of transformer blocks (overrides the preset).")
@@ -65,6 +65,34 @@ class ModelConfig:
         None, "gpt: longest sequence RoPE is precomputed for (default data.seq_len)."
     )
     rope_theta: float = _f(10000.0, "gpt: RoPE base frequency.")
+    moe_experts: int | None = _f(
+        None,
+        "gpt: routed experts per mixture-of-experts feed-forward (default: the preset's; 0 or none: dense).",
+    )
+    moe_top_k: int | None = _f(None, "gpt MoE: experts each token is routed to (default 2).")
+    moe_ffn_dim: int | None = _f(
+        None, "gpt MoE: each expert's SwiGLU width (default: the preset's, else ffn_dim)."
+    )
+    moe_shared: int | None = _f(None, "gpt MoE: shared experts every token also runs (default 0).")
+    moe_score: Literal["softmax", "sigmoid"] | None = _f(
+        None, "gpt MoE: router scores (sigmoid: DeepSeek-V3's, gates renormalised over the top-k)."
+    )
+    moe_route_scale: float | None = _f(None, "gpt MoE: factor on the gates (default 1).")
+    moe_aux_loss: float | None = _f(
+        None,
+        "gpt MoE: weight of the sequence-wise load-balancing loss (DeepSeek-V3 eq. 17; 0: off).",
+    )
+    moe_bias_update: float | None = _f(
+        None,
+        "gpt MoE: speed of the auxiliary-loss-free balancing bias, updated each step from the global token counts (DeepSeek-V3; 0: off).",
+    )
+    moe_capacity_factor: float | None = _f(
+        None,
+        "gpt MoE: tokens of a sequence an expert takes, as a multiple of an even share; later positions beyond it are dropped (0: dropless).",
+    )
+    moe_first_dense: int | None = _f(
+        None, "gpt MoE: the first n blocks keep a dense feed-forward (DeepSeek-V3: 3)."
+    )
     norm_eps: float = _f(1e-5, "gpt: RMSNorm epsilon.")
     dropout: float = _f(
         0.0, "Dropout probability after hidden activations / attention and MLP outputs."
@@ -175,6 +203,10 @@ class ParallelConfig:
         -1, "Sharded data-parallel degree; -1: every rank not used by the other dimensions."
     )
     tp: int = _f(1, "Tensor-parallel degree.")
+    ep: int = _f(
+        1,
+        "Expert-parallel degree: experts split over this many of the data-parallel (dp_shard x cp) ranks, tokens exchanged by all-to-all.",
+    )
     cp: int = _f(
         1,
         "Context-parallel degree: the sequence split over cp ranks (2 x cp chunks, causal load balance).",
@@ -197,7 +229,8 @@ class ParallelConfig:
     activation_checkpoint: Literal["none", "full", "selective", "op"] = _f(
         "none",
         "Recompute block activations in backward: full (every block), selective (every k-th "
-        "block), op (every block keeps its matmul and attention outputs, recomputes the rest).",
+        "block), op (torchtitan's: every block keeps its attention output and every other "
+        "matmul output, recomputes the rest).",
     )
     activation_checkpoint_every: int = _f(1, "With selective: checkpoint every k-th block.")
     cpu_offload: bool = _f(False, "Offload parameters/optimizer state to CPU (FSDP2 / DeepSpeed).")
@@ -548,6 +581,7 @@ def check_values(cfg: Config) -> None:
     for k in (
         "dp_replicate",
         "tp",
+        "ep",
         "cp",
         "pp",
         "pp_microbatches",

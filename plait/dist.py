@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from plait.errors import ConfigError
+from plait.errors import ConfigError, PlaitError
 
 # set in each rank by plait's own launchers (plait.launch.local, plait.launch.ray)
 LAUNCHER_ENV = "PLAIT_LAUNCHER"
@@ -122,13 +123,57 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float) -> 
     if device.type == "cuda":  # nccl's flight recorder, dumped when a collective times out
         for k, v in NCCL_DEBUG_ENV.items():
             os.environ.setdefault(k, v)
-    dist.init_process_group(
-        backend=backend,
-        rank=env.rank,
-        world_size=env.world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
-        device_id=device if device.type == "cuda" else None,
-    )
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    if env.rank != 0:
+        _wait_for_store(addr, port, timeout_s)
+    try:
+        dist.init_process_group(
+            backend=backend,
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    except dist.DistNetworkError as e:
+        if "EADDRINUSE" not in str(e):
+            raise
+        raise PlaitError(
+            f"MASTER_PORT: port {port} on {addr} is in use (another job or program listens "
+            "there); set MASTER_PORT to a free port"
+        ) from None
+
+
+def _wait_for_store(addr: str, port: int, timeout_s: float) -> None:
+    """Reach rank 0's store within ``timeout_s``, else one line naming the port. torch's store
+    client waits forever on a port whose listener never answers (another program holds it), so
+    the connection is tried in a thread the caller stops waiting for (written by hand: torch
+    has no bounded connect)."""
+    box: list = []
+
+    def connect() -> None:
+        try:
+            box.append(
+                dist.TCPStore(
+                    addr,
+                    port,
+                    is_master=False,
+                    wait_for_workers=False,
+                    timeout=datetime.timedelta(seconds=timeout_s),
+                )  # fmt: skip
+            )
+        except Exception as e:  # noqa: BLE001 - handed to the caller's thread
+            box.append(e)
+
+    t = threading.Thread(target=connect, name="plait-store-probe", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if not box or isinstance(box[0], Exception):
+        why = f" ({type(box[0]).__name__}: {box[0]})" if box else ""
+        raise PlaitError(
+            f"MASTER_ADDR:MASTER_PORT: no rendezvous answered at {addr}:{port} within "
+            f"parallel.timeout_s={timeout_s:g} s{why}; rank 0 did not start, or another "
+            "program holds the port: set MASTER_PORT to a free port"
+        )
 
 
 def destroy_process_group() -> None:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
+from plait.parallel_attrs import EXPERT_SHARD_ATTR
+
 
 def total_norm(
     grads: Iterable[torch.Tensor],
@@ -52,6 +54,23 @@ def clip_(params: Iterable[torch.nn.Parameter], max_norm: float, norm: torch.Ten
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=False)
 
 
+def _with_experts(params, split, groups, device) -> torch.Tensor:
+    """The global norm when some parameters are expert slices (plait.expert_parallel): every
+    rank of a stage holds experts, so each calls the experts' all-reduce once."""
+    ids = {id(p) for p in split}
+    rest = total_norm([p.grad for p in params if id(p) not in ids], (), device)
+    grads = [p.grad for p in split if p.grad is not None]
+    sq = total_norm(grads, (), device) ** 2 if grads else torch.zeros((), dtype=torch.float64)
+    sq = sq.reshape(1).to(rest.device)
+    group = getattr(split[0], EXPERT_SHARD_ATTR).norm_group
+    if group is not None:
+        dist.all_reduce(sq, group=group)
+    sq = sq + rest**2
+    for g in groups:
+        dist.all_reduce(sq, group=g)
+    return sq.sqrt()[0]
+
+
 def clip_grad_norm(
     params: Iterable[torch.nn.Parameter],
     max_norm: float,
@@ -59,7 +78,12 @@ def clip_grad_norm(
     device: torch.device | None = None,
 ) -> float:
     """Clip to ``max_norm`` (inf: measure only) and return the global norm before clipping."""
+    params = list(params)
+    split = [p for p in params if hasattr(p, EXPERT_SHARD_ATTR)]
     params = [p for p in params if p.grad is not None]
-    norm = total_norm([p.grad for p in params], groups, device)
+    if split:  # expert slices: squared norms summed over their (ep x tp) group, then the rest
+        norm = _with_experts(params, split, groups, device)
+    else:
+        norm = total_norm([p.grad for p in params], groups, device)
     clip_(params, max_norm, norm)
     return float(norm)

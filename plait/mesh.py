@@ -26,6 +26,7 @@ class ParallelDims:
     tp: int
     world_size: int
     cp: int = 1  # context parallel (keyword: callers that predate it stay valid)
+    ep: int = 1  # expert parallel: folded over dp_shard x cp, not an axis of its own
 
     @property
     def dp(self) -> int:
@@ -39,7 +40,8 @@ class ParallelDims:
 
     def layout(self) -> dict[str, int]:
         """The degrees by axis name (run.json, checkpoint metadata)."""
-        return {axis: getattr(self, axis) for axis in AXES}
+        out = {axis: getattr(self, axis) for axis in AXES}
+        return out | ({"ep": self.ep} if self.ep > 1 else {})
 
     @staticmethod
     def from_config(
@@ -59,7 +61,7 @@ class ParallelDims:
             dp_shard = world_size // fixed
         else:
             dp_shard = p.dp_shard
-        dims = ParallelDims(p.pp, p.dp_replicate, dp_shard, p.tp, world_size, cp=p.cp)
+        dims = ParallelDims(p.pp, p.dp_replicate, dp_shard, p.tp, world_size, cp=p.cp, ep=p.ep)
         product = fixed * dp_shard
         if product != world_size:
             raise ConfigError(

@@ -12,3 +12,8 @@ SEQ_SHARDS_ATTR = "tp_seq_shards"
 CP_ATTR = "cp_attention"
 #: a model's class attribute: the class names of its attention modules that take CP_ATTR
 CP_ATTENTION_MODULES = "cp_attention_modules"
+#: set by plait.expert_parallel on expert weights that hold a slice of the full (E, ., .) tensor
+#: (experts split over ep ranks and their hidden dim over tp): an ExpertShard. Data-parallel
+#: engines leave such parameters to it (their gradients reduce over other ranks), gradient
+#: norms sum them over its group, init and checkpoints read their place in the full tensor.
+EXPERT_SHARD_ATTR = "plait_expert_shard"

@@ -15,6 +15,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 
 from plait.config import Config
 from plait.ddp import apply_replicated, apply_sharded
+from plait.expert_parallel import apply_ep, ep_groups, mark_experts
 from plait.mesh import Meshes, ParallelDims
 from plait.models.base import PlaitModel
 from plait.pipeline import split_model
@@ -47,14 +48,24 @@ def _saved_ops() -> set:
 
 
 def _op_context_fn():
-    """torch.utils.checkpoint's selective policy (torchtitan's default "op" mode, which saves
-    every other matmul; plait saves them all): matmul and attention outputs are saved, the
-    memory-bound ops between them (norms, rotary, SwiGLU's product, residual adds) recomputed."""
+    """torch.utils.checkpoint's selective policy, torchtitan's default "op" mode
+    (torchtitan/distributed/activation_checkpoint.py): attention outputs and the tensor-parallel
+    reduce-scatter are saved, and every other matmul (the 1st, 3rd, ... of a block's forward:
+    wq, wv, w1, w2 in a Llama block; wk, wo, w3 rerun); the memory-bound ops between them
+    (norms, rotary, SwiGLU's product, residual adds) are recomputed. The count restarts for
+    each block's forward and for its recomputation, so both pick the same matmuls."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     saved = _saved_ops()
+    aten = torch.ops.aten
+    counted = {aten.mm.default, aten.addmm.default}
+    count = {False: 0, True: 0}  # matmuls seen so far: forward, recomputation
 
     def policy(ctx, func, *args, **kwargs):
+        if func in counted:
+            count[ctx.is_recompute] += 1
+            if count[ctx.is_recompute] % 2 == 0:
+                return CheckpointPolicy.PREFER_RECOMPUTE
         return CheckpointPolicy.MUST_SAVE if func in saved else CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)
@@ -83,23 +94,33 @@ def parallelize(
     model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes | None, device: torch.device
 ) -> nn.Module:
     """Turn a meta-device model into the trainable, wrapped model for this rank."""
+    # expert-parallel groups: built once (every rank creates the same process groups)
+    groups = ep_groups(model, dims, device.type)
     # 1. pipeline split: this rank's stages, each then wrapped like a whole model; their
     # gradients are averaged over dp by plait.pipeline.step, not by DDP (see there why)
     if dims.pp > 1:
         parts = split_model(model, cfg, mesh.root["pp"].get_local_rank())
         for part in parts:
-            _wrap_stage(part, cfg, dims, mesh, device)
+            _wrap_stage(part, cfg, dims, mesh, device, groups)
         return parts
-    _wrap_stage(model, cfg, dims, mesh, device)
+    _wrap_stage(model, cfg, dims, mesh, device, groups)
     # 7. replicated data parallel (DDP) needs real parameters, so it comes last; DeepSpeed and
     # fairscale wrap model and optimizer together in plait.ddp.build_engine, right after this
     return apply_replicated(model, cfg, dims, mesh, device)
 
 
 def _wrap_stage(
-    model: PlaitModel, cfg: Config, dims: ParallelDims, mesh: Meshes | None, device: torch.device
+    model: PlaitModel,
+    cfg: Config,
+    dims: ParallelDims,
+    mesh: Meshes | None,
+    device: torch.device,
+    groups=None,
 ) -> None:
-    # 2. tensor parallel: shards module shapes, so it comes before everything that wraps them
+    # 2a. expert parallel: keep this rank's experts (and their tp slice of the hidden dim);
+    # before tensor parallel, which leaves expert weights to it
+    apply_ep(model, groups)
+    # 2b. tensor parallel: shards module shapes, so it comes before everything that wraps them
     if dims.tp > 1:
         # deferred: torch.distributed.tensor (and sympy) only when tp > 1 (start-up)
         from plait.tensor_parallel.apply import apply_tp
@@ -129,4 +150,5 @@ def _wrap_stage(
     apply_sharded(model, cfg, dims, mesh, device)
     # 6. materialise on the device and initialise by parameter name (same values on any layout)
     model.to_empty(device=device)
+    mark_experts(model)  # to_empty made new Parameters: expert slices marked again
     model.init_weights(cfg.train.seed)

@@ -17,10 +17,11 @@ from plait.errors import ConfigError
 from plait.mesh import ParallelDims
 from plait.models import build_model, check_model
 from plait.models.base import PlaitModel
+from plait.models.gpt import gpt_args
 from plait.observe.checks import check_observe
 from plait.parallel_attrs import CP_ATTENTION_MODULES
 from plait.pipeline.validate import check_pipeline
-from plait.rules import cp_seq_problem, divisors, dp_engine, layout_problem
+from plait.rules import cp_seq_problem, divisors, dp_engine, ep_problem, layout_problem
 from plait.tensor_parallel.check import check_tp
 
 
@@ -55,6 +56,7 @@ def check_supported(cfg: Config, dims: ParallelDims, model: PlaitModel | None = 
     )  # fmt: skip
     if problem:
         raise ConfigError(problem)
+    check_moe(cfg, dims)
     check_dp(cfg, dims)
     if dims.pp == 1 and dims.tp == 1 and dims.cp == 1 and not cfg.parallel.pp_cuts:
         return  # the shape checks below have nothing to check: no model needed
@@ -80,6 +82,30 @@ def check_cp(cfg: Config, dims: ParallelDims, model: PlaitModel) -> None:
     problem = cp_seq_problem(cfg.data.seq_len, dims.cp)
     if problem:
         raise ConfigError(problem)
+
+
+def check_moe(cfg: Config, dims: ParallelDims) -> None:
+    """Expert parallel and the mixture-of-experts options against the layout (plait.rules)."""
+    p = cfg.parallel
+    moe = gpt_args(cfg).moe if cfg.model.name == "gpt" else None
+    problem = ep_problem(
+        ep=p.ep, n_experts=moe.n_experts if moe else 0, expert_dim=moe.expert_dim if moe else 1,
+        dp_shard=dims.dp_shard, cp=dims.cp, tp=dims.tp, dp_engine=p.dp_engine,
+        zero_stage=p.zero_stage, sequence_parallel=p.sequence_parallel and moe is not None,
+    )  # fmt: skip
+    if problem:
+        raise ConfigError(problem)
+    if moe is not None and dims.cp > 1:
+        for key, v in (
+            ("moe_aux_loss", moe.aux_loss),
+            ("moe_capacity_factor", moe.capacity_factor),
+        ):
+            if v > 0:
+                raise ConfigError(
+                    f"model.{key}: {v} is not allowed with parallel.cp={dims.cp}: it is a "
+                    "function of whole sequences, which context parallel splits; set it to 0 "
+                    "(moe_bias_update balances without it)"
+                )
 
 
 def check_dp(cfg: Config, dims: ParallelDims, *, need_package: bool = True) -> None:

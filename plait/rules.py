@@ -169,3 +169,48 @@ def cp_seq_problem(seq_len: int, cp: int) -> str | None:
             + (f", or parallel.cp in {ok_cp}" if ok_cp else "")
         )
     return None
+
+
+def ep_problem(
+    *, ep: int, n_experts: int, expert_dim: int, dp_shard: int, cp: int, tp: int,
+    dp_engine: str, zero_stage: int, sequence_parallel: bool,
+) -> str | None:  # fmt: skip
+    """Why this expert-parallel layout cannot run, or None (``n_experts`` 0: a dense model).
+    ep folds over the dp_shard x cp ranks (docs/design.md, expert parallel)."""
+    fold = dp_shard * cp
+    if n_experts == 0:
+        if ep > 1:
+            return (
+                f"parallel.ep: {ep} needs a mixture-of-experts model; set model.moe_experts "
+                "(gpt) or model.preset=moe_tiny, or use parallel.ep=1"
+            )
+        return None
+    ok = [d for d in divisors(n_experts) if fold % d == 0]
+    if n_experts % ep:
+        return (
+            f"model.moe_experts: {n_experts} does not split over parallel.ep={ep}; ep sizes that "
+            f"work for {n_experts} experts over dp_shard x cp = {fold} ranks: {', '.join(map(str, ok))}"
+        )
+    if fold % ep:
+        return (
+            f"parallel.ep: {ep} does not divide dp_shard x cp = {dp_shard} x {cp} = {fold} (ep "
+            f"folds over those ranks); ep sizes that work here: {', '.join(map(str, ok))}"
+        )
+    if expert_dim % tp:
+        return (
+            f"model.moe_ffn_dim: {expert_dim} does not split over parallel.tp={tp}; pick a "
+            f"multiple of {tp}, or tp among {', '.join(map(str, divisors(expert_dim)[:8]))}"
+        )
+    split = ep > 1 or tp > 1
+    if split and (dp_engine != "torch" or zero_stage == 1):
+        return (
+            f"parallel.ep={ep} / tp={tp} with a mixture-of-experts model needs dp_engine=torch "
+            f"with zero_stage 0, 2 or 3 (not {dp_engine!r} zero_stage={zero_stage}): split "
+            "experts reduce their gradients over their own ranks, which other engines cannot skip"
+        )
+    if sequence_parallel:
+        return (
+            "parallel.sequence_parallel: true is not allowed with a mixture-of-experts model "
+            "(the router needs whole tokens on every tp rank); set sequence_parallel=false"
+        )
+    return None

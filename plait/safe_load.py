@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
 from plait.errors import PlaitError
 
@@ -109,7 +109,8 @@ def dcp_load(state: dict[str, Any], folder: Path, *, no_dist: bool) -> None:
     """``dcp.load`` of ``folder`` into ``state`` in place, never unpickling arbitrary objects.
     A refusal surfaces as its own one-line error, not inside DCP's per-rank exception report."""
     reader = SafeReader(str(folder))
-    reader.read_metadata()  # DCP would turn this refusal into an assertion about its metadata
+    # DCP would turn this refusal into an assertion about its metadata
+    check_shapes(reader.read_metadata(), state.get("model", {}), folder)
     try:
         dcp.load(
             state, storage_reader=reader, planner=SafeLoadPlanner(Path(folder)), no_dist=no_dist
@@ -120,6 +121,29 @@ def dcp_load(state: dict[str, Any], folder: Path, *, no_dist: bool) -> None:
             if isinstance(err, PlaitError):
                 raise err from None
         raise
+
+
+def check_shapes(md: Metadata, model_state: dict[str, Any], folder: Path) -> None:
+    """Every model tensor is in the checkpoint at this model's (global) shape, else one line
+    naming the first that is not: DCP would report it as a traceback per rank."""
+    saved = md.state_dict_metadata
+    for name, t in model_state.items():
+        item = saved.get(f"model.{name}")
+        if item is None:
+            raise PlaitError(
+                f"checkpoint {str(folder)!r} has no {name} (shape {_dims(t.shape)}): it was "
+                "written for another model; resume it with that model, or start a new run folder"
+            )
+        if isinstance(item, TensorStorageMetadata) and tuple(item.size) != tuple(t.shape):
+            raise PlaitError(
+                f"checkpoint {str(folder)!r}: shape of {name} {_dims(item.size)} does not match "
+                f"the model's {_dims(t.shape)}; resume it with the model it was written for, or "
+                "start a new run folder"
+            )
+
+
+def _dims(shape) -> str:
+    return "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
 def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from plait import failure
 from plait.config import from_dict, load_config
 from plait.errors import PlaitError
 from plait.trainer import RunResult, train
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m plait.train CONFIG [key=value ...]")
         return 0 if argv else 2
     try:
-        train(load_config(argv[0], argv[1:]))
+        with failure.recorded():
+            train(load_config(argv[0], argv[1:]))
     except PlaitError as e:
         print(f"plait: error: {e}", file=sys.stderr)
         return 2
@@ -26,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_config(cfg_dict: dict[str, Any], return_state: bool = False) -> RunResult:
     """In a process a launcher started (plait.launch.command.run_entry): rebuild the already
     validated config and train."""
-    return train(from_dict(cfg_dict), return_state=return_state)
+    with failure.recorded():
+        return train(from_dict(cfg_dict), return_state=return_state)
 
 
 if __name__ == "__main__":

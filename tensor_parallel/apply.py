@@ -8,7 +8,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import parallelize_module
 
 from plait.errors import PlaitError
-from plait.parallel_attrs import LOSS_PARALLEL_ATTR, SEQ_SHARDS_ATTR
+from plait.parallel_attrs import EXPERT_SHARD_ATTR, LOSS_PARALLEL_ATTR, SEQ_SHARDS_ATTR
 from plait.tensor_parallel.spec import match
 from plait.tensor_parallel.styles import make_style
 
@@ -43,7 +43,11 @@ def apply_tp(
             styles[0], mod, sequence_parallel=sequence_parallel, loss_parallel=loss_parallel
         )
         parallelize_module(mod, tp_mesh, style)
-    missed = [n for n, p in model.named_parameters() if not isinstance(p, DTensor)]
+    missed = [
+        n
+        for n, p in model.named_parameters()
+        if not isinstance(p, DTensor) and not hasattr(p, EXPERT_SHARD_ATTR)  # split by ep
+    ]
     if missed:
         raise PlaitError(
             f"tp_plan of {type(model).__name__} leaves parameters unsharded: {missed[:4]}; "

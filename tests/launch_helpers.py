@@ -92,7 +92,11 @@ def assert_same_losses(ref_dir: Path, got_dir: Path, world_size: int, launched_b
     which launcher started them."""
     a, b = metrics(ref_dir), metrics(got_dir)
     assert [m["step"] for m in a] == [m["step"] for m in b]
-    assert [sorted(m) for m in a] == [sorted(m) for m in b]
+    # straggler_rank appears only on steps where one rank was slow (machine load decides)
+    def keys(m: dict) -> list[str]:
+        return sorted(k for k in m if k != "straggler_rank")
+
+    assert [keys(m) for m in a] == [keys(m) for m in b]
     worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
     assert worst <= RTOL, f"max relative loss difference {worst:.2e}"
     info = json.loads((Path(got_dir) / "run.json").read_text())

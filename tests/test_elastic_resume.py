@@ -61,17 +61,19 @@ def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
     _assert_same_trajectory(ref, run)
 
 
-# On the first attempt rank 1 SIGKILLs itself once the step-4 checkpoint is complete. Workers
-# of ``plait train --nproc`` are spawned by multiprocessing, which sets RANK only after the
-# interpreter (and this sitecustomize) started: wait for it.
+# On the first attempt rank 1 SIGKILLs itself once the step-4 checkpoint is complete (a flag
+# file marks that it did). Workers of ``plait train --nproc`` are spawned by multiprocessing,
+# which sets RANK only after the interpreter (and this sitecustomize) started: wait for it.
 SIGKILL_AFTER_STEP_4 = """import os, signal, threading, time
 def _watch(path=os.environ.get("PLAIT_TEST_CKPT", "") + "/step-00000004/manifest.json"):
     while "RANK" not in os.environ:
         time.sleep(0.01)
-    if os.environ["RANK"] != "1" or os.environ.get("TORCHELASTIC_RESTART_COUNT") != "0":
+    flag = os.environ.get("PLAIT_TEST_CKPT", "") + "/../killed-once"
+    if os.environ["RANK"] != "1" or os.path.exists(flag):
         return
     while not os.path.exists(path):
         time.sleep(0.01)
+    open(flag, "w").close()
     os.kill(os.getpid(), signal.SIGKILL)
 threading.Thread(target=_watch, daemon=True).start()
 """

@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from plait.parallel_attrs import EXPERT_SHARD_ATTR
 from plait.seeding import name_seed
 
 WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod")
@@ -103,6 +104,14 @@ class PlaitModel(nn.Module):
             logits.float(), batch["target"].flatten(), reduction="sum"
         )
 
+    def set_loss_scale(self, scale: float) -> None:
+        """The trainer's loss multiplier of this step (see plait.trainer), for a model whose
+        forward adds a loss term of its own (the MoE balance loss). Default: nothing."""
+
+    def before_optimizer_step(self) -> None:
+        """After the step's last backward, before clipping: the MoE expert-gradient reduction
+        and balancing-bias update (plait.expert_parallel). Default: nothing."""
+
     @staticmethod
     def count(batch: dict[str, torch.Tensor]) -> int:
         """Number of terms ``loss`` sums over."""
@@ -132,7 +141,9 @@ class PlaitModel(nn.Module):
             if name in done:
                 continue
             gen = torch.Generator().manual_seed(name_seed(seed, name))
-            _write_full(p, self.param_init(name, p.shape, gen))
+            shard = getattr(p, EXPERT_SHARD_ATTR, None)  # an expert slice: draw it whole
+            full = self.param_init(name, shard.full_shape if shard else p.shape, gen)
+            _write_full(p, shard.narrow(full, p.shape) if shard else full)
         self.init_buffers()
 
     # ---- defaults for one's own model (the Python API); kept apart from the zoo's

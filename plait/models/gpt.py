@@ -17,6 +17,7 @@ from torch import nn
 from plait.config import Config
 from plait.errors import ConfigError, did_you_mean
 from plait.models.base import PlaitModel, attention_flops, matmul_flops
+from plait.models.moe import MoE, MoEArgs, moe_params
 from plait.parallel_attrs import CP_ATTR
 from plait.registry import data_vocab_size, register_model
 from plait.rules import divisors
@@ -34,6 +35,7 @@ class GPTArgs:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     dropout: float = 0.0
+    moe: MoEArgs | None = None  # mixture-of-experts feed-forward (plait.models.moe)
 
     @property
     def head_dim(self) -> int:
@@ -54,6 +56,52 @@ PRESETS: dict[str, dict[str, int]] = {
         dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248, vocab_size=128256
     ),
 }
+
+
+# Mixture-of-experts presets: ``moe_tiny`` for CPU runs; Mixtral 8x7B (arXiv 2401.04088, its
+# config.json: 46.7B parameters, 12.9B active) and DeepSeek-V3 (arXiv 2412.19437: 671B, 37B
+# active) for planning. DeepSeek-V3's multi-head latent attention is modelled as 128-head
+# attention (gpt has no MLA): +18.4M parameters per block, +0.17% in total (tests/test_moe.py).
+MOE_PRESETS: dict[str, tuple[dict[str, int], dict]] = {
+    "moe_tiny": (
+        dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=192, vocab_size=256),
+        dict(n_experts=8, top_k=2, expert_dim=64),
+    ),
+    "mixtral_8x7b": (
+        dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=32000),
+        dict(n_experts=8, top_k=2, expert_dim=14336),
+    ),
+    "deepseek_v3": (
+        dict(dim=7168, n_layers=61, n_heads=128, n_kv_heads=128, ffn_dim=18432, vocab_size=129280),
+        dict(
+            n_experts=256, top_k=8, expert_dim=2048, n_shared=1, score="sigmoid",
+            route_scale=2.5, bias_update=0.001, first_dense=3,
+        ),
+    ),
+}  # fmt: skip
+PRESETS.update({k: shape for k, (shape, _) in MOE_PRESETS.items()})
+
+#: model.moe_* config key -> MoEArgs field
+MOE_KEYS = {
+    "moe_experts": "n_experts", "moe_top_k": "top_k", "moe_ffn_dim": "expert_dim",
+    "moe_shared": "n_shared", "moe_score": "score", "moe_route_scale": "route_scale",
+    "moe_aux_loss": "aux_loss", "moe_bias_update": "bias_update",
+    "moe_capacity_factor": "capacity_factor", "moe_first_dense": "first_dense",
+}  # fmt: skip
+
+
+def moe_args(cfg: Config) -> MoEArgs | None:
+    """The preset's experts with the ``model.moe_*`` keys on top; None: a dense model."""
+    m = cfg.model
+    base = dict(MOE_PRESETS[m.preset][1]) if m.preset in MOE_PRESETS else {}
+    for key, field in MOE_KEYS.items():
+        if getattr(m, key) is not None:
+            base[field] = getattr(m, key)
+    if not base.get("n_experts"):
+        return None
+    base.setdefault("top_k", 2)
+    base.setdefault("expert_dim", m.ffn_dim or PRESETS[m.preset]["ffn_dim"])
+    return MoEArgs(**base)
 
 
 def gpt_args(cfg: Config) -> GPTArgs:
@@ -80,6 +128,7 @@ def gpt_args(cfg: Config) -> GPTArgs:
         rope_theta=m.rope_theta,
         norm_eps=m.norm_eps,
         dropout=m.dropout,
+        moe=moe_args(cfg),
     )
 
 
@@ -122,6 +171,21 @@ def check_gpt(cfg: Config) -> None:
             f"model.vocab_size: {a.vocab_size} is too small for data.name={cfg.data.name} "
             f"(token ids up to {need - 1}); needs >= {need}"
         )
+    if a.moe is not None:
+        e = a.moe
+        if not 1 <= e.top_k <= e.n_experts:
+            raise ConfigError(
+                f"model.moe_top_k: {e.top_k} is not allowed; must be in 1..model.moe_experts={e.n_experts}"
+            )
+        for key in ("moe_ffn_dim", "moe_shared", "moe_aux_loss", "moe_bias_update"):
+            if getattr(e, MOE_KEYS[key]) < (1 if key == "moe_ffn_dim" else 0):
+                raise ConfigError(
+                    f"model.{key}: {getattr(e, MOE_KEYS[key])} is not allowed; must be >= 0"
+                )
+        if e.capacity_factor < 0:
+            raise ConfigError(
+                f"model.moe_capacity_factor: {e.capacity_factor} is not allowed; 0 (dropless) or > 0"
+            )
     if a.max_seq_len < cfg.data.seq_len:
         raise ConfigError(
             f"model.max_seq_len: {a.max_seq_len} is shorter than data.seq_len={cfg.data.seq_len}"
@@ -192,12 +256,13 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, a: GPTArgs):
+    def __init__(self, a: GPTArgs, layer: int = 0):
         super().__init__()
         self.attention_norm = nn.RMSNorm(a.dim, eps=a.norm_eps)
         self.attention = Attention(a)
         self.ffn_norm = nn.RMSNorm(a.dim, eps=a.norm_eps)
-        self.feed_forward = FeedForward(a)
+        moe = a.moe is not None and layer >= a.moe.first_dense
+        self.feed_forward = MoE(a.dim, a.moe) if moe else FeedForward(a)
         self.drop = nn.Dropout(a.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -215,7 +280,9 @@ class GPT(PlaitModel):
         self.args = args
         self.vocab_size = args.vocab_size
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(args) for i in range(args.n_layers)})
+        self.layers = nn.ModuleDict(
+            {str(i): TransformerBlock(args, i) for i in range(args.n_layers)}
+        )
         self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
@@ -254,6 +321,16 @@ class GPT(PlaitModel):
             "feed_forward.w2": "rowwise",
             "attention_norm": "norm", "ffn_norm": "norm",
         }  # fmt: skip
+        if self.args.moe is not None:
+            # experts: hidden dim split by plait.expert_parallel (not DTensor styles); the
+            # router is replicated; shared experts are a Megatron MLP like the dense one
+            block.update({
+                "feed_forward.router.gate": "replicate",
+                "feed_forward.shared_experts": "gather_input",
+                "feed_forward.shared_experts.w1": "colwise",
+                "feed_forward.shared_experts.w3": "colwise",
+                "feed_forward.shared_experts.w2": "rowwise",
+            })  # fmt: skip
         plan = {f"layers.*.{k}": v for k, v in block.items()}
         plan.update({"tok_embeddings": "vocab_embedding", "norm": "norm", "output": "vocab_head"})
         return plan
@@ -279,12 +356,39 @@ class GPT(PlaitModel):
                 torch.empty(shape), 0.0, std, -3 * std, 3 * std, generator=gen
             )
         std = 0.02
-        if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+        if name.endswith(("attention.wo.weight", "w2.weight", "experts.w2")):
             std /= math.sqrt(2 * self.args.n_layers)  # residual-branch scaling (GPT-2)
         return nn.init.trunc_normal_(torch.empty(shape), 0.0, std, -2 * std, 2 * std, generator=gen)
 
     def block_flops(self, block: nn.Module, seq_len: int) -> float:
-        return matmul_flops(block) + attention_flops(seq_len, block.attention.wq.out_features)
+        flops = matmul_flops(block) + attention_flops(seq_len, block.attention.wq.out_features)
+        ff = block.feed_forward
+        if isinstance(ff, MoE):  # the top-k experts a token runs (not Linear modules)
+            flops += 2.0 * 3 * self.args.dim * ff.m.expert_dim * ff.m.top_k
+        return flops
+
+    def active_params(self) -> int:
+        """Parameters one token uses (MoE: the top-k and shared experts; else all)."""
+        a = self.args
+        total = sum(p.numel() for p in self.parameters())
+        if a.moe is None:
+            return total
+        n_moe = a.n_layers - min(a.moe.first_dense, a.n_layers)
+        idle = moe_params(a.dim, a.moe, active=False) - moe_params(a.dim, a.moe, active=True)
+        return total - n_moe * idle
+
+    def before_optimizer_step(self) -> None:
+        for block in self.layers.values():
+            for mod in block.modules():
+                if isinstance(mod, MoE):
+                    mod.finish_step()
+
+    def set_loss_scale(self, scale: float) -> None:
+        """The trainer's loss scale of this step (the balance loss's gradient uses it)."""
+        for block in self.layers.values():
+            for mod in block.modules():
+                if isinstance(mod, MoE):
+                    mod.loss_scale = float(scale)
 
     def plan_dims(self) -> dict[str, int]:
         a = self.args
@@ -298,6 +402,10 @@ class GPT(PlaitModel):
         cos, sin = rope_tables(a.head_dim, a.max_seq_len, a.rope_theta)
         self.rope_cos = cos.to(self.rope_cos.device)
         self.rope_sin = sin.to(self.rope_sin.device)
+        for block in self.layers.values():  # the balancing bias starts at zero
+            for mod in block.modules():
+                if isinstance(mod, MoE):
+                    mod.router.expert_bias.zero_()
 
 
 @register_model("gpt", task="lm", check=check_gpt)

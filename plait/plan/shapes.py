@@ -25,6 +25,9 @@ class ModelShape:
     block_params: int | None = None
     embed_params: int | None = None
     head_params: int | None = None
+    #: parameters one token runs through per block (mixture of experts: its top-k experts);
+    #: None: all of block_params. FLOPs use it, memory uses block_params
+    active_block_params: int | None = None
 
     def __post_init__(self) -> None:
         d, kv = self.dim, self.kv_dim
@@ -57,9 +60,9 @@ class ModelShape:
     def flops_per_token(self, seq_len: int) -> float:
         """Model FLOPs per token, plait's MFU convention (docs/design.md, torchtitan's
         ``get_nparams_and_flops``): 6·(N − embedding) + 12·L·H·Q·T."""
-        return 6 * (self.params - self.embed_params) + self.n_layers * self.attn_flops_per_token(
-            seq_len
-        )
+        block = self.active_block_params or self.block_params
+        dense = self.params - self.embed_params - self.n_layers * (self.block_params - block)
+        return 6 * dense + self.n_layers * self.attn_flops_per_token(seq_len)
 
     @staticmethod
     def from_config(cfg: Config) -> ModelShape:
@@ -77,11 +80,17 @@ class ModelShape:
         def params(names: list[str]) -> int:
             return sum(param_count(getattr(model, n)) for n in names)
 
+        embed, head = params(model.pre_modules()), params(model.post_modules())
+        n = len(model.layers)
+        blocks = param_count(model) - embed - head
+        # the mean block (a mixture of experts may keep its first blocks dense)
+        active = getattr(model, "active_params", None)
         return ModelShape(
             **dims,
-            block_params=param_count(next(iter(model.layers.values()))),
-            embed_params=params(model.pre_modules()),
-            head_params=params(model.post_modules()),
+            block_params=blocks // n,
+            active_block_params=(active() - embed - head) // n if active else None,
+            embed_params=embed,
+            head_params=head,
         )
 
 
@@ -111,6 +120,10 @@ class Layout:
     pp_cuts: tuple[int, ...] = ()  # first block of each stage after the first; () balanced
     pp_balance: str = "params"  # params | flops: how the automatic cuts balance stages
     cp: int = 1  # context parallel: each sequence split over cp ranks
+    #: when FSDP2 reduces gradients under gradient accumulation: "every" micro-batch (plait),
+    #: or only the "last" (set_requires_gradient_sync(False) before: KempnerForge), which
+    #: keeps every unit's unsharded gradients accumulating across the step
+    grad_sync: str = "every"
 
     @property
     def dp(self) -> int:
@@ -172,6 +185,9 @@ class Job:
     #: the loss upcasts the logits to fp32 first (plait's ``model.loss``); False: cross-entropy
     #: straight on 16-bit logits (its log-softmax then saved in 16 bits)
     fp32_loss: bool = True
+    #: FSDP2 MixedPrecisionPolicy.reduce_dtype: "fp32" over 16-bit parameters makes FSDP2
+    #: accumulate unsharded gradients in fp32 between syncs; "" = the gradients' own dtype
+    reduce_dtype: str = ""
 
     @property
     def tokens(self) -> int:

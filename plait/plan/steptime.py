@@ -82,12 +82,20 @@ def recomputed_blocks(layout: Layout, blocks: int) -> int:
     return 0
 
 
+def op_recomputed_params(shape: ModelShape) -> int:
+    """Weights of the matmuls op-level checkpointing reruns in backward: the 2nd, 4th and 6th
+    of a Llama block's forward (wk, wo, w3; plait.parallelize._op_context_fn)."""
+    return shape.dim * (shape.kv_dim + shape.dim + shape.ffn_dim)
+
+
 def rank_flops_per_token(shape: ModelShape, layout: Layout, part: RankPart, seq_len: int):
     """(model, hardware) FLOPs per token of one pipeline rank's share, before TP: hardware adds
     the recomputed forward (2·N + 4·H·Q·T per block) of checkpointed blocks."""
     block = 6 * shape.block_params + shape.attn_flops_per_token(seq_len)
     model = part.blocks * block + (6 * shape.head_params if part.head else 0)
     recompute = recomputed_blocks(layout, part.blocks) * block / 3
+    if layout.activation_checkpoint == "op":
+        recompute += part.blocks * 2 * op_recomputed_params(shape)
     return model, model + recompute
 
 
@@ -132,7 +140,7 @@ def roofline(
     n_full = recomputed_blocks(layout, part.blocks)  # blocks whose forward reruns
     n_op = part.blocks if layout.activation_checkpoint == "op" else 0
     passes = part.blocks * 3 + n_full  # forward = 1, backward = 2
-    mm_flops = 2 * shape.block_params / tp * passes
+    mm_flops = (2 * shape.block_params * passes + 2 * op_recomputed_params(shape) * n_op) / tp
     head_mm = 6 * shape.head_params / tp if part.head else 0.0
     # flash attention, causal: forward 2·H·Q·T (half of the 4·H·Q·T square), backward 2.5x
     attn_fwd = 2 * shape.n_heads * shape.head_dim * job.seq_len / tp
@@ -242,6 +250,8 @@ def step_time(
     model_fpt = shape.flops_per_token(job.seq_len)
     block = 6 * shape.block_params + shape.attn_flops_per_token(job.seq_len)
     hw_fpt = model_fpt + recomputed_blocks(layout, shape.n_layers) * block / 3
+    if layout.activation_checkpoint == "op":
+        hw_fpt += shape.n_layers * 2 * op_recomputed_params(shape)
     total = pipeline + exposed + opt_s
     if mfu is not None:
         total = job.tokens * model_fpt / (cluster.gpus * gpu.peak_flops * mfu)
