@@ -75,10 +75,10 @@ def block_activation_bytes(
     s = tp if sp else 1
     if checkpointed == "op":
         d, kv, f = shape.dim, shape.kv_dim, shape.ffn_dim
-        # under context parallel the saved values are the gathered ones (x cp)
-        per_token = (2 * d / s + (2 * d + kv * cp + f) / tp) * job.act_bytes
-        mask = cp_mask_bytes(job.seq_len, cp) if cp > 1 else 0.0
-        return tokens * (per_token + shape.n_heads / tp * 4) + mask
+        # under context parallel too: the gathered keys/values and the mask are not saved (the
+        # all-gather is not in the policy's save list: backward gathers again, plait.plan.steptime)
+        per_token = (2 * d / s + (2 * d + kv + f) / tp) * job.act_bytes
+        return tokens * (per_token + shape.n_heads / tp * 4)
     if checkpointed:
         return tokens * shape.dim / s * job.act_bytes
     d, f = shape.dim, shape.ffn_dim

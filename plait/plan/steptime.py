@@ -204,9 +204,11 @@ def step_time(
         # shard; Megatron's scatter/gather optimisation, arXiv 2104.04473 sec. 4.1)
         t_p2p = 2 * v * comm.p2p(act / tp, pp_link) if p > 1 else 0.0
         # context parallel: keys + values all-gathered per block in forward (again when
-        # recomputed), their gradients reduce-scattered in backward (not overlapped)
+        # recomputed: full checkpointing, or op-level, which keeps only local keys/values),
+        # their gradients reduce-scattered in backward (not overlapped)
         kv = mb_tokens * cp * 2 * shape.kv_dim / tp * job.act_bytes  # gathered, bytes
-        t_cp = (part.blocks + n_rec) * comm.all_gather(kv, cp, cp_link) + part.blocks * (
+        n_op = part.blocks if layout.activation_checkpoint == "op" else 0
+        t_cp = (part.blocks + n_rec + n_op) * comm.all_gather(kv, cp, cp_link) + part.blocks * (
             comm.reduce_scatter(kv, cp, cp_link)
         )
         cand = (t_comp + t_tp + t_p2p + t_cp, t_comp, t_tp, t_p2p, part, parts, t_cp)
