@@ -57,7 +57,8 @@ def apply_sharded(model: nn.Module, cfg: Config, dims: ParallelDims, meshes, dev
     apply_fsdp(
         model,
         mesh=fsdp_mesh(meshes, dims),
-        reshard_after_forward=cfg.parallel.zero_stage == 3,
+        stage=cfg.parallel.zero_stage,
+        reshard_after_forward=cfg.parallel.reshard_after_forward,
         dtype=cfg.train.dtype,
         cpu_offload=cfg.parallel.cpu_offload,
         device=device,

@@ -12,9 +12,17 @@ block's parameters before its forward/backward and reduce-scatters its gradients
   (gradients reduce-scattered in the group, then all-reduced across replicas).
 
 Applied on the meta-device model, before materialisation, one unit per block and one for the
-root (torchtitan's order), so a model bigger than one device never exists whole. Gradients are
-reduce-scattered after every micro-batch, also during accumulation: that keeps them sharded,
-which is the memory ZeRO-2/3 promise.
+root (torchtitan's order), so a model bigger than one device never exists whole.
+
+Reshard policy (``parallel.reshard_after_forward``, docs/design.md "Reshard policy"): under
+ZeRO-3 ``auto`` reshards every block but the last (its backward runs right after forward: a
+reshard there is an all-gather for nothing, torchtitan's default) and never the root (its head
+and final norm are likewise first in backward; FSDP2's own default for the root). Each block's
+forward all-gathers the next block's parameters as it starts (explicit forward prefetch), so
+the collective runs in the background while the block computes; backward prefetches one block
+ahead (FSDP2's implicit order). Gradients are reduce-scattered after every micro-batch, also
+during accumulation, which keeps them sharded (the memory ZeRO-2/3 promise);
+``parallel.reduce_every_microbatch=false`` reduces only after the last micro-batch instead.
 """
 
 from __future__ import annotations
@@ -37,11 +45,23 @@ from plait.parallel_attrs import EXPERT_SHARD_ATTR
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def block_reshard(stage: int, policy: bool | int | str, index: int, n_blocks: int) -> bool | int:
+    """``reshard_after_forward`` of block ``index`` of ``n_blocks`` (ZeRO-2: never)."""
+    if stage < 3 or policy is False:
+        return False
+    if policy == "auto":
+        return index < n_blocks - 1  # the last block's backward comes first
+    if policy is True:
+        return True
+    return policy if policy > 1 else False  # a group size (1: keep them, as FSDP2 maps it)
+
+
 def apply_fsdp(
     model: PlaitModel,
     *,
     mesh,
-    reshard_after_forward: bool,
+    stage: int = 3,
+    reshard_after_forward: bool | int | str = "auto",
     dtype: str,
     cpu_offload: bool,
     device: torch.device,
@@ -49,21 +69,30 @@ def apply_fsdp(
     """Shard ``model`` in place; ``mesh`` is 1-D (ZeRO) or 2-D (dp_replicate, dp_shard) for HSDP.
 
     Mixed precision: on GPU, bf16/fp16 compute copies with fp32 gradient reduction and fp32
-    sharded master parameters; on CPU everything stays fp32 (autocast does the casting)."""
+    sharded master parameters; on CPU everything stays fp32 (autocast does the casting).
+    ``stage`` 2 never reshards after forward; at 3 ``reshard_after_forward`` is the policy of
+    :func:`block_reshard` (true/false: every unit, the root too)."""
     mp = MixedPrecisionPolicy()
     if device.type == "cuda" and dtype in DTYPES:
         mp = MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
     # pin_memory needs an accelerator: with it on a CPU-only machine fully_shard fails
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy()
-    kw = dict(mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp)
-    kw["offload_policy"] = offload
+    kw = dict(mesh=mesh, mp_policy=mp, offload_policy=offload)
     # expert weights split over ep/tp ranks stay out (plait.models.moe.MoE.finish_step)
     experts = {p for p in model.parameters() if hasattr(p, EXPERT_SHARD_ATTR)}
     if experts:
         kw["ignored_params"] = experts
-    for block in model.layers.values():
-        fully_shard(block, **kw)
-    fully_shard(model, **kw)
+    blocks = list(model.layers.values())
+    for i, block in enumerate(blocks):
+        r = block_reshard(stage, reshard_after_forward, i, len(blocks))
+        if not isinstance(r, bool) and r == mesh.size(-1):
+            r = True  # a group of the whole shard dimension is plain ZeRO-3
+        fully_shard(block, reshard_after_forward=r, **kw)
+    # the root's head is first in backward: kept (FSDP2's own root default) unless every
+    # unit is to reshard (true: ZeRO-3 to the letter)
+    fully_shard(model, reshard_after_forward=stage == 3 and reshard_after_forward is True, **kw)
+    for block, nxt in zip(blocks, blocks[1:]):
+        block.set_modules_to_forward_prefetch([nxt])
 
 
 def unsharded_param_bytes(model: nn.Module) -> int:
@@ -74,6 +103,12 @@ def unsharded_param_bytes(model: nn.Module) -> int:
 
 
 class FSDPEngine(Engine):
+    def sync(self, last: bool):
+        """Under ``parallel.reduce_every_microbatch=false``: reduce-scatter on the last only."""
+        if not self.cfg.parallel.reduce_every_microbatch:
+            self.model.set_requires_gradient_sync(last)
+        return super().sync(last)
+
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         # between forward and backward: what ZeRO-2 keeps gathered (ZeRO-3: the root unit only)
         self._unsharded = max(self._unsharded, unsharded_param_bytes(self.model))

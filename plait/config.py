@@ -226,10 +226,23 @@ class ParallelConfig:
     )
     dp_engine: Literal["torch", "deepspeed", "fairscale"] = _f("torch", "Data-parallel engine.")
     zero_stage: int = _f(0, "0: DDP; 1: shard optimizer state; 2: + gradients; 3: + parameters.")
+    reshard_after_forward: bool | int | Literal["auto"] = _f(
+        "auto",
+        "zero_stage=3 on the torch engine: free gathered parameters after forward (true), keep "
+        "them to backward (false), or reshard to groups of this many ranks (an int dividing "
+        "dp_shard); auto: true for every block but the last, whose backward comes first.",
+    )
+    reduce_every_microbatch: bool = _f(
+        True,
+        "zero_stage 2/3 on the torch engine: reduce-scatter gradients after every micro-batch "
+        "(sharded while accumulating); false: only after the last (full gradients held, fewer "
+        "collectives).",
+    )
     activation_checkpoint: Literal["none", "full", "selective", "op"] = _f(
         "none",
         "Recompute block activations in backward: full (every block), selective (every k-th "
-        "block), op (every block keeps its matmul and attention outputs, recomputes the rest).",
+        "block), op (torchtitan's: every block keeps its attention output and every other "
+        "matmul output, recomputes the rest).",
     )
     activation_checkpoint_every: int = _f(1, "With selective: checkpoint every k-th block.")
     cpu_offload: bool = _f(False, "Offload parameters/optimizer state to CPU (FSDP2 / DeepSpeed).")
@@ -600,6 +613,13 @@ def check_values(cfg: Config) -> None:
         "parallel.zero_stage",
         p.zero_stage,
         "expected one of 0, 1, 2, 3",
+    )
+    r = p.reshard_after_forward
+    _require(
+        isinstance(r, bool) or r == "auto" or r >= 1,
+        "parallel.reshard_after_forward",
+        r,
+        "expected auto, true, false or a group size >= 1",
     )
     # below a second every collective times out; above a week a hang is never noticed
     _require(

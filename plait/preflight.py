@@ -132,6 +132,7 @@ def check_dp(cfg: Config, dims: ParallelDims, *, need_package: bool = True) -> N
                 f"parallel.cpu_offload: true is not allowed with zero_stage={stage} on the torch "
                 "engine; offload comes with FSDP2: use zero_stage=2 or 3"
             )
+        check_reshard(p, dims)
         return
     if dims.dp_replicate > 1 and not (cell and cell.hsdp):
         raise ConfigError(
@@ -208,3 +209,21 @@ def layouts_hint(cfg: Config, world_size: int, model: PlaitModel | None = None) 
         + "; ".join(combos[:12])
         + (" ..." if len(combos) > 12 else "")
     )
+
+
+def check_reshard(p, dims: ParallelDims) -> None:
+    """``parallel.reshard_after_forward`` refines ZeRO-3 on FSDP2 (docs/design.md, "Reshard
+    policy"); an int must divide ``dp_shard`` (FSDP2 reshards to groups of that many ranks)."""
+    r = p.reshard_after_forward
+    if r == "auto":
+        return
+    if p.zero_stage != 3:
+        raise ConfigError(
+            f"parallel.reshard_after_forward: {r!r} is not allowed with zero_stage="
+            f"{p.zero_stage}; it chooses ZeRO-3's resharding: use zero_stage=3 or leave it auto"
+        )
+    if not isinstance(r, bool) and dims.dp_shard % r:
+        raise ConfigError(
+            f"parallel.reshard_after_forward: {r} is not allowed with dp_shard={dims.dp_shard}; "
+            "a group size must divide dp_shard"
+        )

@@ -314,6 +314,7 @@ def train(cfg: Config, *, return_state: bool = False) -> RunResult:
     dims = validate(cfg, env.world_size)
     device = pdist.pick_device(cfg.train.device, env.local_rank)
     pdist.set_cpu_threads(env, device)
+    pdist.keep_cpu_heap(device)
     owns_group = not dist.is_initialized()  # a caller's group (tests batching runs) stays up
     # from here a signal only asks the run to stop after the step in flight (_run)
     handlers = preemption.install()

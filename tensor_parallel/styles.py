@@ -45,27 +45,38 @@ from plait.tensor_parallel.spec import STYLES
 class ReplicateParallel(ParallelStyle):
     """Replicated parameters, local tensors in and out. torch 2.13 has no public style for
     this; it is needed so every parameter is a DTensor on the tp mesh (gradient clipping and
-    FSDP2 then see one kind of tensor). Inputs are replicated already, so no communication."""
+    FSDP2 then see one kind of tensor). Inputs are replicated already, so no communication.
 
-    def __init__(self, *, use_local_output: bool = True):
-        super().__init__()
-        self.use_local_output = use_local_output
-
-    def _input_fn(self, mod, inputs, mesh):
-        return tuple(
-            DTensor.from_local(x, mesh, (Replicate(),), run_check=False)
-            if not isinstance(x, DTensor) and hasattr(x, "shape")
-            else x
-            for x in inputs
-        )
-
-    def _output_fn(self, mod, out, mesh):
-        return out.to_local() if self.use_local_output and isinstance(out, DTensor) else out
+    The module computes on local tensors: for the duration of its forward each parameter is
+    swapped for its local view (``to_local``, differentiable, so gradients still land on the
+    DTensor parameter as Replicate), because computing through DTensor's dispatch costs more
+    than the op on CPU-sized activations (measured: RMSNorm forward + backward on (8, 128, 256)
+    3.1-4.0 ms as DTensor, 1.9-2.1 ms local; gpt has 2L+1 norms). DTensor inputs (another
+    style's output left as DTensor) take the DTensor path as before."""
 
     def _apply(self, module: nn.Module, device_mesh) -> nn.Module:
-        return distribute_module(
-            module, device_mesh, input_fn=self._input_fn, output_fn=self._output_fn
-        )
+        distribute_module(module, device_mesh)  # parameters -> Replicate DTensors
+        inner = module.forward
+
+        def forward(*args, **kwargs):
+            if any(isinstance(a, DTensor) for a in (*args, *kwargs.values())):
+                out = inner(*args, **kwargs)
+                return out.to_local() if isinstance(out, DTensor) else out
+            saved = []
+            for mod in module.modules():
+                for name, p in mod._parameters.items():
+                    if isinstance(p, DTensor):
+                        saved.append((mod, name, p))
+            try:
+                for mod, name, p in saved:
+                    mod._parameters[name] = p.to_local()
+                return inner(*args, **kwargs)
+            finally:  # the DTensor parameters are back whatever happened
+                for mod, name, p in saved:
+                    mod._parameters[name] = p
+
+        module.forward = forward
+        return module
 
 
 class GatherInput(PrepareModuleInput):

@@ -92,6 +92,7 @@ def assert_same_losses(ref_dir: Path, got_dir: Path, world_size: int, launched_b
     which launcher started them."""
     a, b = metrics(ref_dir), metrics(got_dir)
     assert [m["step"] for m in a] == [m["step"] for m in b]
+
     # straggler_rank appears only on steps where one rank was slow (machine load decides)
     def keys(m: dict) -> list[str]:
         return sorted(k for k in m if k != "straggler_rank")

@@ -3,8 +3,8 @@ gloo ranks, each layout against one process (fp32: relative 1e-5 per step, final
 launches hold every multi-rank config: one on 2 ranks (gpt cp=2 saving a checkpoint, gpt cp=2
 resumed from a one-process checkpoint, Hugging Face Llama and Mistral at cp=2) and one on 4
 ranks (cp=4 with activation checkpointing, cp=2 x tp=2 with sequence parallel, cp=2 x
-dp_shard=2, cp=2 x pp=2, cp=2 x dp_replicate=2). The 2-rank launch also measures
-bench/cp_comm.py's bytes per layer."""
+dp_shard=2 with op-level checkpointing, cp=2 x pp=2, cp=2 x dp_replicate=2). The 2-rank launch
+also measures bench/cp_comm.py's bytes per layer."""
 
 from __future__ import annotations
 
@@ -156,7 +156,9 @@ def test_four_ranks_cp4_and_cp_with_tp_dp_pp(tmp_path):
                       "parallel.activation_checkpoint=full"],
         "cp2_tp2_sp": GPT + CP2 + ["parallel.tp=2", "parallel.sequence_parallel=true",
                                    "parallel.zero_stage=2"],
-        "cp2_dp_shard2": GPT + ["parallel.cp=2", "parallel.dp_shard=2", "parallel.zero_stage=2"],
+        # op-level checkpointing: backward gathers keys and values again
+        "cp2_dp_shard2": GPT + ["parallel.cp=2", "parallel.dp_shard=2", "parallel.zero_stage=2",
+                                "parallel.activation_checkpoint=op"],
         "cp2_pp2": GPT + CP2 + ["parallel.pp=2", "parallel.pp_microbatches=2"],
         "cp2_hsdp": GPT + CP2 + ["parallel.dp_replicate=2", "parallel.zero_stage=2"],
     }  # fmt: skip

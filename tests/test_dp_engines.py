@@ -85,6 +85,10 @@ TORCH_RUNS = [
     ("zero3+offload", "gpt", _z(3) + ["parallel.cpu_offload=true"]),
     ("mlp-sgd-zero1", "mlp", _z(1)),
     ("mlp-sgd-zero2+accum", "mlp", _z(2) + ACCUM),
+    # reshard policies and reduce-on-the-last-micro-batch (ZeRO-3's default is auto, above)
+    ("zero3 reshard=true", "gpt", _z(3) + ["parallel.reshard_after_forward=true"]),
+    ("zero3 reshard=false+accum reduce-last", "gpt", _z(3) + ACCUM + ["parallel.reshard_after_forward=false", "parallel.reduce_every_microbatch=false"]),
+    ("mlp-sgd-zero2+accum reduce-last", "mlp", _z(2) + ACCUM + ["parallel.reduce_every_microbatch=false"]),
 ]  # fmt: skip
 
 
@@ -115,6 +119,9 @@ def test_torch_engine_ddp_zero123_offload_match_one_process(refs, tmp_path):
     # formula's full P term, as its own measured term
     assert _mem(res["zero2+accum"], "unsharded") == 4 * psi
     assert _mem(res["zero3+full-ckpt"], "unsharded") < 4 * psi
+    # reshard_after_forward=false keeps them all, like ZeRO-2; true keeps only the root's (none)
+    assert _mem(res["zero3 reshard=false+accum reduce-last"], "unsharded") == 4 * psi
+    assert _mem(res["zero3 reshard=true"], "unsharded") < _mem(res["zero3+full-ckpt"], "unsharded")
     # ZeroRedundancyOptimizer assigns whole parameters to ranks: 8Ψ/N up to one parameter
     f1 = zero_formula(1, psi, n, adam)
     assert _mem(res["zero1+accum"], "params") == f1["params"]
@@ -132,6 +139,8 @@ HSDP_RUNS = [
     ("hsdp-zero3", "gpt", ["parallel.dp_replicate=2", "parallel.dp_shard=2"] + _z(3)),
     # clipping a 1e7-element tensor (tests/test_grad_norm.py has the 2-rank layouts)
     ("hsdp-zero3 big clip", "big", ["parallel.dp_replicate=2", "parallel.dp_shard=2"] + _z(3)),
+    # ZeRO-3 over 4 ranks, parameters resharded to groups of 2 between forward and backward
+    ("zero3 reshard to 2 of 4", "gpt", _z(3) + ["parallel.reshard_after_forward=2"]),
 ]
 
 
@@ -179,6 +188,9 @@ def test_deepspeed_zero0123_and_fairscale_match_one_process(refs, tmp_path):
         (_z(0, "deepspeed") + ["parallel.cpu_offload=true"], "zero_stage=0"),
         (_z(2, "deepspeed") + ["parallel.dp_replicate=2"], "HSDP"),
         (_z(2, "deepspeed") + ["checkpoint.every=5", "checkpoint.async=true"], "checkpoint.async"),
+        (_z(2) + ["parallel.reshard_after_forward=true"], "reshard_after_forward.*zero_stage=3"),
+        (_z(3) + ["parallel.reshard_after_forward=3"], "must divide dp_shard"),
+        (_z(3) + ["parallel.reshard_after_forward=0"], "group size >= 1"),
     ],
 )
 def test_impossible_engine_stage_refused_before_launch(tmp_path, overrides, fragment):

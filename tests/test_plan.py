@@ -3,6 +3,8 @@ large-run step times, the search and the CLI. Pure arithmetic: no process, no te
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from plait.cli import main
@@ -167,10 +169,15 @@ def test_step_time_single_gpu_and_ddp_by_hand():
     t2 = step_time(TINY, Layout(dp_shard=2), job, cl2, efficiency=0.5)
     assert t2.dp_s == pytest.approx(2 * 3e-6 + TINY.params * 4 / bw)
     # ZeRO-3: reduce-scatter grads (fp32) once, all-gather bf16 params forward and backward
-    t3 = step_time(TINY, Layout(dp_shard=2, zero_stage=3), job, cl2, efficiency=0.5)
+    lay3 = Layout(dp_shard=2, zero_stage=3, reshard_after_forward=True)
+    t3 = step_time(TINY, lay3, job, cl2, efficiency=0.5)
     rs = 3e-6 + TINY.params * 4 / 2 / bw
     ag = 3e-6 + TINY.params * 2 / 2 / bw
     assert t3.dp_s == pytest.approx(rs + 2 * ag)
+    # reshard_after_forward=auto keeps the last block and embedding/head gathered for backward
+    auto = step_time(TINY, Layout(dp_shard=2, zero_stage=3), job, cl2, efficiency=0.5)
+    rest = TINY.params - TINY.block_params - TINY.embed_params - TINY.head_params
+    assert auto.dp_s == pytest.approx(rs + ag + 3e-6 + rest * 2 / 2 / bw)
     # full activation checkpointing recomputes each block's forward: + (2N_block + 4HQT)
     tc = step_time(TINY, Layout(activation_checkpoint="full"), job, cl1, efficiency=0.5)
     extra = 8 * (2 * TINY.block_params + 4 * 4 * 16 * 128)
@@ -312,11 +319,17 @@ def test_pipeline_activations_and_fsdp_buffers_by_hand():
     assert mem0.activations == pytest.approx(4 * 4 * blk + tokens * 8)
     # FSDP2 ZeRO-3 over 4 ranks: states / 4, plus two blocks' fp32 weights and one block's
     # grads, and the root unit (embedding + final norm + head) gathered with the head's grads
-    lay = Layout(dp_shard=4, zero_stage=3, microbatches=2)
+    lay = Layout(dp_shard=4, zero_stage=3, microbatches=2, reshard_after_forward=True)
     mem = plan_memory(TINY, lay, job, 80 * 2**30)
     assert mem.states == pytest.approx(16 * TINY.params / 4)
     root = TINY.embed_params + TINY.head_params
-    assert mem.buffers == pytest.approx(3 * 4 * TINY.block_params + 4 * root + 4 * TINY.head_params)
+    base = 3 * 4 * TINY.block_params + 4 * root + 4 * TINY.head_params
+    assert mem.buffers == pytest.approx(base)
+    # auto (the default): + the last block, held fwd->bwd; a group of 2: every block at half
+    auto = plan_memory(TINY, dataclasses.replace(lay, reshard_after_forward="auto"), job, 2**40)
+    assert auto.buffers == pytest.approx(base + 4 * TINY.block_params)
+    two = plan_memory(TINY, dataclasses.replace(lay, reshard_after_forward=2), job, 2**40)
+    assert two.buffers == pytest.approx(base + 4 * TINY.n_layers * TINY.block_params / 2)
     # pp + FSDP2: PipelineStage holds the stage's params gathered and its grads unsharded
     lay = Layout(dp_shard=2, pp=2, zero_stage=3, microbatches=4)
     part = rank_parts(TINY, lay)[1]
@@ -411,10 +424,13 @@ def test_roofline_fp8_compile_and_memory_bound_share():
     assert tc.matmul_s == t.matmul_s and tc.memory_bound_s == pytest.approx(t.memory_bound_s / 2)
     ta = step_time(shape, Layout(microbatches=8), job, a100)
     assert t.memory_bound_s / t.compute_s > ta.memory_bound_s / ta.compute_s
-    # op-level checkpointing re-runs only the memory-bound forward; full re-runs everything
+    # op-level checkpointing re-runs the memory-bound forward and every other matmul (wk, wo,
+    # w3: torchtitan's policy); full re-runs everything
     op = step_time(shape, Layout(microbatches=8, activation_checkpoint="op"), job, h100)
     full = step_time(shape, Layout(microbatches=8, activation_checkpoint="full"), job, h100)
-    assert op.matmul_s == t.matmul_s and op.memory_bound_s > t.memory_bound_s
+    rerun = shape.dim * (shape.kv_dim + shape.dim + shape.ffn_dim) / shape.block_params
+    assert (op.matmul_s - t.matmul_s) / (full.matmul_s - t.matmul_s) == pytest.approx(rerun)
+    assert op.memory_bound_s > t.memory_bound_s
     assert full.matmul_s > op.matmul_s and full.hfu > full.mfu
 
 

@@ -331,6 +331,48 @@ def test_zero3_root_unit_and_head_grads_held_through_backward(tmp_path):
     shape = ModelShape.from_config(cfg)
     assert seen["params"] == 4 * (shape.embed_params + shape.head_params)
     assert seen["grads"] == 4 * shape.head_params
-    mem = plan_memory(shape, Layout(dp_shard=2, zero_stage=3), Job(2, 32, "fp32"), 80 * 2**30)
+    lay = Layout(dp_shard=2, zero_stage=3, reshard_after_forward=True)  # as measured above
+    mem = plan_memory(shape, lay, Job(2, 32, "fp32"), 80 * 2**30)
     blocks = 3 * 4 * shape.block_params
     assert mem.buffers - blocks == pytest.approx(seen["params"] + seen["grads"], rel=0.05)
+
+
+@pytest.mark.timeout(60)
+def test_fsdp_fp32_reduce_accumulates_unsharded_fp32_grads_without_sync(tmp_path):
+    """bf16 parameters under FSDP2 with MixedPrecisionPolicy(reduce_dtype=fp32), gradient sync
+    off for a non-last micro-batch (KempnerForge's gradient accumulation): torch upcasts every
+    unit's unsharded gradient to fp32 and keeps it to the last micro-batch, 4 bytes x the
+    unsharded parameters, which the plan counts as that step's gradients. One gloo rank:
+    unsharded sizes do not depend on the mesh size."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from plait.plan.memory import rank_memory
+    from plait.plan.stages import rank_parts
+
+    cfg = load_config("configs/gpt_small.yaml", ["data.seq_len=32", "train.global_batch=2"])
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    before = {t.untyped_storage().data_ptr() for t in _live_tensors()}  # other tests' leftovers
+    try:
+        model = build_model(cfg, "cpu").to(torch.bfloat16)
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        mesh = init_device_mesh("cpu", (1,))
+        for block in model.layers.values():
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        model.set_requires_gradient_sync(False)
+        tokens = torch.randint(0, 256, (2, 33))
+        model.loss(model(tokens[:, :-1]), {"target": tokens[:, 1:]}).backward()
+        fp32 = _storage_bytes((t for t in _live_tensors() if t.dtype == torch.float32), skip=before)
+    finally:
+        dist.destroy_process_group()
+
+    shape = ModelShape.from_config(cfg)
+    job = Job(2, 32, "bf16", precision="pure", reduce_dtype="fp32")
+    lay = Layout(dp_shard=2, zero_stage=3, microbatches=2, grad_sync="last")
+    part = rank_parts(shape, lay)[0]
+    planned = rank_memory(shape, lay, job, part, 80 * 2**30).grads
+    assert fp32 == pytest.approx(4 * shape.params, rel=0.01), (fp32, shape.params)
+    assert planned == pytest.approx(fp32, rel=0.05), (planned, fp32)

@@ -25,12 +25,6 @@ KF_TP = (
 TT_H100 = (
     "held out: Grand Teton H100s capped at 500 W (the preset is a 700 W SXM5) run ~1.6x slower"
 )
-KF_MEM = (
-    "KempnerForge's FSDP2-wrapped runs hold about 4 bytes x parameters / tp more than the plan "
-    "counts (its bf16 parameters with an fp32 reduce dtype); torch's FSDP2 as plait uses it and "
-    "torchtitan show no such term, so the plan leaves it out"
-)
-
 #: rows outside 25%: name -> (ratio band it is held in, why)
 STEP_MISS = {
     "NeMo GPT3-20B 64xH100 fp8": ((1.29, 1.4), NEMO_DP),
@@ -38,17 +32,15 @@ STEP_MISS = {
     "torchtitan llama3.1-8B 8xH100 FSDP": ((0.56, 0.67), TT_H100),
     "torchtitan llama3.1-8B 8xH100 FSDP + compile": ((0.56, 0.67), TT_H100),
     "torchtitan llama3.1-8B 8xH100 FSDP + compile + float8": ((0.56, 0.67), TT_H100),
+    "torchtitan llama3.1-8B 128xH100 FSDP": ((0.58, 0.7), TT_H100),
+    "torchtitan llama3.1-8B 128xH100 FSDP + compile": ((0.63, 0.75), TT_H100),
 }
-MEM_MISS = {
-    "KempnerForge 7B FSDP4 4xH200": ((0.59, 0.7), KF_MEM),
-    "KempnerForge 13B FSDP8 8xH200": ((0.42, 0.53), KF_MEM),
-    "KempnerForge 13B FSDP2+TP4 8xH200": ((0.67, 0.78), KF_MEM),
-    "KempnerForge 7B FSDP4+TP4 16xH200": ((0.68, 0.79), KF_MEM),
-    "KempnerForge 13B FSDP4+TP4 16xH200": ((0.6, 0.71), KF_MEM),
-    "KempnerForge 7B FSDP8+TP4 32xH200": ((0.66, 0.77), KF_MEM),
-    "KempnerForge 13B FSDP8+TP4 32xH200": ((0.56, 0.67), KF_MEM),
-    "KempnerForge 70B FSDP8+TP4 32xH200": ((0.26, 0.37), KF_MEM),
-}
+TT_70B_MEM = (
+    "held out, unexplained: torchtitan's 70B FSDP 32 x TP 8 float8 run reserves ~19 GiB more "
+    "than the plan allocates, as its 405B float8 FSDP 8 x TP 8 x PP 8 run does (~18 GiB, 0.78): "
+    "the allocator's fragmentation, or float8 x TP buffers the plan does not count; not fitted"
+)
+MEM_MISS = {"torchtitan llama3.1-70B 256xH100 FSDP32+TP8 float8": ((0.68, 0.78), TT_70B_MEM)}
 
 
 def _held(name: str, ratio: float, misses: dict, what: str, source: str) -> None:
@@ -63,6 +55,11 @@ def test_published_row(run):
     _held(run.name, c.step_ratio, STEP_MISS, "step", run.source)
     if c.mem_ratio is not None:
         _held(run.name, c.mem_ratio, MEM_MISS, "memory", run.source)
+    if run.mem_metric == "max_memory_reserved" and not run.job.compiled:
+        # reserved >= allocated: the plan's figure is the lower (compile's effect on what is
+        # saved for backward is not modelled: compiled rows may come out above)
+        assert c.mem_ratio <= 1.0, (run.name, c.mem_ratio)
+    assert run.mem_metric in ("max_memory_allocated", "max_memory_reserved"), run.mem_metric
 
 
 def test_published_rows_cover_the_acceptance_grid():
@@ -75,13 +72,17 @@ def test_published_rows_cover_the_acceptance_grid():
 
 
 def test_published_medians():
-    """Median |error| of the step time over the tuned rows within 15% (measured 10.6%), over
-    the held-out rows within 20% (measured 17.8%). Not met: the worst row within 25% (see
-    STEP_MISS) and the memory median within 10% (measured 27%, all from KempnerForge: MEM_MISS)."""
-    err = [abs(check(r).step_ratio - 1) for r in TUNED]
-    held = [abs(check(r).step_ratio - 1) for r in HELD_OUT]
-    assert statistics.median(err) <= 0.15, statistics.median(err)
-    assert statistics.median(held) <= 0.20, statistics.median(held)
+    """Median |error| over the tuned rows: step time within 15% (measured 10.6%), peak memory
+    within 10% (measured 4.6%, worst 13.5%); over the held-out rows: step time within 20%
+    (measured 16.7%), memory within 10% (measured 4.0%). Not met: the worst step time within
+    25% (STEP_MISS)."""
+    tuned, held = [check(r) for r in TUNED], [check(r) for r in HELD_OUT]
+    med = statistics.median
+    assert med(abs(c.step_ratio - 1) for c in tuned) <= 0.15
+    assert med(abs(c.step_ratio - 1) for c in held) <= 0.20
+    mem = [abs(c.mem_ratio - 1) for c in tuned if c.mem_ratio is not None]
+    assert med(mem) <= 0.10 and max(mem) <= 0.25, mem
+    assert med(abs(c.mem_ratio - 1) for c in held if c.mem_ratio is not None) <= 0.10
 
 
 def test_published_table_renders():

@@ -69,15 +69,16 @@ def block_activation_bytes(
     """Bytes one block saves for backward for ``tokens`` tokens (this rank's: T / cp of each
     sequence under context parallel) of one micro-batch (see the module docstring for the
     terms). ``checkpointed``: True (or "full"/"selective") keeps only the block's input; "op"
-    keeps the input and every matmul and attention output (q, k, v, attention, wo, w1, w3, w2
-    and the fp32 log-sum-exp) and recomputes the rest."""
+    (torchtitan's policy: every other matmul) keeps the input, the outputs of wq, wv,
+    attention (with its fp32 log-sum-exp), w1 and w2, and recomputes wk, wo and w3 with the
+    memory-bound ops."""
     s = tp if sp else 1
     if checkpointed == "op":
         d, kv, f = shape.dim, shape.kv_dim, shape.ffn_dim
-        # under context parallel the saved keys and values are the gathered ones (x cp)
-        per_token = (3 * d / s + (2 * d + 2 * kv * cp + 2 * f) / tp) * job.act_bytes
-        mask = cp_mask_bytes(job.seq_len, cp) if cp > 1 else 0.0
-        return tokens * (per_token + shape.n_heads / tp * 4) + mask
+        # under context parallel too: the gathered keys/values and the mask are not saved (the
+        # all-gather is not in the policy's save list: backward gathers again, plait.plan.steptime)
+        per_token = (2 * d / s + (2 * d + kv + f) / tp) * job.act_bytes
+        return tokens * (per_token + shape.n_heads / tp * 4)
     if checkpointed:
         return tokens * shape.dim / s * job.act_bytes
     d, f = shape.dim, shape.ffn_dim
@@ -205,6 +206,22 @@ class Memory:
         return self.total <= self.usable
 
 
+def kept_unsharded(shape: ModelShape, layout: Layout, part: RankPart) -> float:
+    """ZeRO-3 on FSDP2: block parameters per rank held (unsharded, or in a smaller group) from
+    forward to backward by ``parallel.reshard_after_forward`` (plait.ddp.fsdp.block_reshard):
+    auto keeps each stage's last block, false every block, a group size g a 1/g shard of every
+    block, true none. The root unit (embedding, head) is counted apart by :func:`rank_memory`."""
+    policy, tp = layout.reshard_after_forward, layout.tp
+    blocks = part.blocks * shape.block_params / tp
+    if policy is True or not part.blocks:
+        return 0.0
+    if policy is False:
+        return blocks
+    if policy == "auto":
+        return shape.block_params / tp
+    return blocks / policy
+
+
 def rank_memory(
     shape: ModelShape, layout: Layout, job: Job, part: RankPart, device_bytes: int
 ) -> Memory:
@@ -238,12 +255,17 @@ def rank_memory(
         buffers += cb * psi_rank  # unsharded for the whole of forward + backward
         notes.append("FSDP2 reshard_after_forward=False: all unsharded params held fwd->bwd")
     fsdp = ns > 1 and engine == "torch" and stage >= 2
+    # gradients FSDP2 accumulates unsharded between syncs: upcast to the reduce dtype after the
+    # first micro-batch (torch's FSDPParam.to_accumulated_grad_if_needed), else compute dtype
+    acc_b = 4 if job.reduce_dtype == "fp32" else cb
+    nosync = (
+        engine == "torch" and stage == 3 and layout.grad_sync == "last" and layout.microbatches > 1
+    )
     if fsdp and layout.pp > 1:
         # torch's PipelineStage turns FSDP2's gradient sync and reshard-after-backward off
         # until the last micro-batch: the stage's parameters stay gathered and its gradients
-        # accumulate unsharded (in the compute dtype) across the whole step
-        held = cb * psi_rank
-        buffers += held + (held if stage == 3 else 0.0)  # ZeRO-2 already counts the params
+        # accumulate unsharded across the whole step
+        buffers += acc_b * psi_rank + (cb * psi_rank if stage == 3 else 0.0)  # ZeRO-2: counted
         notes.append("pp + FSDP2: the stage's unsharded params and grads live across the step")
     elif fsdp and stage == 3:
         # FSDP2 units: each block, and the root (embedding, final norm, head), gathered again
@@ -252,10 +274,26 @@ def rank_memory(
         # root's reduce-scatter (tests/test_plan_measure.py)
         head = (shape.head_params if part.head else 0) / layout.tp
         root = (shape.embed_params if part.embed else 0) / layout.tp + head
-        buffers += 2 * cb * blk + gb * blk + cb * root + cb * head
+        buffers += 2 * cb * blk + cb * root + (0.0 if nosync else gb * blk + cb * head)
         notes.append(
             "FSDP2 prefetch: two blocks' unsharded params + one block's grads; the root unit "
             "(embedding + head) unsharded, with the head's gradients"
+        )
+        kept = kept_unsharded(shape, layout, part)
+        if kept:
+            buffers += cb * kept
+            notes.append(
+                f"reshard_after_forward={layout.reshard_after_forward}: "
+                f"{kept / 1e6:.1f}M block params held unsharded from forward to backward"
+            )
+    if nosync:
+        # the step's gradients are these unsharded ones (also under fully_shard over a one-rank
+        # mesh: KempnerForge's tp-only runs); each unit's sharded gradient replaces its
+        # unsharded one at the last reduce-scatter (zero_grad(set_to_none) frees the last)
+        grads = acc_b * psi_rank
+        notes.append(
+            f"gradient sync on the last micro-batch only: all unsharded gradients held "
+            f"({acc_b} bytes each) across the step"
         )
     if ns > 1 and engine == "deepspeed" and stage in (1, 2):
         buffers += 2 * min(DS_BUCKET, psi_rank) * gb

@@ -37,6 +37,10 @@ TORCHTITAN_H100 = (
     "torchtitan docs/performance.md table 1 (Llama 3.1 8B, 8 H100 96GB HBM2e Grand Teton, FSDP)"
     ", github.com/pytorch/torchtitan/blob/main/docs/performance.md"
 )
+TORCHTITAN_H100_SCALE = (
+    "torchtitan benchmarks/llama3_h100_202412_torchtitan.md tables 3 and 4 (Grand Teton H100 "
+    "96GB HBM2e, 500 W, 400 Gb/s RDMA per GPU; memory is the logged max_reserved)"
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,11 @@ class Run:
     layout: Layout
     job: Job
     step_s: float  # published (or derived from published tokens/s/GPU or TFLOP/s)
-    mem_gib: float | None = None  # published peak allocated memory per GPU
+    mem_gib: float | None = None  # published peak memory per GPU, GiB
+    #: what the source's memory figure measures: torch.cuda.max_memory_allocated (live tensors,
+    #: what the plan counts) or max_memory_reserved (the caching allocator's segments: the
+    #: allocated peak plus fragmentation, so at least the plan's figure when the plan is right)
+    mem_metric: str = "max_memory_allocated"
     interconnect: str = "ib"
     gpus_per_node: int = 8
     gpu_mem: str | None = None
@@ -173,34 +181,39 @@ _KF_SHAPES = {
     "13B": ModelShape(5120, 40, 40, 8, 17920, 128256),  # 14.84B
     "70B": ModelShape(8192, 80, 64, 8, 28672, 128256),  # 70.55B
 }
-_KF_BATCH = {"7B": (4, 2), "13B": (4, 4), "70B": (2, 4)}  # (batch per dp rank, grad accum)
-# (gpus, model, fsdp, tp, tokens/s, memory GiB, step s)
+# (gpus, model, fsdp, tp, tokens/s, memory GiB, step s, batch per dp rank, grad accum,
+# compiled): batch and compile from benchmarks/mfu_scaling/mfu_bench.sh, which ran the table
 _KEMPNER = [
-    (1, "7B", 1, 1, 10471, 80.7, 3.13),
-    (2, "7B", 2, 1, 18728, 62.4, 3.50),
-    (2, "7B", 1, 2, 13163, 57.8, 2.49),
-    (4, "7B", 4, 1, 38983, 61.1, 3.36),
-    (4, "7B", 1, 4, 25135, 39.4, 1.30),
-    (4, "7B", 2, 2, 25980, 45.9, 2.52),
-    (8, "7B", 2, 4, 44299, 32.7, 1.48),
-    (8, "13B", 8, 1, 35405, 88.5, 14.81),
-    (8, "13B", 2, 4, 27345, 45.1, 4.79),
-    (16, "7B", 4, 4, 82988, 29.4, 1.58),
-    (16, "13B", 4, 4, 53814, 39.2, 4.87),
-    (32, "7B", 8, 4, 155917, 27.6, 1.68),
-    (32, "13B", 8, 4, 104309, 36.3, 5.03),
-    (32, "70B", 8, 4, 17657, 93.2, 14.85),
+    (1, "7B", 1, 1, 10471, 80.7, 3.13, 2, 4, True),
+    (2, "7B", 2, 1, 18728, 62.4, 3.50, 2, 4, True),
+    (2, "7B", 1, 2, 13163, 57.8, 2.49, 4, 2, True),
+    (4, "7B", 4, 1, 38983, 61.1, 3.36, 4, 2, True),
+    (4, "7B", 1, 4, 25135, 39.4, 1.30, 4, 2, True),
+    (4, "7B", 2, 2, 25980, 45.9, 2.52, 4, 2, True),
+    (8, "7B", 2, 4, 44299, 32.7, 1.48, 4, 2, True),
+    (8, "13B", 8, 1, 35405, 88.5, 14.81, 4, 4, False),
+    (8, "13B", 2, 4, 27345, 45.1, 4.79, 4, 4, True),
+    (16, "7B", 4, 4, 82988, 29.4, 1.58, 4, 2, True),
+    (16, "13B", 4, 4, 53814, 39.2, 4.87, 4, 4, True),
+    (32, "7B", 8, 4, 155917, 27.6, 1.68, 4, 2, True),
+    (32, "13B", 8, 4, 104309, 36.3, 5.03, 4, 4, True),
+    (32, "70B", 8, 4, 17657, 93.2, 14.85, 2, 4, True),
 ]
 
 
 def _kempner_rows() -> list[Run]:
     rows = []
-    for gpus, model, fsdp, tp, _tps, mem, step in _KEMPNER:
-        bs, ga = _KF_BATCH[model]
-        job = Job(bs * ga * fsdp, 4096, "bf16", precision="pure", compiled=True, fp32_loss=False)
+    for gpus, model, fsdp, tp, _tps, mem, step, bs, ga, compiled in _KEMPNER:
+        job = Job(
+            bs * ga * fsdp, 4096, "bf16", precision="pure", compiled=compiled, fp32_loss=False,
+            reduce_dtype="fp32",
+        )  # fmt: skip
+        # FSDP2 wraps every multi-GPU run, over a one-rank dp mesh under tp alone
+        # (kempnerforge/distributed/setup.py); one GPU runs unwrapped
         lay = Layout(
             dp_shard=fsdp, tp=tp, sequence_parallel=tp > 1, microbatches=ga,
-            zero_stage=3 if fsdp > 1 else 0, activation_checkpoint="full", loss_parallel=False,
+            zero_stage=3 if gpus > 1 else 0, activation_checkpoint="full", loss_parallel=False,
+            grad_sync="last",
         )  # fmt: skip
         par = "+".join(
             x for x in (f"FSDP{fsdp}" if fsdp > 1 else "", f"TP{tp}" if tp > 1 else "") if x
@@ -209,9 +222,10 @@ def _kempner_rows() -> list[Run]:
             Run(
                 f"KempnerForge {model} {par or '1 GPU'} {gpus}xH200", KEMPNER, "h200", gpus,
                 _KF_SHAPES[model], lay, job, step, mem_gib=mem, gpus_per_node=4,
-                note="bf16 parameters and AdamW state (model.to(bf16)), full AC, torch.compile, "
-                "cross-entropy on bf16 logits gathered whole on each tp rank; memory is "
-                "max_memory_allocated / 2^30",
+                note="bf16 parameters and AdamW state (model.to(bf16)), full AC, torch.compile "
+                "(not the 13B FSDP8 run), cross-entropy on bf16 logits gathered whole on each "
+                "tp rank; FSDP2 reduce_dtype fp32 with gradient sync on the last micro-batch "
+                "only; memory is max_memory_allocated / 2^30 (kempnerforge/metrics/memory.py)",
                 tags=("h200", "bf16", "fsdp" if fsdp > 1 else "", "tp" if tp > 1 else ""),
             )
         )  # fmt: skip
@@ -224,6 +238,7 @@ _TT_SHAPES = {
     "llama3-70B": ModelShape(8192, 80, 64, 8, 28672, 128256),
     "llama2-13B": ModelShape(5120, 40, 40, 40, 13824, 32000),
     "llama2-70B": ModelShape(8192, 80, 64, 8, 28672, 32000),
+    "llama3.1-405B": LLAMA3_405B,
 }
 # (model, local batch, seq, AC, tokens/s/GPU) on 64 A100 80GB, FSDP2, bf16
 _TT_A100 = [
@@ -243,7 +258,7 @@ _TT_H100 = [(False, False, 5762, 82.4), (True, False, 6667, 77.0), (True, True, 
 def _torchtitan_rows() -> list[Run]:
     rows = []
     for model, lbs, seq, ac, tps in _TT_A100:
-        job = Job(64 * lbs, seq, "bf16")
+        job = Job(64 * lbs, seq, "bf16", reduce_dtype="fp32")
         every = 2 if ac == "selective" else 1  # torchtitan's selective layer: every 2nd block
         lay = Layout(dp_shard=64, zero_stage=3, activation_checkpoint=ac, checkpoint_every=every)
         rows.append(
@@ -255,20 +270,60 @@ def _torchtitan_rows() -> list[Run]:
             )
         )  # fmt: skip
     for compiled, fp8, tps, mem in _TT_H100:
-        job = Job(16, 8192, "fp8" if fp8 else "bf16", compiled=compiled)
+        job = Job(16, 8192, "fp8" if fp8 else "bf16", compiled=compiled, reduce_dtype="fp32")
         lay = Layout(dp_shard=8, zero_stage=3, activation_checkpoint="op")
         what = "FSDP" + (" + compile" if compiled else "") + (" + float8" if fp8 else "")
         rows.append(
             Run(
                 f"torchtitan llama3.1-8B 8xH100 {what}", TORCHTITAN_H100, "h100", 8,
                 _TT_SHAPES["llama3-8B"], lay, job, _step_from_tps(job, 8, tps), mem_gib=mem,
+                mem_metric="max_memory_reserved",
                 gpu_mem="96GB", overrides=(("hbm_bw", "2.4e12"),),
                 note="Grand Teton H100: 96 GB HBM2e at 2.4 TB/s, 500 W (slower than the SXM5 "
-                "preset); selective op AC",
+                "preset); selective op AC; memory is torchtitan's logged max_reserved "
+                "(torchtitan/components/metrics.py)",
                 tags=("h100", "fsdp", "fp8" if fp8 else "bf16", "held-out"),
             )
         )  # fmt: skip
+    # table 3: 128 GPUs, FSDP, local batch 2; table 4: Llama 3.1 70B, FSDP 32 x TP 8, local
+    # batch 16, full AC, compile + float8 (seq 8192: torchtitan's llama3 default)
+    scale = [
+        (128, "FSDP", False, False, 5605, 67.0),
+        (128, "FSDP + compile", True, False, 6514, 62.0),
+        (128, "FSDP + compile + float8", True, True, 8380, 61.8),
+    ]
+    for gpus, what, compiled, fp8, tps, mem in scale:
+        job = Job(2 * gpus, 8192, "fp8" if fp8 else "bf16", compiled=compiled, reduce_dtype="fp32")
+        lay = Layout(dp_shard=gpus, zero_stage=3, activation_checkpoint="op")
+        rows.append(_titan_h100(f"torchtitan llama3.1-8B {gpus}xH100 {what}", gpus, "llama3-8B",
+                                lay, job, tps, mem))  # fmt: skip
+    job = Job(512, 8192, "fp8", compiled=True, reduce_dtype="fp32")
+    lay = Layout(
+        dp_shard=32, tp=8, sequence_parallel=True, zero_stage=3, activation_checkpoint="full"
+    )
+    rows.append(_titan_h100("torchtitan llama3.1-70B 256xH100 FSDP32+TP8 float8", 256,
+                            "llama3-70B", lay, job, 829, 71.9))  # fmt: skip
+    # table 5: Llama 3.1 405B, FSDP 8 x TP 8 x PP 8, 1F1B, local batch 32 in 8 micro-batches
+    # (torchtitan's default: one per stage), async TP (not modelled)
+    job = Job(256, 8192, "fp8", compiled=True, reduce_dtype="fp32")
+    lay = Layout(
+        dp_shard=8, tp=8, pp=8, sequence_parallel=True, microbatches=8, zero_stage=3,
+        activation_checkpoint="full",
+    )  # fmt: skip
+    rows.append(_titan_h100("torchtitan llama3.1-405B 512xH100 FSDP8+TP8+PP8 1F1B float8", 512,
+                            "llama3.1-405B", lay, job, 100, 82.5))  # fmt: skip
     return rows
+
+
+def _titan_h100(name, gpus, model, lay, job, tps, mem) -> Run:
+    return Run(
+        name, TORCHTITAN_H100_SCALE, "h100", gpus, _TT_SHAPES[model], lay, job,
+        _step_from_tps(job, gpus, tps), mem_gib=mem, mem_metric="max_memory_reserved",
+        interconnect="roce", gpu_mem="96GB", overrides=(("hbm_bw", "2.4e12"),),
+        note="Grand Teton H100 at 500 W; selective op AC (8B) or full AC (70B); loss parallel "
+        "under TP",
+        tags=("h100", "fsdp", "fp8" if job.dtype == "fp8" else "bf16", "held-out"),
+    )  # fmt: skip
 
 
 TUNED: list[Run] = _megatron_rows() + _nemo_rows() + _llama3_rows() + _kempner_rows()
@@ -309,12 +364,13 @@ def table(rows: list[Run]) -> str:
     """Markdown table of rows, planned / published."""
     out = [
         "| run | GPUs | layout | published step s | planned / published step | "
-        "published GiB | planned / published memory |",
+        "published GiB (metric) | planned / published memory |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c = check(r)
-        mem = "-" if c.mem_ratio is None else f"{r.mem_gib:.1f} | {c.mem_ratio:.2f}"
+        metric = r.mem_metric.removeprefix("max_memory_")
+        mem = "-" if c.mem_ratio is None else f"{r.mem_gib:.1f} ({metric}) | {c.mem_ratio:.2f}"
         mem = mem if c.mem_ratio is not None else "- | -"
         out.append(
             f"| {r.name} | {r.gpus} | {r.layout.short()} | {r.step_s:.3g} | "

@@ -120,6 +120,12 @@ class Layout:
     pp_cuts: tuple[int, ...] = ()  # first block of each stage after the first; () balanced
     pp_balance: str = "params"  # params | flops: how the automatic cuts balance stages
     cp: int = 1  # context parallel: each sequence split over cp ranks
+    #: when FSDP2 reduces gradients under gradient accumulation: "every" micro-batch (plait),
+    #: or only the "last" (set_requires_gradient_sync(False) before: KempnerForge), which
+    #: keeps every unit's unsharded gradients accumulating across the step
+    grad_sync: str = "every"
+    #: parallel.reshard_after_forward (ZeRO-3 on the torch engine)
+    reshard_after_forward: bool | int | str = "auto"
 
     @property
     def dp(self) -> int:
@@ -160,6 +166,8 @@ class Layout:
             activation_checkpoint=p.activation_checkpoint,
             checkpoint_every=p.activation_checkpoint_every, cpu_offload=p.cpu_offload,
             pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance, cp=dims.cp,
+            reshard_after_forward=p.reshard_after_forward,
+            grad_sync="every" if p.reduce_every_microbatch else "last",
         )  # fmt: skip
 
 
@@ -181,6 +189,9 @@ class Job:
     #: the loss upcasts the logits to fp32 first (plait's ``model.loss``); False: cross-entropy
     #: straight on 16-bit logits (its log-softmax then saved in 16 bits)
     fp32_loss: bool = True
+    #: FSDP2 MixedPrecisionPolicy.reduce_dtype: "fp32" over 16-bit parameters makes FSDP2
+    #: accumulate unsharded gradients in fp32 between syncs; "" = the gradients' own dtype
+    reduce_dtype: str = ""
 
     @property
     def tokens(self) -> int:

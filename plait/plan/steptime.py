@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from plait.plan import comm
 from plait.plan.bubble import bubble_fraction
 from plait.plan.hardware import GPU, Cluster
-from plait.plan.memory import state_bytes
+from plait.plan.memory import kept_unsharded, state_bytes
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
 
@@ -82,12 +82,20 @@ def recomputed_blocks(layout: Layout, blocks: int) -> int:
     return 0
 
 
+def op_recomputed_params(shape: ModelShape) -> int:
+    """Weights of the matmuls op-level checkpointing reruns in backward: the 2nd, 4th and 6th
+    of a Llama block's forward (wk, wo, w3; plait.parallelize._op_context_fn)."""
+    return shape.dim * (shape.kv_dim + shape.dim + shape.ffn_dim)
+
+
 def rank_flops_per_token(shape: ModelShape, layout: Layout, part: RankPart, seq_len: int):
     """(model, hardware) FLOPs per token of one pipeline rank's share, before TP: hardware adds
     the recomputed forward (2·N + 4·H·Q·T per block) of checkpointed blocks."""
     block = 6 * shape.block_params + shape.attn_flops_per_token(seq_len)
     model = part.blocks * block + (6 * shape.head_params if part.head else 0)
     recompute = recomputed_blocks(layout, part.blocks) * block / 3
+    if layout.activation_checkpoint == "op":
+        recompute += part.blocks * 2 * op_recomputed_params(shape)
     return model, model + recompute
 
 
@@ -132,7 +140,7 @@ def roofline(
     n_full = recomputed_blocks(layout, part.blocks)  # blocks whose forward reruns
     n_op = part.blocks if layout.activation_checkpoint == "op" else 0
     passes = part.blocks * 3 + n_full  # forward = 1, backward = 2
-    mm_flops = 2 * shape.block_params / tp * passes
+    mm_flops = (2 * shape.block_params * passes + 2 * op_recomputed_params(shape) * n_op) / tp
     head_mm = 6 * shape.head_params / tp if part.head else 0.0
     # flash attention, causal: forward 2·H·Q·T (half of the 4·H·Q·T square), backward 2.5x
     attn_fwd = 2 * shape.n_heads * shape.head_dim * job.seq_len / tp
@@ -196,9 +204,11 @@ def step_time(
         # shard; Megatron's scatter/gather optimisation, arXiv 2104.04473 sec. 4.1)
         t_p2p = 2 * v * comm.p2p(act / tp, pp_link) if p > 1 else 0.0
         # context parallel: keys + values all-gathered per block in forward (again when
-        # recomputed), their gradients reduce-scattered in backward (not overlapped)
+        # recomputed: full checkpointing, or op-level, which keeps only local keys/values),
+        # their gradients reduce-scattered in backward (not overlapped)
         kv = mb_tokens * cp * 2 * shape.kv_dim / tp * job.act_bytes  # gathered, bytes
-        t_cp = (part.blocks + n_rec) * comm.all_gather(kv, cp, cp_link) + part.blocks * (
+        n_op = part.blocks if layout.activation_checkpoint == "op" else 0
+        t_cp = (part.blocks + n_rec + n_op) * comm.all_gather(kv, cp, cp_link) + part.blocks * (
             comm.reduce_scatter(kv, cp, cp_link)
         )
         cand = (t_comp + t_tp + t_p2p + t_cp, t_comp, t_tp, t_p2p, part, parts, t_cp)
@@ -228,9 +238,19 @@ def step_time(
         if stage < 3:
             dp_s = red + ag
             exposed = max(0.0, red - bwd) + max(0.0, ag - fwd)
-        else:  # gather for every forward and backward, reduce once
-            dp_s = red + 2 * m * ag
-            exposed = m * max(0.0, ag - fwd) + max(0.0, ag + red - bwd) + (m - 1) * max(0, ag - bwd)
+        else:  # gather for every forward and backward (less what stays gathered), reduce once
+            # the root unit (embedding, head) stays gathered unless every unit reshards
+            root = (
+                0.0
+                if layout.reshard_after_forward is True
+                else part.params(shape) / tp - (part.blocks * shape.block_params / tp)
+            )
+            kept = (kept_unsharded(shape, layout, part) + root) / psi if psi else 0.0
+            ag_b = comm.all_gather(params * (1 - kept), ns, shard_link) if kept < 1 else 0.0
+            dp_s = red + m * (ag + ag_b)
+            exposed = (
+                m * max(0.0, ag - fwd) + max(0.0, ag_b + red - bwd) + (m - 1) * max(0, ag_b - bwd)
+            )
     # optimizer: read weights, grads, state; write weights and state (bytes / HBM bandwidth)
     shard = layout.dp_shard * cp if layout.zero_stage >= 1 else 1
     opt_s = psi / shard * (2 * pb + gb + 2 * ob) / gpu.hbm_bytes_per_s
@@ -240,6 +260,8 @@ def step_time(
     model_fpt = shape.flops_per_token(job.seq_len)
     block = 6 * shape.block_params + shape.attn_flops_per_token(job.seq_len)
     hw_fpt = model_fpt + recomputed_blocks(layout, shape.n_layers) * block / 3
+    if layout.activation_checkpoint == "op":
+        hw_fpt += shape.n_layers * 2 * op_recomputed_params(shape)
     total = pipeline + exposed + opt_s
     if mfu is not None:
         total = job.tokens * model_fpt / (cluster.gpus * gpu.peak_flops * mfu)
