@@ -105,6 +105,8 @@ def run_watched(launch: Launch, *, local: bool) -> tuple[int, failure.Failure | 
     (plait.failure). A failure that will repeat ends the job at once, though the backend may
     have restarts left (torchrun's elastic agent restarts on any failure); returns the exit
     code and the failure to report, if any."""
+    if launch.argv[:1] == ["sbatch"] and "--wait" in launch.argv:
+        return slurm.wait_for_job(launch), None  # a signal goes to the job, not to sbatch
     if not local:
         return run(launch), None
     folder = Path(tempfile.mkdtemp(prefix="plait-failures-"))

@@ -3,20 +3,34 @@ the user names (``--address``). Ray Train starts the process group and sets RANK
 LOCAL_RANK/MASTER_ADDR in each worker, which plait's dist.py reads like any launcher's.
 
 The driver runs as ``python -m plait.launch.ray ...`` so this backend, like the others, is one
-printable command; Ray Train's results go inside the run dir."""
+printable command; Ray Train's results go inside the run dir.
+
+A signal to the driver (SIGTERM, SIGINT, SIGHUP, SIGUSR1, as ``plait launch`` passes them on)
+is a preemption: no signal can reach the ranks (Ray Train runs each in a thread of an actor
+process that Ray owns, perhaps on another node, and Ray ends those on SIGTERM), so the driver
+writes :data:`STOP_REQUEST` in the run folder, which every rank can read (they all write its
+checkpoints), and a thread in each rank turns it into a recorded signal; the ranks then stop
+after the same step with a checkpoint as under any launcher (plait.preemption).
+docs/design.md, "Signals and preemption"."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
+from plait import preemption
 from plait.config import load_config
 from plait.errors import PlaitError
 from plait.launch.command import Entry, Launch, run_entry
 
 ENV = {"RAY_AUTH_MODE": "disabled"}  # a token would otherwise be written under ~/.ray
+STOP_REQUEST = ".stop-request"  # in the run folder: the signal number the driver received
+POLL_S = 0.2  # how often each rank looks for it: one stat, against steps of 0.1 s and more
 
 
 def ray_launch(
@@ -39,7 +53,33 @@ def _worker(loop_config: dict[str, Any]) -> None:
     from plait.dist import LAUNCHER_ENV  # deferred: plait.dist imports torch
 
     os.environ[LAUNCHER_ENV] = "ray"  # run.json's launched_by
-    run_entry("run_config", loop_config["cfg"])
+    done = threading.Event()
+    path = Path(loop_config["cfg"]["log"]["run_dir"]) / STOP_REQUEST
+    threading.Thread(target=_watch, args=(path, done), daemon=True).start()
+    try:
+        run_entry("run_config", loop_config["cfg"])
+    finally:
+        done.set()
+
+
+def _watch(path: Path, done: threading.Event) -> None:
+    """Record the driver's stop request as a signal; the trainer checks for one at each step."""
+    while not done.wait(POLL_S):
+        try:
+            signum = int(path.read_text())
+        except (OSError, ValueError):  # not there yet (or half-written: read again)
+            continue
+        preemption.request(signum)
+        return
+
+
+def _on_signal(path: Path):
+    def ask_ranks_to_stop(signum, frame):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(str(signum))
+        os.replace(tmp, path)
+
+    return ask_ranks_to_stop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,9 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     d = cfg.to_dict()
     d["log"]["run_dir"] = str(run_dir)
     # workers may start in another directory (another node): give them the absolute paths
+    request = run_dir / STOP_REQUEST
+    request.unlink(missing_ok=True)  # left by a driver that was killed
+    previous = {s: signal.signal(s, _on_signal(request)) for s in preemption.SIGNALS}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address=args.address)
     try:
+        ray.init(address=args.address)
+        for s in preemption.SIGNALS:  # ray.init sets its own SIGTERM handler (sys.exit)
+            signal.signal(s, _on_signal(request))
         trainer = TorchTrainer(
             _worker,
             train_loop_config={"cfg": d},
@@ -79,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit()
     finally:
         ray.shutdown()
+        for s, h in previous.items():
+            signal.signal(s, h)
+        request.unlink(missing_ok=True)
     print(f"run folder: {run_dir}")
-    return 0
+    # the ranks stopped after a checkpoint; `plait launch` prints the marker's line
+    return preemption.EXIT_REQUEUE if preemption.read_marker(run_dir) is not None else 0
 
 
 if __name__ == "__main__":

@@ -3,18 +3,32 @@ rendezvous on the job's first node; ``plait launch slurm`` submits it with ``sba
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 from plait import job_port
 from plait.errors import PlaitError
-from plait.launch.command import Entry, Launch
+from plait.launch.command import (
+    FORWARDED,
+    GRACE_S,
+    STOP_GRACE_S,
+    Entry,
+    Launch,
+    handle,
+)  # fmt: skip
 from plait.launch.torchrun import ENV
 from plait.preemption import EXIT_REQUEUE, MARKER
 
 DEFAULT_SIGNAL_TIME = 120  # seconds before the time limit the job is told to save and requeue
 _MEM = re.compile(r"^\d+[KMGT]?$")
+_JOBID = re.compile(r"^(\d+)")  # sbatch --parsable: JOBID or JOBID;CLUSTER
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # minutes, H:M:S, D-H[:M[:S]] (sbatch's forms)
 
 
@@ -121,3 +135,75 @@ def sbatch_launch(script_path: Path, script: str, *, wait: bool = False) -> Laun
     """``sbatch --parsable [--wait] SCRIPT``: prints the job id; --wait returns the job's exit code."""
     argv = ["sbatch", "--parsable", *(["--wait"] if wait else []), str(script_path)]
     return Launch(argv, files={Path(script_path): script})
+
+
+def stop_command(jobid: str) -> list[str]:
+    """What a signal to ``plait launch slurm --wait`` becomes: SIGTERM to the job's batch shell
+    only, whose trap passes SIGUSR1 to the ranks; they save and the job ends with the requeue
+    status without requeueing itself (a USR1 would requeue it, and ``--wait`` would wait on for
+    its next run). The job's own processes stay under SLURM's control."""
+    return ["scancel", "--batch", "--signal=TERM", jobid]
+
+
+def cancel_command(jobid: str) -> list[str]:
+    """The job did not end within the grace after :func:`stop_command`: cancel it outright."""
+    return ["scancel", jobid]
+
+
+def wait_for_job(launch: Launch, *, grace: float = GRACE_S) -> int:
+    """Run ``sbatch --parsable --wait`` (:func:`sbatch_launch`), echoing its output; its first
+    line is the job id. A SIGTERM, SIGINT, SIGHUP or SIGUSR1 to this process is passed to the job
+    as :func:`stop_command` (once, as soon as the id is known) and the job waited for; after
+    ``grace`` seconds it is cancelled (:func:`cancel_command`). Without this, the signal would end
+    sbatch alone and the job would train on (docs/design.md, "Signals and preemption").
+    Returns sbatch's exit status: the job's."""
+    for path, text in launch.files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    jobid: list[str] = []
+    first: list[float] = []
+
+    def record(signum, frame):  # only records: scancel runs from the loop below
+        first[:] = first or [time.monotonic()]
+
+    previous = handle(FORWARDED, record)
+    try:
+        # its own session: a Ctrl-C at the terminal reaches plait only, not sbatch
+        proc = subprocess.Popen(
+            launch.argv, env={**os.environ, **launch.env}, stdout=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+    except BaseException:
+        handle(FORWARDED, previous)
+        raise
+    echo = threading.Thread(target=_echo, args=(proc.stdout, jobid), daemon=True)
+    echo.start()
+    sent = cancelled = False
+    try:
+        while proc.poll() is None:
+            time.sleep(0.2)
+            if first and jobid and not sent:
+                sent = subprocess.run(stop_command(jobid[0]), check=False).returncode == 0
+            if first and jobid and not cancelled and time.monotonic() > first[0] + grace:
+                cancelled = subprocess.run(cancel_command(jobid[0]), check=False).returncode == 0
+            if first and time.monotonic() > first[0] + grace + STOP_GRACE_S:
+                break  # SLURM did not end the job: sbatch goes below, the job is cancelled
+    finally:
+        handle(FORWARDED, previous)
+        if proc.poll() is None:
+            if jobid and not cancelled:
+                subprocess.run(cancel_command(jobid[0]), check=False)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        echo.join(timeout=5)
+    return proc.wait()
+
+
+def _echo(stream, jobid: list[str]) -> None:
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if not jobid and (m := _JOBID.match(line)):
+            jobid.append(m.group(1))

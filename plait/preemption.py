@@ -63,6 +63,12 @@ def restore(previous: dict[int, object] | None) -> None:
         signal.signal(s, h)
 
 
+def request(signum: int) -> None:
+    """Record ``signum`` as if this process had received it: for a launcher whose ranks no
+    signal can reach (Ray Train runs them in threads of processes Ray owns, plait.launch.ray)."""
+    _received.append(signum)
+
+
 def received() -> int:
     """The first signal this process recorded since :func:`install`, 0 when none."""
     return _received[0] if _received else 0

@@ -4,12 +4,24 @@ with the first node as rendezvous, and the run matches one process."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import CONFIG, ROOT, TINY, assert_same_losses, plait_launch, reference_dir
+from launch_helpers import (
+    CONFIG,
+    ROOT,
+    TINY,
+    assert_same_losses,
+    assert_session_gone,
+    kill_session,
+    plait_launch,
+    reference_dir,
+)  # fmt: skip
 from netns import ADDRS, two_nodes
 from slurm_local import local_slurm
 
@@ -85,3 +97,51 @@ def test_slurm_two_nodes_over_veth(tmp_path, tmp_path_factory):
     assert_same_losses(
         reference_dir(tmp_path_factory), run, world_size=4, launched_by="srun+torchrun"
     )
+
+
+# sbatch --parsable --wait and scancel standing in for SLURM (a real job is the test above; this
+# one checks what plait does with a signal while it waits): the job id at once, then the job's
+# status once scancel has ended it, with the marker its rank 0 would leave
+FAKE_SBATCH = """#!/bin/bash
+echo 4242
+while [ ! -f "$FAKE/scancel.log" ]; do sleep 0.05; done
+echo '{"step": 7, "signal": "SIGUSR1", "checkpoint": null}' > "$RUN/preempted.json"
+echo "job 4242 ended"
+exit 75
+"""
+FAKE_SCANCEL = """#!/bin/bash
+echo "$*" >> "$FAKE/scancel.log"
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_while_waiting_on_sbatch_stops_the_job_and_waits_for_it(tmp_path):
+    fake, run = tmp_path / "bin", tmp_path / "run"
+    fake.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE": str(fake),
+           "RUN": str(run)}  # fmt: skip
+    out = tmp_path / "out.log"
+    argv = [sys.executable, "-m", "plait.cli", "launch", "slurm", CONFIG, *TINY,
+            "--run-dir", str(run), "--wait"]  # fmt: skip
+    with open(out, "w") as f:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 45
+        while "4242" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc, grace=0)
+    log = out.read_text()
+    # the job, not sbatch, got the signal: the batch shell's TERM trap saves without requeueing
+    assert (fake / "scancel.log").read_text() == "--batch --signal=TERM 4242\n"
+    assert "job 4242 ended" in log  # sbatch was waited for, not killed
+    assert rc == 75 and "stopped by SIGUSR1 after step 7" in log, log[-2000:]
+    assert_session_gone(proc.pid)

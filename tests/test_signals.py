@@ -3,7 +3,8 @@ a checkpoint of that step is saved, the launcher exits with the requeue status (
 process of the job is left, whatever launcher sat in between (torchrun and accelerate start
 ranks in sessions of their own, DeepSpeed's runner dies at once while its ranks save). A rerun
 resumes on the trajectory of a run that was never stopped (docs/design.md, "Signals and
-preemption")."""
+preemption"). Ray's ranks are actors in processes of the cluster, which no signal reaches:
+the driver asks them through the run folder."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray_local
 from launch_helpers import (
     CONFIG,
     ROOT,
@@ -23,6 +25,7 @@ from launch_helpers import (
     free_port,
     kill_session,
     metrics,
+    session_pids,
 )  # fmt: skip
 
 from helpers import run_single
@@ -47,11 +50,34 @@ def _live_with(needle: str) -> list[int]:
     return out
 
 
-def _start(argv: list[str], run: Path) -> subprocess.Popen:
+def _ray_job_actors(run: Path) -> list[int]:
+    """The Ray Train actors (ranks, controller) alive in the session of the cluster whose
+    temp dir is inside ``run`` (ray_local); the cluster's own daemons live on until it stops."""
+    names = (b"ray::RayTrainWorker", b"ray::TrainController")
+    out = []
+    for sid in {_session(p) for p in _live_with(str(run))}:
+        for pid in session_pids(sid):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(names):
+                    out.append(pid)
+            except OSError:
+                pass
+    return out
+
+
+def _session(pid: int) -> int:
+    try:  # after the command name: state, ppid, pgrp, session
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except OSError:
+        return -1
+
+
+def _start(argv: list[str], run: Path, env: dict | None = None) -> subprocess.Popen:
     log = open(run.parent / f"{run.name}.log", "w")
     return subprocess.Popen(
-        argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+        argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=env,
+    )  # fmt: skip
 
 
 def _wait_for_step(proc: subprocess.Popen, run: Path, deadline: float, steps: int = 1) -> None:
@@ -62,9 +88,12 @@ def _wait_for_step(proc: subprocess.Popen, run: Path, deadline: float, steps: in
         time.sleep(0.01)
 
 
-def _assert_stopped_cleanly(proc: subprocess.Popen, run: Path, signalled: float) -> dict:
+def _assert_stopped_cleanly(
+    proc: subprocess.Popen, run: Path, signalled: float, ray: bool = False
+) -> dict:
     """Exit 75 within a bounded time, the marker, the checkpoint of the marker's step, the
-    metrics up to it, and no process of the job left (by session and by run folder)."""
+    metrics up to it, and no process of the job left (by session and by run folder; under Ray
+    no rank or controller actor left on the cluster, which holds the run folder's name)."""
     try:
         rc = proc.wait(timeout=100)
     except subprocess.TimeoutExpired:
@@ -76,7 +105,11 @@ def _assert_stopped_cleanly(proc: subprocess.Popen, run: Path, signalled: float)
     assert "stopped by SIGTERM after step" in log.strip().splitlines()[-1], log[-2000:]
     assert took < 60, f"{run.name}: {took:.1f} s from SIGTERM to exit"
     assert_session_gone(proc.pid, wait=5)
-    assert not _live_with(str(run)), f"{run.name}: job processes outlived the launcher"
+    deadline = time.monotonic() + 10  # Ray ends a finished job's actors asynchronously
+    while ray and _ray_job_actors(run) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _ray_job_actors(run) if ray else _live_with(str(run))
+    assert not left, f"{run.name}: job processes outlived the launcher: {left}"
     info = json.loads((run / MARKER).read_text())
     step = info["step"]
     assert info["signal"] == "SIGTERM" and Path(info["checkpoint"]).name == f"step-{step:08d}"
@@ -85,26 +118,32 @@ def _assert_stopped_cleanly(proc: subprocess.Popen, run: Path, signalled: float)
     return info
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_sigterm_to_each_launcher_stops_every_process_after_a_checkpoint(tmp_path):
-    """torchrun, deepspeed and accelerate side by side (one wait for all three)."""
+    """torchrun, deepspeed, accelerate and ray side by side (one wait for all four; Ray's
+    cluster starts while the others do)."""
     long = [*SHORT, "train.steps=100000"]
     runs = {}
-    for backend in ("torchrun", "deepspeed", "accelerate"):
-        run = tmp_path / backend
-        port = [] if backend == "torchrun" else ["--port", str(free_port())]
+
+    def launch(backend: str, run: Path, *opts: str, env: dict | None = None) -> None:
         argv = [sys.executable, "-m", "plait.cli", "launch", backend, CONFIG, *long,
-                "--run-dir", str(run), "--nproc", "2", *port]  # fmt: skip
-        runs[backend] = (_start(argv, run), run)
+                "--run-dir", str(run), "--nproc", "2", *opts]  # fmt: skip
+        runs[backend] = (_start(argv, run, env), run)
+
     try:
-        deadline = time.monotonic() + 150
-        signalled = {}
-        for backend, (proc, run) in runs.items():
-            _wait_for_step(proc, run, deadline)
-            proc.send_signal(signal.SIGTERM)
-            signalled[backend] = time.monotonic()
-        for backend, (proc, run) in runs.items():
-            _assert_stopped_cleanly(proc, run, signalled[backend])
+        for backend in ("torchrun", "deepspeed", "accelerate"):
+            launch(backend, tmp_path / backend, *([] if backend == "torchrun" else
+                                                  ["--port", str(free_port())]))  # fmt: skip
+        with ray_local.ray_cluster() as (address, ray_run, env):
+            launch("ray", ray_run, "--address", address, env=env)
+            deadline = time.monotonic() + 180
+            signalled = {}
+            for backend, (proc, run) in runs.items():
+                _wait_for_step(proc, run, deadline)
+                proc.send_signal(signal.SIGTERM)
+                signalled[backend] = time.monotonic()
+            for backend, (proc, run) in runs.items():
+                _assert_stopped_cleanly(proc, run, signalled[backend], ray=backend == "ray")
     finally:
         for proc, _ in runs.values():
             if proc.poll() is None:
