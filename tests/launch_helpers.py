@@ -12,12 +12,19 @@ import sys
 import time
 from pathlib import Path
 
+from plait.preemption import EXIT_REQUEUE, MARKER
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/gpt_tiny.yaml"
 # a short gpt tiny run; every step logged so the whole trajectory is compared
 TINY = [
     "train.steps=3", "optim.warmup_steps=1", "model.n_layers=2", "data.seq_len=32",
     "train.eval_every=0", "log.every=1", "log.wandb=off", "log.tensorboard=false", "log.progress=off",
+]  # fmt: skip
+# the same job without an end, for a signal to stop
+SHORT = [
+    "optim.warmup_steps=1", "model.n_layers=2", "data.seq_len=32", "train.eval_every=0",
+    "log.every=1", "log.wandb=off", "log.tensorboard=false", "log.progress=off",
 ]  # fmt: skip
 # fp32 on gloo: only the order of float reductions differs between 1 and N ranks (docs/design.md)
 RTOL = 1e-5
@@ -118,3 +125,86 @@ def reference_dir(tmp_path_factory) -> Path:
         run_single(TINY, d, config=str(ROOT / CONFIG))
         _REF["dir"] = d
     return _REF["dir"]
+
+
+def live_with(needle: str) -> list[int]:
+    """Pids (not zombies) whose command line names ``needle`` (a unique run folder)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and needle.encode() in (d / "cmdline").read_bytes():
+                if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(int(d.name))
+        except OSError:
+            pass
+    return out
+
+
+def ray_job_actors(cluster_dir: Path) -> list[int]:
+    """The Ray Train actors (ranks, controller) alive in the session of the cluster whose temp
+    dir is inside ``cluster_dir`` (ray_local); the cluster's own daemons live on until it stops."""
+    names = (b"ray::RayTrainWorker", b"ray::TrainController")
+    out = []
+    for sid in {_session(p) for p in live_with(str(cluster_dir))}:
+        for pid in session_pids(sid):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(names):
+                    out.append(pid)
+            except OSError:
+                pass
+    return out
+
+
+def _session(pid: int) -> int:
+    try:  # after the command name: state, ppid, pgrp, session
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except OSError:
+        return -1
+
+
+def start_logged(argv: list[str], run: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``argv`` in its own session, its output in RUN.log beside the run folder."""
+    log = open(run.parent / f"{run.name}.log", "w")
+    return subprocess.Popen(
+        argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=env,
+    )  # fmt: skip
+
+
+def wait_for_step(proc: subprocess.Popen, run: Path, deadline: float, steps: int = 1) -> None:
+    m = run / "metrics.jsonl"
+    while not (m.is_file() and len(m.read_text().splitlines()) >= steps):
+        assert proc.poll() is None, (run.parent / f"{run.name}.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{run.name}: no step logged"
+        time.sleep(0.01)
+
+
+def assert_stopped_cleanly(
+    proc: subprocess.Popen, run: Path, signalled: float, ray_cluster: Path | None = None
+) -> dict:
+    """Exit 75 within a bounded time, the marker, the checkpoint of the marker's step, the
+    metrics up to it, and no process of the job left (by session and by run folder; on a Ray
+    cluster, ``ray_cluster`` its folder, no Ray Train actor left)."""
+    try:
+        rc = proc.wait(timeout=100)
+    except subprocess.TimeoutExpired:
+        kill_session(proc, grace=0)
+        raise AssertionError(f"{run.name}: launcher still running 100 s after SIGTERM") from None
+    took = time.monotonic() - signalled
+    log = (run.parent / f"{run.name}.log").read_text()
+    assert rc == EXIT_REQUEUE, f"{run.name}: exit {rc}\n{log[-3000:]}"
+    assert "stopped by SIGTERM after step" in log.strip().splitlines()[-1], log[-2000:]
+    assert took < 60, f"{run.name}: {took:.1f} s from SIGTERM to exit"
+    assert_session_gone(proc.pid, wait=5)
+    assert not live_with(str(run)), f"{run.name}: job processes outlived the launcher"
+    deadline = time.monotonic() + 10  # Ray ends a finished job's actors asynchronously
+    while ray_cluster and ray_job_actors(ray_cluster) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = ray_job_actors(ray_cluster) if ray_cluster else []
+    assert not left, f"{run.name}: Ray Train actors outlived the job: {left}"
+    info = json.loads((run / MARKER).read_text())
+    step = info["step"]
+    assert info["signal"] == "SIGTERM" and Path(info["checkpoint"]).name == f"step-{step:08d}"
+    assert (Path(info["checkpoint"]) / "manifest.json").is_file()
+    assert metrics(run)[-1]["step"] == step
+    return info

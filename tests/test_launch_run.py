@@ -4,15 +4,24 @@ run.json proving 2 ranks ran. Every test checks, by session id, that nothing it 
 
 from __future__ import annotations
 
+import signal
+import sys
+import time
+
 import pytest
 import ray_local
 from launch_helpers import (
     CONFIG,
+    SHORT,
     TINY,
     assert_same_losses,
+    assert_stopped_cleanly,
     free_port,
+    kill_session,
     plait_launch,
     reference_dir,
+    start_logged,
+    wait_for_step,
 )  # fmt: skip
 
 
@@ -66,13 +75,29 @@ def test_accelerate_really_starts_n_processes(tmp_path, tmp_path_factory):
 
 @pytest.fixture
 def ray_cluster():
-    with ray_local.ray_cluster() as c:
+    with ray_local.ray_cluster(num_cpus=4) as c:  # two jobs of 2 workers at once
         yield c
 
 
 @pytest.mark.timeout(240)
-def test_ray_train_on_a_cluster_started_here(ray_cluster, tmp_path_factory):
+def test_ray_train_on_a_cluster_started_here_and_sigterm_on_another_job(
+    ray_cluster, tmp_path_factory, tmp_path
+):
+    """Beside the job compared with one process, a job without an end on the same cluster is
+    stopped by SIGTERM to ``plait launch ray``: its ranks (Ray actors no signal reaches) save
+    after the same step, it exits 75, and no Ray Train actor is left on the cluster."""
     address, run, env = ray_cluster
-    _launch("ray", run, "--address", address, timeout=200, env=env)
+    stopped = tmp_path / "stopped"
+    argv = [sys.executable, "-m", "plait.cli", "launch", "ray", CONFIG, *SHORT,
+            "train.steps=100000", "--run-dir", str(stopped), "--nproc", "2", "--address", address]  # fmt: skip
+    proc = start_logged(argv, stopped, env)
+    try:
+        _launch("ray", run, "--address", address, timeout=200, env=env)
+        wait_for_step(proc, stopped, time.monotonic() + 60)
+        proc.send_signal(signal.SIGTERM)
+        assert_stopped_cleanly(proc, stopped, time.monotonic(), ray_cluster=run)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc, grace=0)
     assert (run / "ray").is_dir()  # Ray Train's results live in the run folder
     assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2, launched_by="ray")
