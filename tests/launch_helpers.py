@@ -180,11 +180,13 @@ def wait_for_step(proc: subprocess.Popen, run: Path, deadline: float, steps: int
 
 
 def assert_stopped_cleanly(
-    proc: subprocess.Popen, run: Path, signalled: float, ray_cluster: Path | None = None
-) -> dict:
+    proc: subprocess.Popen, run: Path, signalled: float, ray_cluster: Path | None = None,
+    signal: str = "SIGTERM",
+) -> dict:  # fmt: skip
     """Exit 75 within a bounded time, the marker, the checkpoint of the marker's step, the
     metrics up to it, and no process of the job left (by session and by run folder; on a Ray
-    cluster, ``ray_cluster`` its folder, no Ray Train actor left)."""
+    cluster, ``ray_cluster`` its folder, no Ray Train actor left). ``signal``: the one the
+    ranks got (SLURM's batch shell passes SIGUSR1 on)."""
     try:
         rc = proc.wait(timeout=100)
     except subprocess.TimeoutExpired:
@@ -193,7 +195,7 @@ def assert_stopped_cleanly(
     took = time.monotonic() - signalled
     log = (run.parent / f"{run.name}.log").read_text()
     assert rc == EXIT_REQUEUE, f"{run.name}: exit {rc}\n{log[-3000:]}"
-    assert "stopped by SIGTERM after step" in log.strip().splitlines()[-1], log[-2000:]
+    assert f"stopped by {signal} after step" in log.strip().splitlines()[-1], log[-2000:]
     assert took < 60, f"{run.name}: {took:.1f} s from SIGTERM to exit"
     assert_session_gone(proc.pid, wait=5)
     assert not live_with(str(run)), f"{run.name}: job processes outlived the launcher"
@@ -204,7 +206,7 @@ def assert_stopped_cleanly(
     assert not left, f"{run.name}: Ray Train actors outlived the job: {left}"
     info = json.loads((run / MARKER).read_text())
     step = info["step"]
-    assert info["signal"] == "SIGTERM" and Path(info["checkpoint"]).name == f"step-{step:08d}"
+    assert info["signal"] == signal and Path(info["checkpoint"]).name == f"step-{step:08d}"
     assert (Path(info["checkpoint"]) / "manifest.json").is_file()
     assert metrics(run)[-1]["step"] == step
     return info

@@ -15,12 +15,15 @@ import pytest
 from launch_helpers import (
     CONFIG,
     ROOT,
+    SHORT,
     TINY,
     assert_same_losses,
-    assert_session_gone,
+    assert_stopped_cleanly,
     kill_session,
     plait_launch,
     reference_dir,
+    start_logged,
+    wait_for_step,
 )  # fmt: skip
 from netns import ADDRS, two_nodes
 from slurm_local import local_slurm
@@ -49,6 +52,29 @@ def _submit(run: Path, env: dict, pre: list[str], *opts: str) -> str:
     assert (run / "launch.sbatch").is_file() and log, r.stdout
     assert not _live_with(str(run)), "job processes outlived the job"
     return log
+
+
+def _sigterm_while_waiting(run: Path, env: dict, pre: list[str]) -> None:
+    """SIGTERM to ``plait launch slurm --wait`` reaches the job (``scancel --batch
+    --signal=TERM``), not only sbatch: the ranks save, the job ends with 75 without requeueing
+    itself, plait waits for it and exits 75, and nothing of the job is left."""
+    argv = [*pre, sys.executable, "-m", "plait.cli", "launch", "slurm", CONFIG, *SHORT,
+            "train.steps=100000", "--run-dir", str(run), "--nproc", "2", "--time", "5", "--wait"]  # fmt: skip
+    proc = start_logged(argv, run, {**os.environ, **env})
+    try:
+        wait_for_step(proc, run, time.monotonic() + 120)
+        proc.send_signal(signal.SIGTERM)
+        info = assert_stopped_cleanly(proc, run, time.monotonic(), signal="SIGUSR1")
+    finally:
+        if proc.poll() is None:
+            kill_session(proc, grace=0)
+    jobid = next(
+        ln for ln in (run.parent / f"{run.name}.log").read_text().splitlines() if ln.isdigit()
+    )
+    show = subprocess.run([*pre, "scontrol", "show", "job", jobid], env=env, capture_output=True,
+                          text=True).stdout  # fmt: skip
+    assert "JobState=FAILED" in show and "ExitCode=75:0" in show and "Restarts=0" in show, show
+    assert info["step"] >= 1
 
 
 @pytest.mark.timeout(420)
@@ -80,6 +106,7 @@ def test_slurm_single_node_sbatch_requeued_by_usr1_ends_on_the_same_losses(tmp_p
         show = subprocess.run([*ctl, "show", "job", jobid], env=env, capture_output=True,
                               text=True).stdout  # fmt: skip
         assert not _live_with(str(run)), "job processes outlived the job"
+        _sigterm_while_waiting(tmp_path / "waited", env, pre)
     log = "".join(p.read_text() for p in sorted(run.glob("slurm-*.out")))
     assert "JobState=COMPLETED" in show and "Restarts=1" in show, show + log[-3000:]
     assert f":{15000 + int(jobid) % 10000} (restart 1)" in log, log[-3000:]  # the job's own port
@@ -97,51 +124,3 @@ def test_slurm_two_nodes_over_veth(tmp_path, tmp_path_factory):
     assert_same_losses(
         reference_dir(tmp_path_factory), run, world_size=4, launched_by="srun+torchrun"
     )
-
-
-# sbatch --parsable --wait and scancel standing in for SLURM (a real job is the test above; this
-# one checks what plait does with a signal while it waits): the job id at once, then the job's
-# status once scancel has ended it, with the marker its rank 0 would leave
-FAKE_SBATCH = """#!/bin/bash
-echo 4242
-while [ ! -f "$FAKE/scancel.log" ]; do sleep 0.05; done
-echo '{"step": 7, "signal": "SIGUSR1", "checkpoint": null}' > "$RUN/preempted.json"
-echo "job 4242 ended"
-exit 75
-"""
-FAKE_SCANCEL = """#!/bin/bash
-echo "$*" >> "$FAKE/scancel.log"
-"""
-
-
-@pytest.mark.timeout(60)
-def test_sigterm_while_waiting_on_sbatch_stops_the_job_and_waits_for_it(tmp_path):
-    fake, run = tmp_path / "bin", tmp_path / "run"
-    fake.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
-        (fake / name).write_text(text)
-        (fake / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE": str(fake),
-           "RUN": str(run)}  # fmt: skip
-    out = tmp_path / "out.log"
-    argv = [sys.executable, "-m", "plait.cli", "launch", "slurm", CONFIG, *TINY,
-            "--run-dir", str(run), "--wait"]  # fmt: skip
-    with open(out, "w") as f:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 45
-        while "4242" not in out.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            kill_session(proc, grace=0)
-    log = out.read_text()
-    # the job, not sbatch, got the signal: the batch shell's TERM trap saves without requeueing
-    assert (fake / "scancel.log").read_text() == "--batch --signal=TERM 4242\n"
-    assert "job 4242 ended" in log  # sbatch was waited for, not killed
-    assert rc == 75 and "stopped by SIGUSR1 after step 7" in log, log[-2000:]
-    assert_session_gone(proc.pid)
