@@ -73,6 +73,25 @@ def _watch(path: Path, done: threading.Event) -> None:
         return
 
 
+def _fit_off_main_thread(trainer) -> None:
+    """``trainer.fit()`` in a thread the main one waits on: called on the main thread, Ray Train
+    replaces the SIGINT handler with one that aborts the run without a checkpoint."""
+    box: list = []
+
+    def fit() -> None:
+        try:
+            box.append(trainer.fit())
+        except BaseException as e:  # re-raised on the main thread
+            box.append(e)
+
+    t = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    t.start()
+    while t.is_alive():  # a timed join: the main thread runs signal handlers meanwhile
+        t.join(timeout=0.5)
+    if isinstance(box[0], BaseException):
+        raise box[0]
+
+
 def _on_signal(path: Path):
     def ask_ranks_to_stop(signum, frame):
         tmp = path.with_name(path.name + ".tmp")
@@ -121,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             torch_config=TorchConfig(backend="nccl" if args.gpu else "gloo"),
             run_config=RunConfig(storage_path=str(run_dir / "ray"), name="train"),
         )
-        trainer.fit()
+        _fit_off_main_thread(trainer)
     finally:
         ray.shutdown()
         for s, h in previous.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import ray_local
@@ -19,6 +20,7 @@ from launch_helpers import (
     free_port,
     kill_session,
     plait_launch,
+    ray_job_actors,
     reference_dir,
     start_logged,
     wait_for_step,
@@ -80,24 +82,31 @@ def ray_cluster():
 
 
 @pytest.mark.timeout(240)
-def test_ray_train_on_a_cluster_started_here_and_sigterm_on_another_job(
+def test_ray_train_on_a_cluster_started_here_and_sigterm_to_another_job(
     ray_cluster, tmp_path_factory, tmp_path
 ):
     """Beside the job compared with one process, a job without an end on the same cluster is
-    stopped by SIGTERM to ``plait launch ray``: its ranks (Ray actors no signal reaches) save
-    after the same step, it exits 75, and no Ray Train actor is left on the cluster."""
+    stopped by SIGTERM to ``plait launch ray`` at its first step: its ranks (Ray actors no
+    signal reaches) save after the same step, it exits 75, and once both jobs are over no Ray
+    Train actor is left on the cluster."""
     address, run, env = ray_cluster
     stopped = tmp_path / "stopped"
     argv = [sys.executable, "-m", "plait.cli", "launch", "ray", CONFIG, *SHORT,
             "train.steps=100000", "--run-dir", str(stopped), "--nproc", "2", "--address", address]  # fmt: skip
     proc = start_logged(argv, stopped, env)
     try:
-        _launch("ray", run, "--address", address, timeout=200, env=env)
-        wait_for_step(proc, stopped, time.monotonic() + 60)
-        proc.send_signal(signal.SIGTERM)
-        assert_stopped_cleanly(proc, stopped, time.monotonic(), ray_cluster=run)
+        with ThreadPoolExecutor(1) as pool:
+            compared = pool.submit(_launch, "ray", run, "--address", address, timeout=200, env=env)
+            wait_for_step(proc, stopped, time.monotonic() + 150)
+            proc.send_signal(signal.SIGTERM)
+            assert_stopped_cleanly(proc, stopped, time.monotonic())
+            compared.result()
     finally:
         if proc.poll() is None:
             kill_session(proc, grace=0)
+    deadline = time.monotonic() + 10  # Ray ends a finished job's actors asynchronously
+    while ray_job_actors(run) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ray_job_actors(run), "Ray Train actors outlived their jobs"
     assert (run / "ray").is_dir()  # Ray Train's results live in the run folder
     assert_same_losses(reference_dir(tmp_path_factory), run, world_size=2, launched_by="ray")
