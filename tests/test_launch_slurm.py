@@ -101,6 +101,9 @@ def test_slurm_single_node_sbatch_requeued_by_usr1_ends_on_the_same_losses(tmp_p
                                       env=env, capture_output=True, text=True).stdout.strip():  # fmt: skip
             assert time.monotonic() < deadline, f"job {jobid} still {state}"
             if "BeginTime" in state:  # SLURM holds a requeued job about two minutes: not here
+                # but not within the second of the requeue either: slurmd refuses a credential
+                # made in the second it revoked the job's ("Job credential revoked")
+                time.sleep(2)
                 subprocess.run([*ctl, "update", f"JobId={jobid}", "StartTime=now"], env=env)
             time.sleep(0.2)
         show = subprocess.run([*ctl, "show", "job", jobid], env=env, capture_output=True,
