@@ -20,6 +20,7 @@ from launch_helpers import (
     assert_same_losses,
     assert_stopped_cleanly,
     kill_session,
+    live_with,
     plait_launch,
     reference_dir,
     start_logged,
@@ -31,26 +32,13 @@ from slurm_local import local_slurm
 from helpers import run_single
 
 
-def _live_with(needle: str) -> list[int]:
-    """Pids whose command line names ``needle`` (our unique run dir): the job's leftovers."""
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and needle.encode() in (d / "cmdline").read_bytes():
-                if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    out.append(int(d.name))
-        except OSError:
-            pass
-    return out
-
-
 def _submit(run: Path, env: dict, pre: list[str], *opts: str) -> str:
     r = plait_launch("slurm", CONFIG, *TINY, "--run-dir", str(run), "--wait", *opts,
                      "--time", "5", env=env, pre=pre, timeout=150)  # fmt: skip
     log = "".join(p.read_text() for p in run.glob("slurm-*.out"))
     assert r.returncode == 0, r.stdout[-3000:] + log[-3000:]
     assert (run / "launch.sbatch").is_file() and log, r.stdout
-    assert not _live_with(str(run)), "job processes outlived the job"
+    assert not live_with(str(run)), "job processes outlived the job"
     return log
 
 
@@ -108,7 +96,7 @@ def test_slurm_single_node_sbatch_requeued_by_usr1_ends_on_the_same_losses(tmp_p
             time.sleep(0.2)
         show = subprocess.run([*ctl, "show", "job", jobid], env=env, capture_output=True,
                               text=True).stdout  # fmt: skip
-        assert not _live_with(str(run)), "job processes outlived the job"
+        assert not live_with(str(run)), "job processes outlived the job"
         _sigterm_while_waiting(tmp_path / "waited", env, pre)
     log = "".join(p.read_text() for p in sorted(run.glob("slurm-*.out")))
     assert "JobState=COMPLETED" in show and "Restarts=1" in show, show + log[-3000:]
