@@ -20,35 +20,15 @@ values and the (T/cp, T) mask.
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
+from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gloo_ranks import ring_bytes, run_ranks  # noqa: E402 - bench/ is scripts, not a package
 
 B, S = 4, 256
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ring_bytes(func, args, out, n: int) -> float:
-    """Per-rank wire bytes of one functional collective on a ring of ``n`` ranks."""
-    name = func._overloadpacket.__name__
-    if "all_reduce" in name:
-        t = args[0]
-        return 2 * (n - 1) / n * t.numel() * t.element_size()
-    if "all_gather" in name:
-        return (n - 1) / n * out.numel() * out.element_size()
-    if "reduce_scatter" in name:
-        t = args[0]
-        return (n - 1) / n * t.numel() * t.element_size()
-    return 0.0
 
 
 def measure(n_layers: int, cp_mesh, *, batch: int = B, seq_len: int = S) -> tuple[float, int]:
@@ -78,7 +58,7 @@ def measure(n_layers: int, cp_mesh, *, batch: int = B, seq_len: int = S) -> tupl
     class Bytes(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            wire[0] += _ring_bytes(func, args, out, cp)
+            wire[0] += ring_bytes(func, args, out, cp)
             return out
 
     def pack(t):
@@ -115,26 +95,15 @@ def per_layer(cp_mesh, **kw) -> tuple[float, float]:
     return two[0] - one[0], two[1] - one[1]
 
 
-def _rank(rank: int, world: int, port: int, q) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _rank(rank: int, world: int) -> tuple[float, float]:
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("cp",))
-    try:
-        got = per_layer(mesh)
-        if rank == 0:
-            q.put(got)
-    finally:
-        dist.destroy_process_group()
+    return per_layer(init_device_mesh("cpu", (world,), mesh_dim_names=("cp",)))
 
 
 def main() -> None:
     for cp in (2, 4):
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        mp.start_processes(_rank, args=(cp, _free_port(), q), nprocs=cp, start_method="spawn")
-        wire, saved = q.get()
+        wire, saved = run_ranks(_rank, cp)
         want_wire, want_saved = analytic(cp)
         print(
             f"cp_comm_bytes_per_layer[cp={cp}, B={B}, T={S}]: ours {wire / 2**20:.3f} MiB, "

@@ -13,21 +13,16 @@ router's: printed against the uniform-routing assumption (ep - 1) / ep the plann
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gloo_ranks import run_ranks  # noqa: E402 - bench/ is scripts, not a package
 
 B, S = 8, 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure(n_layers: int, ep: int) -> tuple[float, float]:
@@ -68,27 +63,18 @@ def measure(n_layers: int, ep: int) -> tuple[float, float]:
     return sent[0], sent[1]
 
 
-def _rank(rank: int, world: int, port: int, q) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        one, two = measure(1, world), measure(2, world)
-        got = torch.tensor([two[0] - one[0], two[1] - one[1]], dtype=torch.float64)
-        dist.all_reduce(got)  # summed over ranks, then per rank
-        if rank == 0:
-            q.put((got / world).tolist())
-    finally:
-        dist.destroy_process_group()
+def _rank(rank: int, world: int) -> list[float]:
+    one, two = measure(1, world), measure(2, world)
+    got = torch.tensor([two[0] - one[0], two[1] - one[1]], dtype=torch.float64)
+    dist.all_reduce(got)  # summed over ranks, then per rank
+    return (got / world).tolist()
 
 
 def main() -> None:
     from plait.plan.experts import a2a_bytes_per_layer
 
     for ep in (2, 4):
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        mp.start_processes(_rank, args=(ep, _free_port(), q), nprocs=ep, start_method="spawn")
-        sent, off = q.get()
+        sent, off = run_ranks(_rank, ep)
         want = a2a_bytes_per_layer(B // ep * S, 2, 64, 4)
         print(
             f"ep_a2a_bytes_per_layer[ep={ep}, B={B}, T={S}, moe_tiny]: ours {sent / 2**10:.1f} KiB, "

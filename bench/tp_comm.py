@@ -20,35 +20,15 @@ all-reduces (max, sum-exp, target logit).
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
+from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gloo_ranks import ring_bytes, run_ranks  # noqa: E402 - bench/ is scripts, not a package
 
 B, S = 8, 128
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ring_bytes(func, args, out, tp: int) -> float:
-    """Per-rank wire bytes of one functional collective on a ring of ``tp`` ranks."""
-    name = func._overloadpacket.__name__
-    if "all_reduce" in name:
-        t = args[0]
-        return 2 * (tp - 1) / tp * t.numel() * t.element_size()
-    if "all_gather" in name:
-        return (tp - 1) / tp * out.numel() * out.element_size()
-    if "reduce_scatter" in name:
-        t = args[0]
-        return (tp - 1) / tp * t.numel() * t.element_size()
-    return 0.0
 
 
 def _measure(n_layers: int, sp: bool, tp_mesh) -> tuple[float, int]:
@@ -77,7 +57,7 @@ def _measure(n_layers: int, sp: bool, tp_mesh) -> tuple[float, int]:
             out = func(*args, **(kwargs or {}))
             name = func._overloadpacket.__name__
             if any(c in name for c in ("all_reduce", "all_gather", "reduce_scatter")):
-                total[0] += _ring_bytes(func, args, out, tp)
+                total[0] += ring_bytes(func, args, out, tp)
                 total[1] += 1
             return out
 
@@ -86,31 +66,23 @@ def _measure(n_layers: int, sp: bool, tp_mesh) -> tuple[float, int]:
     return total[0], total[1]
 
 
-def _rank(rank: int, world: int, port: int, q) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _rank(rank: int, world: int) -> list[tuple]:
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
-    try:
-        for sp in (False, True):
-            one, _ = _measure(1, sp, mesh)
-            two, n2 = _measure(2, sp, mesh)
-            eight, n8 = _measure(8, sp, mesh)
-            if rank == 0:
-                q.put((sp, two - one, eight, n8))
-    finally:
-        dist.destroy_process_group()
+    out = []
+    for sp in (False, True):
+        one, _ = _measure(1, sp, mesh)
+        two, n2 = _measure(2, sp, mesh)
+        eight, n8 = _measure(8, sp, mesh)
+        out.append((sp, two - one, eight, n8))
+    return out
 
 
 def main() -> None:
     h = 256
     for tp in (2, 4):
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        mp.start_processes(_rank, args=(tp, _free_port(), q), nprocs=tp, start_method="spawn")
-        for _ in range(2):
-            sp, per_layer, step, ncoll = q.get()
+        for sp, per_layer, step, ncoll in run_ranks(_rank, tp):
             analytic_layer = 8 * (tp - 1) / tp * B * S * h * 4  # bytes per rank, fp32
             tag = f"tp={tp}{' sp' if sp else ''}"
             print(
