@@ -27,13 +27,22 @@ __all__ = [
     "apply_sharded",
     "build_engine",
     "no_sync",
+    "uses_flat_zero",
     "uses_fsdp",
 ]
 
 
+def uses_flat_zero(cfg: Config, dims: ParallelDims) -> bool:
+    """ZeRO-1/2 on flat buckets (``parallel.zero_flat``, plait.ddp.flat_zero) instead of the
+    table's DDP + ZeroRedundancyOptimizer / FSDP2 cell."""
+    return rules.uses_flat_zero(cfg.parallel, dims)
+
+
 def uses_fsdp(cfg: Config, dims: ParallelDims) -> bool:
     """FSDP2 shards this model (plait.rules.DP_ENGINES: torch, zero_stage 2/3, dp x cp > 1)."""
-    return rules.uses_fsdp(cfg.parallel.dp_engine, cfg.parallel.zero_stage, dims.dp_cp)
+    return rules.uses_fsdp(
+        cfg.parallel.dp_engine, cfg.parallel.zero_stage, dims.dp_cp
+    ) and not uses_flat_zero(cfg, dims)
 
 
 def fsdp_mesh(meshes, dims: ParallelDims):
@@ -72,6 +81,8 @@ def apply_replicated(
     and fairscale wrap in :func:`build_engine`, since they need the optimizer too."""
     if not rules.uses_ddp(cfg.parallel.dp_engine, cfg.parallel.zero_stage, dims.dp_cp):
         return model
+    if uses_flat_zero(cfg, dims):  # its own gradient hooks (plait.ddp.flat_zero)
+        return model
     return apply_ddp(model, dp_mesh=meshes.dp_cp if dims.cp > 1 else meshes.dp, device=device)
 
 
@@ -85,6 +96,11 @@ def build_engine(
     if dims.dp_cp == 1 or kind == "plain":
         return Engine(model, inner, cfg, dims.dp)
     group = meshes.dp.get_group()
+    if uses_flat_zero(cfg, dims):
+        # deferred: an engine's module (and its library) loads only when that engine is used
+        from plait.ddp.flat_zero import FlatZeroEngine
+
+        return FlatZeroEngine(model, inner, cfg, dims.dp, dp_group=group)
     # each engine's module is imported only when chosen: deferred optional heavy dependencies
     # (deepspeed, fairscale) and torch.distributed.fsdp/optim that DDP runs never need
     if kind == "deepspeed":

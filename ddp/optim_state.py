@@ -23,9 +23,15 @@ from plait.models.base import canonical_name
 
 
 def is_partitioned(optimizer: torch.optim.Optimizer) -> bool:
-    if isinstance(optimizer, ZeroRedundancyOptimizer):
+    if isinstance(optimizer, ZeroRedundancyOptimizer) or _flat(optimizer):
         return True
     return type(optimizer).__module__.startswith("fairscale") and hasattr(optimizer, "optim")
+
+
+def _flat(optimizer):
+    """The plait.ddp.flat_zero.FlatZero of a flat ZeRO optimizer (state per flat piece: whole
+    per-parameter tensors are gathered for the checkpoint), else None."""
+    return getattr(optimizer, "plait_flat_zero", None)
 
 
 def _names(model: nn.Module) -> dict[int, str]:
@@ -39,21 +45,31 @@ def _owned(optimizer) -> list[nn.Parameter]:
 def owned_state(model: nn.Module, optimizer) -> dict[str, Any]:
     """This rank's share of the optimizer state, in ``get_optimizer_state_dict``'s layout; the
     param groups (hyper-parameters and names) are the same on every rank."""
+    if _flat(optimizer):
+        out = _flat(optimizer).full_state(optimizer, _names(model))
+        out["param_groups"] = _groups(_names(model), _flat(optimizer).groups, optimizer)
+        return out
     names, local = _names(model), optimizer.optim
     state = {names[id(p)]: dict(local.state[p]) for p in _owned(optimizer) if p in local.state}
-    groups = [
+    return {"state": state, "param_groups": _groups(names, optimizer.param_groups, optimizer)}
+
+
+def _groups(names: dict[int, str], model_groups, optimizer) -> list[dict]:
+    """The optimizer's hyper-parameters per group with the group's parameter names."""
+    return [
         {
             **{k: v for k, v in g.items() if k != "params"},
-            "params": [names[id(p)] for p in g["params"]],
+            "params": [names[id(p)] for p in m["params"]],
         }
-        for g in optimizer.param_groups
+        for g, m in zip(optimizer.param_groups, model_groups)
     ]
-    return {"state": state, "param_groups": groups}
 
 
 def load_template(model: nn.Module, optimizer) -> dict[str, Any]:
     """What this rank reads back: the state of the parameters it owns (made now if the run has
     not stepped yet, so DCP has tensors to load into)."""
+    if _flat(optimizer):
+        return _flat(optimizer).template(optimizer, _names(model))
     local = optimizer.optim
     if not local.state:
         _init_optim_state(local)  # torch's own: one step with zero gradients at lr 0
@@ -62,6 +78,8 @@ def load_template(model: nn.Module, optimizer) -> dict[str, Any]:
 
 
 def set_owned_state(model: nn.Module, optimizer, loaded: dict[str, Any]) -> None:
+    if _flat(optimizer):
+        return _flat(optimizer).set_state(optimizer, _names(model), loaded)
     names, local = _names(model), optimizer.optim
     for p in _owned(optimizer):
         local.state[p].update(loaded["state"][names[id(p)]])

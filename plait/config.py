@@ -232,6 +232,17 @@ class ParallelConfig:
         "them to backward (false), or reshard to groups of this many ranks (an int dividing "
         "dp_shard); auto: true for every block but the last, whose backward comes first.",
     )
+    zero_flat: bool | Literal["auto"] = _f(
+        "auto",
+        "zero_stage 1/2 on the torch engine: parameters replicated in flat buckets, gradients "
+        "all-reduced (1) or reduce-scattered (2) bucket by bucket during backward, the optimizer "
+        "on this rank's flat shard, parameters all-gathered after the step (DeepSpeed's "
+        "layout); false: DDP + ZeroRedundancyOptimizer (1) / FSDP2 without reshard (2); auto: "
+        "true where it composes (data parallel only: no tp, pp, cp, ep, HSDP or cpu_offload).",
+    )
+    zero_bucket_mb: float = _f(
+        25.0, "zero_flat: gradient bucket size in MB (one collective per bucket)."
+    )
     reduce_every_microbatch: bool = _f(
         True,
         "zero_stage 2/3 on the torch engine: reduce-scatter gradients after every micro-batch "
@@ -621,6 +632,7 @@ def check_values(cfg: Config) -> None:
         r,
         "expected auto, true, false or a group size >= 1",
     )
+    _require(p.zero_bucket_mb > 0, "parallel.zero_bucket_mb", p.zero_bucket_mb, "must be > 0")
     # below a second every collective times out; above a week a hang is never noticed
     _require(
         1 <= p.timeout_s <= 7 * 86400,

@@ -21,7 +21,14 @@ from plait.models.gpt import gpt_args
 from plait.observe.checks import check_observe
 from plait.parallel_attrs import CP_ATTENTION_MODULES
 from plait.pipeline.validate import check_pipeline
-from plait.rules import cp_seq_problem, divisors, dp_engine, ep_problem, layout_problem
+from plait.rules import (
+    cp_seq_problem,
+    divisors,
+    dp_engine,
+    ep_problem,
+    flat_zero_problem,
+    layout_problem,
+)
 from plait.tensor_parallel.check import check_tp
 
 
@@ -133,7 +140,9 @@ def check_dp(cfg: Config, dims: ParallelDims, *, need_package: bool = True) -> N
                 "engine; offload comes with FSDP2: use zero_stage=2 or 3"
             )
         check_reshard(p, dims)
+        check_flat_zero(cfg, dims)
         return
+    check_flat_zero(cfg, dims)
     if dims.dp_replicate > 1 and not (cell and cell.hsdp):
         raise ConfigError(
             f"parallel.dp_replicate: {dims.dp_replicate} (HSDP) is not allowed with "
@@ -209,6 +218,17 @@ def layouts_hint(cfg: Config, world_size: int, model: PlaitModel | None = None) 
         + "; ".join(combos[:12])
         + (" ..." if len(combos) > 12 else "")
     )
+
+
+def check_flat_zero(cfg: Config, dims: ParallelDims) -> None:
+    """``parallel.zero_flat: true`` where it cannot run (auto falls back instead)."""
+    if cfg.parallel.zero_flat is not True:
+        return
+    why = flat_zero_problem(cfg.parallel, dims)
+    if why:
+        raise ConfigError(
+            f"parallel.zero_flat: true is not allowed with {why}; or set zero_flat=auto"
+        )
 
 
 def check_reshard(p, dims: ParallelDims) -> None:

@@ -65,6 +65,39 @@ def uses_ddp(engine: str, stage: int, dp: int) -> bool:
     return dp > 1 and cell is not None and cell.wrap == "ddp"
 
 
+def flat_zero_blocker(
+    *, engine: str, stage: int, tp: int, pp: int, cp: int, ep: int, dp_replicate: int,
+    cpu_offload: bool,
+) -> str | None:  # fmt: skip
+    """Why ``parallel.zero_flat`` (replicated parameters in flat buckets, plait.ddp.flat_zero)
+    cannot run this layout, as ``key=value`` plus what it needs; None when it can. It shards
+    plain tensors over the data-parallel group only."""
+    if engine != "torch" or stage not in (1, 2):
+        return (
+            f"dp_engine={engine!r}, zero_stage={stage}: it needs dp_engine=torch, zero_stage 1 or 2"
+        )
+    for key, v in (("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("dp_replicate", dp_replicate)):
+        if v > 1:
+            return f"parallel.{key}={v}: it shards over plain data parallel only"
+    if cpu_offload:
+        return "parallel.cpu_offload=true: offload comes with FSDP2 (zero_flat=false)"
+    return None
+
+
+def flat_zero_problem(p, dims) -> str | None:
+    """:func:`flat_zero_blocker` of a config's ``parallel`` section and its ParallelDims."""
+    return flat_zero_blocker(
+        engine=p.dp_engine, stage=p.zero_stage, tp=dims.tp, pp=dims.pp, cp=dims.cp, ep=p.ep,
+        dp_replicate=dims.dp_replicate, cpu_offload=p.cpu_offload,
+    )  # fmt: skip
+
+
+def uses_flat_zero(p, dims) -> bool:
+    """``parallel.zero_flat`` resolved: true / auto where :func:`flat_zero_blocker` finds
+    nothing and there is data parallelism to shard over."""
+    return p.zero_flat is not False and dims.dp_cp > 1 and flat_zero_problem(p, dims) is None
+
+
 # ----------------------------------------------------------------- pipeline schedules
 
 
