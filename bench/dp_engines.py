@@ -32,6 +32,16 @@ PLAIT = [
     ("plait torch ZeRO-2", ["parallel.dp_engine=torch", "parallel.zero_stage=2"], 2),
     ("plait torch ZeRO-3", ["parallel.dp_engine=torch", "parallel.zero_stage=3"], 3),
     (
+        "plait torch ZeRO-1 zero_flat=false",
+        ["parallel.dp_engine=torch", "parallel.zero_stage=1", "parallel.zero_flat=false"],
+        1,
+    ),
+    (
+        "plait torch ZeRO-2 zero_flat=false",
+        ["parallel.dp_engine=torch", "parallel.zero_stage=2", "parallel.zero_flat=false"],
+        2,
+    ),
+    (
         "plait torch ZeRO-3 reshard=true",
         [
             "parallel.dp_engine=torch",
@@ -56,7 +66,9 @@ PAIRS = [
     ("plait torch ZeRO-1", "raw DeepSpeed ZeRO-1"),
     ("plait torch ZeRO-2", "raw DeepSpeed ZeRO-2"),
     ("plait torch ZeRO-3", "raw DeepSpeed ZeRO-3"),
-    ("plait torch ZeRO-2", "raw FSDP2 ZeRO-2"),
+    ("plait torch ZeRO-2 zero_flat=false", "raw FSDP2 ZeRO-2"),
+    ("plait torch ZeRO-1", "plait torch ZeRO-1 zero_flat=false"),
+    ("plait torch ZeRO-2", "plait torch ZeRO-2 zero_flat=false"),
     ("plait torch ZeRO-3", "raw FSDP2 ZeRO-3"),
     ("plait torch ZeRO-3", "plait torch ZeRO-3 reshard=true"),
 ]

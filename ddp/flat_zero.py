@@ -7,19 +7,21 @@ gradients; a bucket holds one optimizer param group, padded to a multiple of the
 Each bucket is split into N equal pieces; this rank owns piece ``rank`` of every bucket:
 
 - backward: a post-accumulate-grad hook per parameter; when a bucket's gradients are all in,
-  one collective for the bucket starts (async, so it overlaps the rest of backward):
-  ZeRO-2 copies them into a staging buffer, frees ``.grad`` and reduce-scatters into this
-  rank's gradient piece (full gradients exist only for the buckets in flight, at most two);
-  ZeRO-1 all-reduces the bucket in place (``.grad`` are views of a flat gradient buffer, as
-  DDP's ``gradient_as_bucket_view``), so every rank keeps the full averaged gradients.
+  they are copied into a staging buffer, ``.grad`` is freed and one reduce-scatter for the
+  bucket starts (async, so it overlaps the rest of backward) into this rank's gradient piece:
+  full gradients exist only for the buckets in flight (at most two). ZeRO-2 does this after
+  every micro-batch (``parallel.reduce_every_microbatch``), so gradients stay sharded while
+  accumulating; ZeRO-1 keeps whole gradients across the micro-batches and reduces once, in the
+  last one. After the reduction both keep only this rank's piece, as DeepSpeed's stage 1 and 2
+  both do (it all-reduces at stage 1; a reduce-scatter moves half the bytes for the same piece).
 - step: the global norm from the pieces (one all-reduce), clipping, then the optimizer on this
   rank's pieces only: a handful of flat tensors instead of one per parameter (the per-tensor
   loop was most of FSDP2's step overhead on small models); then each bucket's parameters are
   all-gathered in place from the pieces, straight into the buffer the parameters view.
 
-Held per rank for fp32 Adam: 4Ψ parameters + 4Ψ/N gradient pieces + 8Ψ/N optimizer state at
-ZeRO-2 (ZeRO's 4Ψ + 12Ψ/N, and no unsharded copy of the parameters as FSDP2-no-reshard keeps),
-4Ψ + 4Ψ + 8Ψ/N at ZeRO-1. Written by hand because torch has no replicated-parameter,
+Held per rank for fp32 Adam after the step: 4Ψ parameters + 4Ψ/N gradient pieces + 8Ψ/N
+optimizer state (ZeRO-2's 4Ψ + 12Ψ/N, and no unsharded copy of the parameters as
+FSDP2-no-reshard keeps); ZeRO-1 also holds 4Ψ of whole gradients while accumulating. Written by hand because torch has no replicated-parameter,
 sharded-gradient engine (FSDP2 always shards parameters; ZeroRedundancyOptimizer shards whole
 parameters and keeps DDP's full gradients).
 
@@ -62,8 +64,8 @@ class Bucket:
 class FlatZero:
     """Flat parameter buffer, gradient hooks and collectives of one model (module docstring)."""
 
-    def __init__(self, model: nn.Module, stage: int, group, bucket_bytes: int, weight_decay):
-        self.stage, self.group = stage, group
+    def __init__(self, model: nn.Module, group, bucket_bytes: int, weight_decay):
+        self.group = group
         self.n, self.rank = dist.get_world_size(group), dist.get_rank(group)
         self.sync = True  # reduce in this backward (the trainer's micro-batch flag)
         self.groups = param_groups(model, weight_decay)
@@ -83,7 +85,6 @@ class FlatZero:
                 start += self.buckets[-1].size
         p0 = self.groups[0]["params"][0]
         self.flat = torch.zeros(start, dtype=p0.dtype, device=p0.device)
-        self.grad_flat = torch.zeros_like(self.flat) if stage == 1 else None
         self.where: dict[nn.Parameter, tuple[Bucket, int]] = {}
         with torch.no_grad():
             for b in self.buckets:
@@ -91,16 +92,10 @@ class FlatZero:
                     view = self.flat[b.start + off : b.start + off + p.numel()].view_as(p)
                     view.copy_(p)
                     p.data = view
-                    if self.grad_flat is not None:  # ZeRO-1: gradients are bucket views
-                        g = self.grad_flat[b.start + off : b.start + off + p.numel()]
-                        p.grad = g.view_as(p)
                     self.where[p] = (b, off)
         # every rank starts from rank 0's values (as DDP does at construction)
         dist.broadcast(self.flat, src=dist.get_global_rank(group, 0), group=group)
         self.pieces = [self._piece(self.flat, b) for b in self.buckets]
-        if self.grad_flat is not None:
-            for b, piece in zip(self.buckets, self.pieces):
-                piece.grad = self._piece(self.grad_flat, b)
         self._next = 0  # buckets are reduced in this fixed order on every rank
         self._inflight: list[Bucket] = []
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.where]
@@ -137,35 +132,28 @@ class FlatZero:
     def _launch(self, b: Bucket) -> None:
         if len(self._inflight) >= 2:  # bound the full gradients alive at once
             self._complete(self._inflight.pop(0))
-        if self.stage == 1:
-            view = self.grad_flat[b.start : b.start + b.size]
-            b.work = dist.all_reduce(view, group=self.group, async_op=True)
-        else:
-            b.staging = torch.empty(b.size, dtype=self.flat.dtype, device=self.flat.device)
-            b.staging[b.used :].zero_()
-            for p, off in zip(b.params, b.offsets):
-                dst = b.staging[off : off + p.numel()]
-                if p.grad is None:  # unused in this step's forward
-                    dst.zero_()
-                else:
-                    dst.copy_(p.grad.reshape(-1))
-                    p.grad = None
-            b.out = torch.empty(b.piece_size, dtype=self.flat.dtype, device=self.flat.device)
-            b.work = dist.reduce_scatter_tensor(b.out, b.staging, group=self.group, async_op=True)
+        b.staging = torch.empty(b.size, dtype=self.flat.dtype, device=self.flat.device)
+        b.staging[b.used :].zero_()
+        for p, off in zip(b.params, b.offsets):
+            dst = b.staging[off : off + p.numel()]
+            if p.grad is None:  # unused in this step's forward
+                dst.zero_()
+            else:
+                dst.copy_(p.grad.reshape(-1))
+                p.grad = None
+        b.out = torch.empty(b.piece_size, dtype=self.flat.dtype, device=self.flat.device)
+        b.work = dist.reduce_scatter_tensor(b.out, b.staging, group=self.group, async_op=True)
         self._inflight.append(b)
 
     def _complete(self, b: Bucket) -> None:
         b.work.wait()
-        if self.stage == 1:
-            self.grad_flat[b.start : b.start + b.size].div_(self.n)
-        else:
-            b.out.div_(self.n)
-            piece = self.pieces[self.buckets.index(b)]
-            if piece.grad is None:
-                piece.grad = b.out
-            else:  # reduced after every micro-batch: sum into the piece
-                piece.grad.add_(b.out)
-            b.staging = b.out = None
+        b.out.div_(self.n)  # gloo has no average: sum, then divide (as DDP does)
+        piece = self.pieces[self.buckets.index(b)]
+        if piece.grad is None:
+            piece.grad = b.out
+        else:  # reduced after every micro-batch: sum into the piece
+            piece.grad.add_(b.out)
+        b.staging = b.out = None
         b.work = None
         b.ready.clear()
 
@@ -201,11 +189,8 @@ class FlatZero:
             w.wait()
 
     def zero_grad(self) -> None:
-        if self.grad_flat is not None:
-            self.grad_flat.zero_()  # ZeRO-1: the .grad views stay
-        else:
-            for pc in self.pieces:
-                pc.grad = None
+        for pc in self.pieces:
+            pc.grad = None
 
     # ------------------------------------------------------------------ checkpoints
     def _full(self, per_piece: list[torch.Tensor]) -> torch.Tensor:
@@ -282,9 +267,8 @@ class FlatZeroEngine(Engine):
     def make_optimizer(self) -> torch.optim.Optimizer:
         p = self.cfg.parallel
         self.flat = FlatZero(
-            self.model, p.zero_stage, self.dp_group, int(p.zero_bucket_mb * 2**20),
-            self.cfg.optim.weight_decay,
-        )  # fmt: skip
+            self.model, self.dp_group, int(p.zero_bucket_mb * 2**20), self.cfg.optim.weight_decay
+        )
         cls, kw = optimizer_recipe(self.model, self.cfg.optim)
         kw.pop("weight_decay", None)  # per group
         opt = cls(self.flat.optimizer_groups(), **kw)
@@ -293,7 +277,7 @@ class FlatZeroEngine(Engine):
 
     def sync(self, last: bool):
         # ZeRO-2 reduce-scatters after every micro-batch unless told otherwise (sharded while
-        # accumulating); ZeRO-1 all-reduces the accumulated gradients once
+        # accumulating); ZeRO-1 reduces the accumulated whole gradients once
         every = self.cfg.parallel.zero_stage == 2 and self.cfg.parallel.reduce_every_microbatch
         self.flat.sync = last or every
         return super().sync(last)
@@ -322,9 +306,7 @@ class FlatZeroEngine(Engine):
         seen: set[int] = set()
         return {
             "params": memory.storage_bytes([self.flat.flat], seen),
-            "grads": memory.storage_bytes(
-                [self.flat.grad_flat] + [pc.grad for pc in self.flat.pieces], seen
-            ),
+            "grads": memory.storage_bytes([pc.grad for pc in self.flat.pieces], seen),
             "optim": memory.storage_bytes(memory.optimizer_tensors(self.optimizer), seen),
             "unsharded": 0,
         }

@@ -235,9 +235,9 @@ class ParallelConfig:
     zero_flat: bool | Literal["auto"] = _f(
         "auto",
         "zero_stage 1/2 on the torch engine: parameters replicated in flat buckets, gradients "
-        "all-reduced (1) or reduce-scattered (2) bucket by bucket during backward, the optimizer "
-        "on this rank's flat shard, parameters all-gathered after the step (DeepSpeed's "
-        "layout); false: DDP + ZeroRedundancyOptimizer (1) / FSDP2 without reshard (2); auto: "
+        "reduce-scattered bucket by bucket during backward (1: once per step, whole while "
+        "accumulating; 2: every micro-batch), the optimizer on this rank's flat shard, "
+        "parameters all-gathered after the step (DeepSpeed's layout); false: DDP + ZeroRedundancyOptimizer (1) / FSDP2 without reshard (2); auto: "
         "true where it composes (data parallel only: no tp, pp, cp, ep, HSDP or cpu_offload).",
     )
     zero_bucket_mb: float = _f(

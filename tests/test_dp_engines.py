@@ -42,6 +42,7 @@ MLP = [
     "train.grad_clip=0",
 ]
 ACCUM = ["train.grad_accum=2"]
+OLD = ["parallel.zero_flat=false"]  # ZeRO-1/2 on DDP + ZeroRedundancyOptimizer / FSDP2
 BASES = {"gpt": GPT, "mlp": MLP, "big": BIG_CLIP}
 
 
@@ -79,16 +80,20 @@ def _mem(res, key: str) -> int:
 
 TORCH_RUNS = [
     ("ddp+accum+selective-ckpt", "gpt", ACCUM + ["parallel.activation_checkpoint=selective", "parallel.activation_checkpoint_every=2"]),
-    ("zero1+accum", "gpt", _z(1) + ACCUM),
-    ("zero2+accum", "gpt", _z(2) + ACCUM),
+    ("zero1+accum", "gpt", _z(1) + ACCUM + OLD),
+    ("zero2+accum", "gpt", _z(2) + ACCUM + OLD),
     ("zero3+full-ckpt", "gpt", _z(3) + ["parallel.activation_checkpoint=full"]),
     ("zero3+offload", "gpt", _z(3) + ["parallel.cpu_offload=true"]),
-    ("mlp-sgd-zero1", "mlp", _z(1)),
-    ("mlp-sgd-zero2+accum", "mlp", _z(2) + ACCUM),
+    ("mlp-sgd-zero1", "mlp", _z(1) + OLD),
+    ("mlp-sgd-zero2+accum", "mlp", _z(2) + ACCUM + OLD),
     # reshard policies and reduce-on-the-last-micro-batch (ZeRO-3's default is auto, above)
     ("zero3 reshard=true", "gpt", _z(3) + ["parallel.reshard_after_forward=true"]),
     ("zero3 reshard=false+accum reduce-last", "gpt", _z(3) + ACCUM + ["parallel.reshard_after_forward=false", "parallel.reduce_every_microbatch=false"]),
-    ("mlp-sgd-zero2+accum reduce-last", "mlp", _z(2) + ACCUM + ["parallel.reduce_every_microbatch=false"]),
+    ("mlp-sgd-zero2+accum reduce-last", "mlp", _z(2) + ACCUM + OLD + ["parallel.reduce_every_microbatch=false"]),
+    # flat ZeRO-1/2 (parallel.zero_flat: the default where it composes), in many small buckets too
+    ("flat zero1+accum small buckets", "gpt", _z(1) + ACCUM + ["parallel.zero_bucket_mb=0.05"]),
+    ("flat zero2+accum", "gpt", _z(2) + ACCUM),
+    ("mlp-sgd flat zero2+accum reduce-last small buckets", "mlp", _z(2) + ACCUM + ["parallel.reduce_every_microbatch=false", "parallel.zero_bucket_mb=0.01"]),
 ]  # fmt: skip
 
 
@@ -132,6 +137,16 @@ def test_torch_engine_ddp_zero123_offload_match_one_process(refs, tmp_path):
     f2 = zero_formula(2, psi_mlp, n, sgd)
     assert _mem(res["mlp-sgd-zero2+accum"], "optim") == f2["optim"]
     assert _mem(res["mlp-sgd-zero2+accum"], "grads") == f2["grads"]
+    # flat ZeRO-1/2 after the step: ZeRO-2's 4Ψ + 12Ψ/N, nothing unsharded (ZeRO-1 held whole
+    # gradients only while accumulating). Each bucket is padded to a multiple of N
+    for name in ("flat zero2+accum", "flat zero1+accum small buckets"):
+        f = zero_formula(2, psi, n, adam)
+        for key in ("params", "grads", "optim"):
+            assert f[key] <= _mem(res[name], key) <= 1.001 * f[key], (name, key)
+        assert _mem(res[name], "unsharded") == 0
+    f2 = zero_formula(2, psi_mlp, n, sgd)
+    got = res["mlp-sgd flat zero2+accum reduce-last small buckets"]
+    assert f2["optim"] <= _mem(got, "optim") <= 1.01 * f2["optim"]
 
 
 HSDP_RUNS = [
@@ -191,6 +206,9 @@ def test_deepspeed_zero0123_and_fairscale_match_one_process(refs, tmp_path):
         (_z(2) + ["parallel.reshard_after_forward=true"], "reshard_after_forward.*zero_stage=3"),
         (_z(3) + ["parallel.reshard_after_forward=3"], "must divide dp_shard"),
         (_z(3) + ["parallel.reshard_after_forward=0"], "group size >= 1"),
+        (_z(2) + ["parallel.zero_flat=true", "parallel.tp=2"], "zero_flat.*parallel.tp=2"),
+        (_z(3) + ["parallel.zero_flat=true"], "zero_flat.*zero_stage 1 or 2"),
+        (_z(1) + ["parallel.zero_bucket_mb=0"], "zero_bucket_mb"),
     ],
 )
 def test_impossible_engine_stage_refused_before_launch(tmp_path, overrides, fragment):

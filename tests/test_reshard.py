@@ -59,20 +59,25 @@ def test_reshard_matrix(tmp_path):
 @pytest.mark.timeout(600)
 def test_partitioned_optimizer_checkpoints_reshard(tmp_path):
     """ZeRO-1 (ZeroRedundancyOptimizer) and fairscale OSS keep each parameter's optimizer state
-    on one rank: their checkpoints still load under one process and FSDP, and a one-process
-    checkpoint loads under them, optimizer state included."""
+    on one rank, flat ZeRO-1/2 (parallel.zero_flat) pieces of flat buckets: their checkpoints
+    still load under one process and FSDP, and a one-process checkpoint loads under them,
+    optimizer state included."""
     adam = ["optim.name=adam"]  # state that matters: a lost moment would move the losses
     straight = run_single(GPT + adam, tmp_path / "straight")
     zero1, oss = (
-        ["parallel.zero_stage=1"],
+        ["parallel.zero_stage=1", "parallel.zero_flat=false"],
         ["parallel.dp_engine=fairscale", "parallel.zero_stage=2"],
     )
+    flat2 = ["parallel.zero_stage=2", "parallel.zero_bucket_mb=0.05"]  # several buckets
+    flat1 = ["parallel.zero_stage=1"]
     saved = run_distributed_many(
-        [GPT + adam + zero1, GPT + adam + oss], 2, tmp_path / "save2", timeout=280
-    )
-    src = {"1": straight, "zero1": saved[0], "oss": saved[1]}
+        [GPT + adam + zero1, GPT + adam + oss, GPT + adam + flat2], 2, tmp_path / "save2",
+        timeout=280,
+    )  # fmt: skip
+    src = {"1": straight, "zero1": saved[0], "oss": saved[1], "flat2": saved[2]}
     pairs = {("zero1", "fsdp"): LAYOUTS["fsdp"], ("oss", "zero1"): zero1, ("1", "zero1"): zero1,
-             ("1", "oss"): oss}  # fmt: skip
+             ("1", "oss"): oss, ("flat2", "fsdp"): LAYOUTS["fsdp"], ("1", "flat2"): flat2,
+             ("zero1", "flat1"): flat1}  # fmt: skip
     cfgs = {
         f"{a} -> {b}": GPT + adam + extra
         + [f"checkpoint.dir={step3_checkpoint(src[a].run_dir, tmp_path / f'{a}_to_{b}')}"]

@@ -11,6 +11,7 @@ from plait.observe.peaks import Peak
 WRAPS = {
     "Engine": "DDP", "Zero1Engine": "DDP + ZeroRedundancyOptimizer", "FSDPEngine": "FSDP2",
     "DeepSpeedEngine": "DeepSpeed", "FairscaleEngine": "fairscale", "PipelineEngine": "pipeline",
+    "FlatZeroEngine": "flat buckets, replicated params",
 }  # fmt: skip
 
 
