@@ -35,7 +35,7 @@ __all__ = [
 def uses_flat_zero(cfg: Config, dims: ParallelDims) -> bool:
     """ZeRO-1/2 on flat buckets (``parallel.zero_flat``, plait.ddp.flat_zero) instead of the
     table's DDP + ZeroRedundancyOptimizer / FSDP2 cell."""
-    return rules.uses_flat_zero(cfg.parallel, dims)
+    return rules.uses_flat_zero(cfg.parallel, dims, cfg.train.dtype)
 
 
 def uses_fsdp(cfg: Config, dims: ParallelDims) -> bool:

@@ -92,10 +92,21 @@ def flat_zero_problem(p, dims) -> str | None:
     )  # fmt: skip
 
 
-def uses_flat_zero(p, dims) -> bool:
-    """``parallel.zero_flat`` resolved: true / auto where :func:`flat_zero_blocker` finds
-    nothing and there is data parallelism to shard over."""
-    return p.zero_flat is not False and dims.dp_cp > 1 and flat_zero_problem(p, dims) is None
+def flat_zero_auto(flat: bool | str, stage: int, dtype: str) -> bool:
+    """``parallel.zero_flat`` where it composes: true, or auto at ZeRO-1 (it holds less than
+    DDP + ZeroRedundancyOptimizer in any dtype) and at fp32 ZeRO-2 (under bf16/fp16 FSDP2's
+    sharded fp32 weights with 16-bit gathered copies hold less than flat fp32 weights)."""
+    return flat is True or (flat == "auto" and (stage == 1 or dtype == "fp32"))
+
+
+def uses_flat_zero(p, dims, dtype: str) -> bool:
+    """``parallel.zero_flat`` resolved: :func:`flat_zero_auto`, where
+    :func:`flat_zero_blocker` finds nothing and there is data parallelism to shard over."""
+    return (
+        flat_zero_auto(p.zero_flat, p.zero_stage, dtype)
+        and dims.dp_cp > 1
+        and flat_zero_problem(p, dims) is None
+    )
 
 
 # ----------------------------------------------------------------- pipeline schedules

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 from plait.plan.bubble import inflight_microbatches
-from plait.plan.shapes import Job, Layout, ModelShape
+from plait.plan.shapes import Job, Layout, ModelShape, uses_flat
 from plait.plan.stages import RankPart, rank_parts
 from plait.zero import bytes_per_param, zero_formula
 
@@ -230,7 +230,10 @@ def rank_memory(
     ns = layout.dp_shard * layout.cp
     pb, gb, ob = state_bytes(job)
     stage, engine = layout.zero_stage, layout.dp_engine
-    if engine == "torch" and stage == 2:  # FSDP2 keeps parameters sharded at rest
+    flat = uses_flat(layout, job)
+    if flat:  # replicated parameters, then ZeRO-2's sharded terms (ZeRO-1 after its reduction)
+        params, grads, opt = zero_model_states(psi_rank, ns, 2, ob, pb, gb)
+    elif engine == "torch" and stage == 2:  # FSDP2 keeps parameters sharded at rest
         params, grads, opt = pb * psi_rank / ns, gb * psi_rank / ns, ob * psi_rank / ns
     else:
         params, grads, opt = zero_model_states(psi_rank, ns, stage, ob, pb, gb)
@@ -248,13 +251,24 @@ def rank_memory(
     cb = job.act_bytes  # dtype parameters are gathered / cast to for compute
     blk = shape.block_params / layout.tp
     buffers = 0.0
-    if layout.dp_cp > 1 and engine in ("torch", "fairscale") and stage <= 1:
+    if flat:
+        # whole gradients of the buckets in flight (staging + output piece, two at once); ZeRO-1
+        # holds whole gradients while accumulating
+        inflight = min(2 * layout.zero_bucket_mb * 2**20 / gb, psi_rank)
+        if stage == 1 and layout.microbatches > 1:  # .grad freed as it is staged
+            grads = gb * psi_rank
+            buffers += gb * inflight / ns
+            notes.append("flat ZeRO-1: whole gradients held while accumulating")
+        else:
+            buffers += gb * inflight * (1 + 1 / ns)
+            notes.append(f"flat ZeRO: two {layout.zero_bucket_mb:g} MB gradient buckets in flight")
+    elif layout.dp_cp > 1 and engine in ("torch", "fairscale") and stage <= 1:
         buffers += gb * psi_rank  # DDP's gradient buckets (gradient_as_bucket_view=False)
         notes.append("DDP buckets: one more copy of the gradients")
-    if ns > 1 and engine == "torch" and stage == 2:
+    if ns > 1 and engine == "torch" and stage == 2 and not flat:
         buffers += cb * psi_rank  # unsharded for the whole of forward + backward
         notes.append("FSDP2 reshard_after_forward=False: all unsharded params held fwd->bwd")
-    fsdp = ns > 1 and engine == "torch" and stage >= 2
+    fsdp = ns > 1 and engine == "torch" and stage >= 2 and not flat
     # gradients FSDP2 accumulates unsharded between syncs: upcast to the reduce dtype after the
     # first micro-batch (torch's FSDPParam.to_accumulated_grad_if_needed), else compute dtype
     acc_b = 4 if job.reduce_dtype == "fp32" else cb
@@ -306,7 +320,8 @@ def rank_memory(
         notes.append(
             "DeepSpeed ZeRO-3: 4 x the largest layer (or the prefetch bucket) + reduce bucket"
         )
-    if job.precision == "autocast" and cb < pb and not (engine == "torch" and stage >= 2):
+    fsdp_cast = engine == "torch" and stage >= 2 and not flat  # FSDP2 gathers 16-bit copies
+    if job.precision == "autocast" and cb < pb and not fsdp_cast:
         buffers += cb * psi_rank  # autocast's cast weight copies, saved for backward
         notes.append("autocast: bf16/fp16 copies of the weights live through backward")
     # gradients outlive a step's activations with accumulation or DeepSpeed's persistent buffers

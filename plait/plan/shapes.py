@@ -126,6 +126,9 @@ class Layout:
     grad_sync: str = "every"
     #: parallel.reshard_after_forward (ZeRO-3 on the torch engine)
     reshard_after_forward: bool | int | str = "auto"
+    #: parallel.zero_flat (ZeRO-1/2 on the torch engine; :func:`uses_flat` resolves auto)
+    zero_flat: bool | str = "auto"
+    zero_bucket_mb: float = 25.0
 
     @property
     def dp(self) -> int:
@@ -168,6 +171,7 @@ class Layout:
             pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance, cp=dims.cp,
             reshard_after_forward=p.reshard_after_forward,
             grad_sync="every" if p.reduce_every_microbatch else "last",
+            zero_flat=p.zero_flat if p.ep == 1 else False, zero_bucket_mb=p.zero_bucket_mb,
         )  # fmt: skip
 
 
@@ -208,3 +212,19 @@ class Job:
             cfg.train.global_batch, cfg.data.seq_len, cfg.train.dtype, cfg.optim.name,
             cfg.optim.momentum, "mixed" if mixed else "autocast", bool(cfg.train.compile),
         )  # fmt: skip
+
+
+def uses_flat(layout: Layout, job: Job) -> bool:
+    """ZeRO-1/2 on flat buckets (plait.ddp.flat_zero): replicated parameters, gradients and
+    optimizer state sharded, no FSDP2 and no DDP buckets (plait.rules.uses_flat_zero)."""
+    from plait.rules import flat_zero_auto, flat_zero_blocker
+
+    why = flat_zero_blocker(
+        engine=layout.dp_engine, stage=layout.zero_stage, tp=layout.tp, pp=layout.pp,
+        cp=layout.cp, ep=1, dp_replicate=layout.dp_replicate, cpu_offload=layout.cpu_offload,
+    )  # fmt: skip
+    return (
+        flat_zero_auto(layout.zero_flat, layout.zero_stage, job.dtype)
+        and layout.dp_cp > 1
+        and why is None
+    )

@@ -41,7 +41,7 @@ from plait.plan import comm
 from plait.plan.bubble import bubble_fraction
 from plait.plan.hardware import GPU, Cluster
 from plait.plan.memory import kept_unsharded, state_bytes
-from plait.plan.shapes import Job, Layout, ModelShape
+from plait.plan.shapes import Job, Layout, ModelShape, uses_flat
 from plait.plan.stages import RankPart, rank_parts
 
 MATMUL_N0 = 512  # width per TP rank at which GEMMs reach half their large-matrix efficiency
@@ -223,6 +223,9 @@ def step_time(
     # ZeRO gathers weights in the compute dtype under mixed precision or FSDP2 (stage >= 2);
     # torch's ZeroRedundancyOptimizer (stage 1) broadcasts the fp32 weights themselves
     gather_b = job.act_bytes if job.precision == "mixed" or layout.zero_stage >= 2 else pb
+    flat = uses_flat(layout, job)
+    if flat:  # flat ZeRO-1/2 all-gathers its fp32 (master) weights after the step
+        gather_b = pb
     grads, params = psi * gb, psi * gather_b
     bwd = t_comp * (2 / 3 if not recomputed_blocks(layout, part.blocks) else 3 / 4)
     fwd = t_comp - bwd
@@ -235,7 +238,10 @@ def step_time(
         else:
             red = comm.reduce_scatter(grads, ns, shard_link) + rep
             ag = comm.all_gather(params, ns, shard_link)
-        if stage < 3:
+        if flat:  # reduce-scatters overlap backward; the gather follows the step
+            dp_s = red + ag
+            exposed = max(0.0, red - bwd) + ag
+        elif stage < 3:
             dp_s = red + ag
             exposed = max(0.0, red - bwd) + max(0.0, ag - fwd)
         else:  # gather for every forward and backward (less what stays gathered), reduce once
