@@ -71,6 +71,7 @@ def apply_sharded(model: nn.Module, cfg: Config, dims: ParallelDims, meshes, dev
         dtype=cfg.train.dtype,
         cpu_offload=cfg.parallel.cpu_offload,
         device=device,
+        unit_mb=cfg.parallel.fsdp_unit_mb,
     )
 
 

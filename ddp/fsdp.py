@@ -14,6 +14,9 @@ block's parameters before its forward/backward and reduce-scatters its gradients
 Applied on the meta-device model, before materialisation, one unit per block and one for the
 root (torchtitan's order), so a model bigger than one device never exists whole.
 
+Units (``parallel.fsdp_unit_mb``, :func:`unit_sizes`): consecutive blocks share one unit up to
+that many MB of parameters, so small blocks pay fewer collectives; "block" below means unit.
+
 Reshard policy (``parallel.reshard_after_forward``, docs/design.md "Reshard policy"): under
 ZeRO-3 ``auto`` reshards every block but the last (its backward runs right after forward: a
 reshard there is an all-gather for nothing, torchtitan's default) and never the root (its head
@@ -45,8 +48,22 @@ from plait.parallel_attrs import EXPERT_SHARD_ATTR
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def unit_sizes(block_bytes: list[int], limit_bytes: float) -> list[int]:
+    """Blocks per FSDP2 unit: consecutive blocks share a unit while their parameters stay within
+    ``limit_bytes`` (``parallel.fsdp_unit_mb``; a larger block is a unit of its own; 0: one
+    block per unit). FSDP1's size-based wrap, DeepSpeed's bucket sizes: fewer, larger
+    collectives, each with one copy-in/out (docs/design.md "FSDP2 units")."""
+    sizes, cur, n = [], 0, 0
+    for b in block_bytes:
+        if n and cur + b > limit_bytes:
+            sizes.append(n)
+            cur, n = 0, 0
+        cur, n = cur + b, n + 1
+    return sizes + ([n] if n else [])
+
+
 def block_reshard(stage: int, policy: bool | int | str, index: int, n_blocks: int) -> bool | int:
-    """``reshard_after_forward`` of block ``index`` of ``n_blocks`` (ZeRO-2: never)."""
+    """``reshard_after_forward`` of unit ``index`` of ``n_blocks`` units (ZeRO-2: never)."""
     if stage < 3 or policy is False:
         return False
     if policy == "auto":
@@ -65,6 +82,7 @@ def apply_fsdp(
     dtype: str,
     cpu_offload: bool,
     device: torch.device,
+    unit_mb: float = 0.0,
 ) -> None:
     """Shard ``model`` in place; ``mesh`` is 1-D (ZeRO) or 2-D (dp_replicate, dp_shard) for HSDP.
 
@@ -83,16 +101,21 @@ def apply_fsdp(
     if experts:
         kw["ignored_params"] = experts
     blocks = list(model.layers.values())
-    for i, block in enumerate(blocks):
-        r = block_reshard(stage, reshard_after_forward, i, len(blocks))
+    nbytes = [sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks]
+    units, i = [], 0
+    for n in unit_sizes(nbytes, unit_mb * 2**20):
+        units.append(blocks[i : i + n])
+        i += n
+    for i, unit in enumerate(units):
+        r = block_reshard(stage, reshard_after_forward, i, len(units))
         if not isinstance(r, bool) and r == mesh.size(-1):
             r = True  # a group of the whole shard dimension is plain ZeRO-3
-        fully_shard(block, reshard_after_forward=r, **kw)
+        fully_shard(unit if len(unit) > 1 else unit[0], reshard_after_forward=r, **kw)
     # the root's head is first in backward: kept (FSDP2's own root default) unless every
     # unit is to reshard (true: ZeRO-3 to the letter)
     fully_shard(model, reshard_after_forward=stage == 3 and reshard_after_forward is True, **kw)
-    for block, nxt in zip(blocks, blocks[1:]):
-        block.set_modules_to_forward_prefetch([nxt])
+    for unit, nxt in zip(units, units[1:]):
+        unit[0].set_modules_to_forward_prefetch([nxt[0]])
 
 
 def unsharded_param_bytes(model: nn.Module) -> int:

@@ -243,6 +243,12 @@ class ParallelConfig:
     zero_bucket_mb: float = _f(
         25.0, "zero_flat: gradient bucket size in MB (one collective per bucket)."
     )
+    fsdp_unit_mb: float = _f(
+        8.0,
+        "zero_stage 2/3 on FSDP2: consecutive blocks share one fully_shard unit while their "
+        "parameters stay within this many MB (fewer, larger collectives for small blocks; a "
+        "larger block is its own unit); 0: one unit per block.",
+    )
     reduce_every_microbatch: bool = _f(
         True,
         "zero_stage 2/3 on the torch engine: reduce-scatter gradients after every micro-batch "
@@ -632,6 +638,7 @@ def check_values(cfg: Config) -> None:
         r,
         "expected auto, true, false or a group size >= 1",
     )
+    _require(p.fsdp_unit_mb >= 0, "parallel.fsdp_unit_mb", p.fsdp_unit_mb, "must be >= 0")
     _require(p.zero_bucket_mb > 0, "parallel.zero_bucket_mb", p.zero_bucket_mb, "must be > 0")
     # below a second every collective times out; above a week a hang is never noticed
     _require(

@@ -43,6 +43,7 @@ MLP = [
 ]
 ACCUM = ["train.grad_accum=2"]
 OLD = ["parallel.zero_flat=false"]  # ZeRO-1/2 on DDP + ZeroRedundancyOptimizer / FSDP2
+BLOCK = ["parallel.fsdp_unit_mb=0"]  # one FSDP2 unit per block (the memory checks count blocks)
 BASES = {"gpt": GPT, "mlp": MLP, "big": BIG_CLIP}
 
 
@@ -82,18 +83,21 @@ TORCH_RUNS = [
     ("ddp+accum+selective-ckpt", "gpt", ACCUM + ["parallel.activation_checkpoint=selective", "parallel.activation_checkpoint_every=2"]),
     ("zero1+accum", "gpt", _z(1) + ACCUM + OLD),
     ("zero2+accum", "gpt", _z(2) + ACCUM + OLD),
-    ("zero3+full-ckpt", "gpt", _z(3) + ["parallel.activation_checkpoint=full"]),
-    ("zero3+offload", "gpt", _z(3) + ["parallel.cpu_offload=true"]),
+    ("zero3+full-ckpt", "gpt", _z(3) + BLOCK + ["parallel.activation_checkpoint=full"]),
+    ("zero3+offload", "gpt", _z(3) + BLOCK + ["parallel.cpu_offload=true"]),
     ("mlp-sgd-zero1", "mlp", _z(1) + OLD),
     ("mlp-sgd-zero2+accum", "mlp", _z(2) + ACCUM + OLD),
     # reshard policies and reduce-on-the-last-micro-batch (ZeRO-3's default is auto, above)
-    ("zero3 reshard=true", "gpt", _z(3) + ["parallel.reshard_after_forward=true"]),
+    ("zero3 reshard=true", "gpt", _z(3) + BLOCK + ["parallel.reshard_after_forward=true"]),
     ("zero3 reshard=false+accum reduce-last", "gpt", _z(3) + ACCUM + ["parallel.reshard_after_forward=false", "parallel.reduce_every_microbatch=false"]),
     ("mlp-sgd-zero2+accum reduce-last", "mlp", _z(2) + ACCUM + OLD + ["parallel.reduce_every_microbatch=false"]),
     # flat ZeRO-1/2 (parallel.zero_flat: the default where it composes), in many small buckets too
     ("flat zero1+accum small buckets", "gpt", _z(1) + ACCUM + ["parallel.zero_bucket_mb=0.05"]),
     ("flat zero2+accum", "gpt", _z(2) + ACCUM),
     ("mlp-sgd flat zero2+accum reduce-last small buckets", "mlp", _z(2) + ACCUM + ["parallel.reduce_every_microbatch=false", "parallel.zero_bucket_mb=0.01"]),
+    # FSDP2 units of several blocks (parallel.fsdp_unit_mb): both blocks in one unit, the
+    # default on this tiny model; auto keeps that last unit, reshard=true frees it
+    ("zero3 one unit of 2 blocks, reshard=true", "gpt", _z(3) + ["parallel.reshard_after_forward=true"]),
 ]  # fmt: skip
 
 
@@ -127,6 +131,7 @@ def test_torch_engine_ddp_zero123_offload_match_one_process(refs, tmp_path):
     # reshard_after_forward=false keeps them all, like ZeRO-2; true keeps only the root's (none)
     assert _mem(res["zero3 reshard=false+accum reduce-last"], "unsharded") == 4 * psi
     assert _mem(res["zero3 reshard=true"], "unsharded") < _mem(res["zero3+full-ckpt"], "unsharded")
+    assert _mem(res["zero3 one unit of 2 blocks, reshard=true"], "unsharded") == 0
     # ZeroRedundancyOptimizer assigns whole parameters to ranks: 8Ψ/N up to one parameter
     f1 = zero_formula(1, psi, n, adam)
     assert _mem(res["zero1+accum"], "params") == f1["params"]

@@ -371,6 +371,11 @@ def test_engine_stage_and_offload_accounting_by_hand():
     # DeepSpeed ZeRO-2 keeps the weights whole; buckets of min(5e8, psi) elements
     d2 = mem(zero_stage=2, dp_engine="deepspeed")
     assert d2.states == pytest.approx((4 + (4 + 8) / 4) * psi)
+    # FSDP2 units of 2 blocks (parallel.fsdp_unit_mb): two units gathered (2 x 2 bf16 bytes)
+    # and one unit's fp32 grads (4) per block more, and auto keeps a 2-block last unit (+2)
+    unit2 = 2 * 4 * TINY.block_params / 2**20
+    z3, z3u = mem(zero_stage=3), mem(zero_stage=3, fsdp_unit_mb=unit2)
+    assert z3u.buffers - z3.buffers == pytest.approx((2 * 2 + 4 + 2) * TINY.block_params)
     # cpu_offload moves FSDP2's sharded states to host memory
     off = mem(zero_stage=3, cpu_offload=True)
     assert off.states == 0.0 and off.offloaded == pytest.approx(16 * psi / 4)

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 from plait.plan.bubble import inflight_microbatches
-from plait.plan.shapes import Job, Layout, ModelShape, uses_flat
+from plait.plan.shapes import Job, Layout, ModelShape, unit_blocks, uses_flat
 from plait.plan.stages import RankPart, rank_parts
 from plait.zero import bytes_per_param, zero_formula
 
@@ -209,8 +209,9 @@ class Memory:
 def kept_unsharded(shape: ModelShape, layout: Layout, part: RankPart) -> float:
     """ZeRO-3 on FSDP2: block parameters per rank held (unsharded, or in a smaller group) from
     forward to backward by ``parallel.reshard_after_forward`` (plait.ddp.fsdp.block_reshard):
-    auto keeps each stage's last block, false every block, a group size g a 1/g shard of every
-    block, true none. The root unit (embedding, head) is counted apart by :func:`rank_memory`."""
+    auto keeps each stage's last unit (``fsdp_unit_mb``: one or more blocks), false every block,
+    a group size g a 1/g shard of every block, true none. The root unit (embedding, head) is
+    counted apart by :func:`rank_memory`."""
     policy, tp = layout.reshard_after_forward, layout.tp
     blocks = part.blocks * shape.block_params / tp
     if policy is True or not part.blocks:
@@ -218,7 +219,7 @@ def kept_unsharded(shape: ModelShape, layout: Layout, part: RankPart) -> float:
     if policy is False:
         return blocks
     if policy == "auto":
-        return shape.block_params / tp
+        return unit_blocks(shape, layout, part.blocks)[1] * shape.block_params / tp
     return blocks / policy
 
 
@@ -288,10 +289,11 @@ def rank_memory(
         # root's reduce-scatter (tests/test_plan_measure.py)
         head = (shape.head_params if part.head else 0) / layout.tp
         root = (shape.embed_params if part.embed else 0) / layout.tp + head
-        buffers += 2 * cb * blk + cb * root + (0.0 if nosync else gb * blk + cb * head)
+        g = unit_blocks(shape, layout, part.blocks)[0]
+        buffers += 2 * cb * blk * g + cb * root + (0.0 if nosync else gb * blk * g + cb * head)
         notes.append(
-            "FSDP2 prefetch: two blocks' unsharded params + one block's grads; the root unit "
-            "(embedding + head) unsharded, with the head's gradients"
+            f"FSDP2 prefetch: two units' unsharded params + one unit's grads ({g} block(s) per "
+            "unit); the root unit (embedding + head) unsharded, with the head's gradients"
         )
         kept = kept_unsharded(shape, layout, part)
         if kept:

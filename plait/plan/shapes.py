@@ -129,6 +129,8 @@ class Layout:
     #: parallel.zero_flat (ZeRO-1/2 on the torch engine; :func:`uses_flat` resolves auto)
     zero_flat: bool | str = "auto"
     zero_bucket_mb: float = 25.0
+    #: parallel.fsdp_unit_mb (blocks per FSDP2 unit: :func:`unit_blocks`); 0: one per block
+    fsdp_unit_mb: float = 0.0
 
     @property
     def dp(self) -> int:
@@ -172,6 +174,7 @@ class Layout:
             reshard_after_forward=p.reshard_after_forward,
             grad_sync="every" if p.reduce_every_microbatch else "last",
             zero_flat=p.zero_flat if p.ep == 1 else False, zero_bucket_mb=p.zero_bucket_mb,
+            fsdp_unit_mb=p.fsdp_unit_mb,
         )  # fmt: skip
 
 
@@ -228,3 +231,14 @@ def uses_flat(layout: Layout, job: Job) -> bool:
         and layout.dp_cp > 1
         and why is None
     )
+
+
+def unit_blocks(shape: ModelShape, layout: Layout, blocks: int) -> tuple[int, int]:
+    """(blocks per FSDP2 unit, blocks in the last unit) of a stage of ``blocks`` blocks under
+    ``fsdp_unit_mb`` (plait.ddp.fsdp.unit_sizes: fp32 parameters, counted whole)."""
+    if blocks < 1:
+        return 1, 0
+    per = 4 * shape.block_params
+    g = max(1, int(layout.fsdp_unit_mb * 2**20 // per)) if layout.fsdp_unit_mb > 0 else 1
+    g = min(g, blocks)
+    return g, blocks % g or g
