@@ -30,7 +30,10 @@ during accumulation, which keeps them sharded (the memory ZeRO-2/3 promise);
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import (
     CPUOffloadPolicy,
@@ -38,6 +41,7 @@ from torch.distributed.fsdp import (
     OffloadPolicy,
     fully_shard,
 )
+from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather, ReduceScatter
 from torch.distributed.tensor import DTensor
 
 from plait.ddp import memory
@@ -116,6 +120,62 @@ def apply_fsdp(
     fully_shard(model, reshard_after_forward=stage == 3 and reshard_after_forward is True, **kw)
     for unit, nxt in zip(units, units[1:]):
         unit[0].set_modules_to_forward_prefetch([nxt[0]])
+    if dist.get_backend(mesh.get_group(mesh.ndim - 1)) == "gloo" and os.environ.get("PLAIT_X") != "0":
+        for m in [u[0] for u in units] + [model]:
+            m.set_custom_all_gather(GlooAllGather())
+            m.set_custom_reduce_scatter(GlooReduceScatter())
+
+
+class _GlooComm:
+    """FSDP2's custom-collective hooks (``set_custom_all_gather`` / ``set_custom_reduce_scatter``)
+    with what gloo runs fastest. Measured on gloo, 2 ranks, 1e7 fp32 elements: all-gather 65 ms
+    against 12 ms for one in-place broadcast per rank's slot, reduce-scatter 63 ms against 30 ms
+    for an all-reduce of which this rank keeps its slot (gloo's ring all-reduce and broadcast
+    are its tuned paths; docs/design.md "FSDP2 units"). Same bytes, same sums."""
+
+    def allocate(self, size, *, dtype, device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+
+class _Works:
+    """One wait() for several async works (FSDP2 waits on the all-gather's handle once)."""
+
+    def __init__(self, works):
+        self.works = works
+
+    def wait(self, *_a, **_k) -> bool:
+        for w in self.works:
+            w.wait()
+        return True
+
+
+class GlooAllGather(_GlooComm, AllGather):
+    def __call__(self, output_tensor, input_tensor, group, async_op: bool = False):
+        n, r = dist.get_world_size(group), dist.get_rank(group)
+        size = input_tensor.numel()
+        slots = output_tensor.view(-1).split(size)
+        if slots[r].data_ptr() != input_tensor.data_ptr():
+            slots[r].copy_(input_tensor.view(-1))
+        works = [
+            dist.broadcast(slots[i], src=dist.get_global_rank(group, i), group=group, async_op=True)
+            for i in range(n)
+        ]
+        w = _Works(works)
+        if async_op:
+            return w
+        w.wait()
+        return None
+
+
+class GlooReduceScatter(_GlooComm, ReduceScatter):
+    def __call__(self, output_tensor, input_tensor, group, op, async_op: bool = False):
+        r = dist.get_rank(group)
+        work = dist.all_reduce(input_tensor, op=op, group=group, async_op=async_op)
+        if work is not None:
+            work.wait()
+        size = output_tensor.numel()
+        output_tensor.view(-1).copy_(input_tensor.view(-1)[r * size : (r + 1) * size])
+        return None
 
 
 def unsharded_param_bytes(model: nn.Module) -> int:
