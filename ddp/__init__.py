@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plait import rules
+from plait import components, rules
 from plait.config import Config
 from plait.ddp.ddp import apply_ddp, no_sync
 from plait.ddp.engine import Engine
+from plait.errors import ConfigError
 from plait.mesh import ParallelDims
 from plait.wrapped import unwrap
 
@@ -34,8 +35,18 @@ __all__ = [
 
 def uses_flat_zero(cfg: Config, dims: ParallelDims) -> bool:
     """ZeRO-1/2 on flat buckets (``parallel.zero_flat``, plait.ddp.flat_zero) instead of the
-    table's DDP + ZeroRedundancyOptimizer / FSDP2 cell."""
-    return rules.uses_flat_zero(cfg.parallel, dims, cfg.train.dtype)
+    table's DDP + ZeroRedundancyOptimizer / FSDP2 cell. It steps flat pieces, so it needs an
+    elementwise optimizer: a Python-API optimizer factory keeps auto on the table's cell."""
+    if not rules.uses_flat_zero(cfg.parallel, dims, cfg.train.dtype):
+        return False
+    if components.active().optimizer is not None:
+        if cfg.parallel.zero_flat is True:
+            raise ConfigError(
+                "parallel.zero_flat: true is not allowed with an optimizer factory from the "
+                "Python API (flat pieces need an elementwise optimizer); set zero_flat=auto"
+            )
+        return False
+    return True
 
 
 def uses_fsdp(cfg: Config, dims: ParallelDims) -> bool:

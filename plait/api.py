@@ -122,6 +122,12 @@ def parallelize(
             "are reduced in the trainer's optimizer step); use plait.train(cfg, model=...) "
             "with a gpt mixture-of-experts model for ep > 1"
         )
+    if keys.get("zero_flat") is True:
+        raise ConfigError(
+            "parallel.zero_flat: true is not allowed in plait.parallelize (its gradient hooks "
+            "and sharded optimizer live in the trainer's engine); use plait.train(cfg, model=...)"
+        )
+    keys["zero_flat"] = False  # one's own loop: DDP (ZeRO-1) / FSDP2 (ZeRO-2) wrap the model
     env = pdist.DistEnv.from_environ()
     cfg = from_dict({"parallel": keys, "train": {"seed": seed, "device": device}})
     with components.use(components.Components(model=model)):
