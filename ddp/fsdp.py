@@ -30,8 +30,6 @@ during accumulation, which keeps them sharded (the memory ZeRO-2/3 promise);
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -120,7 +118,7 @@ def apply_fsdp(
     fully_shard(model, reshard_after_forward=stage == 3 and reshard_after_forward is True, **kw)
     for unit, nxt in zip(units, units[1:]):
         unit[0].set_modules_to_forward_prefetch([nxt[0]])
-    if dist.get_backend(mesh.get_group(mesh.ndim - 1)) == "gloo" and os.environ.get("PLAIT_X") != "0":
+    if dist.get_backend(mesh.get_group(mesh.ndim - 1)) == "gloo":  # see GlooAllGather
         for m in [u[0] for u in units] + [model]:
             m.set_custom_all_gather(GlooAllGather())
             m.set_custom_reduce_scatter(GlooReduceScatter())
