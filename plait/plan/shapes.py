@@ -126,6 +126,10 @@ class Layout:
     grad_sync: str = "every"
     #: parallel.reshard_after_forward (ZeRO-3 on the torch engine)
     reshard_after_forward: bool | int | str = "auto"
+    #: the gradient reduction overlaps the last backward (DDP's buckets, FSDP2, Megatron-core's
+    #: overlap_grad_reduce); False: it starts after backward ends (Megatron-LM 2021's local DDP,
+    #: ``allreduce_gradients()`` after ``forward_backward_func``): a published-run setting only
+    grad_overlap: bool = True
 
     @property
     def dp(self) -> int:

@@ -3,8 +3,8 @@ parallelism (alpha-beta), the pipeline bubble, and the optimizer update.
 
 Compute, per micro-batch and op class (docs/design.md, "plait plan"):
 - matmuls (the linear layers and the head): their FLOPs at the GPU's matmul rate (bf16, or
-  fp8 for fp8 linears) x ``matmul_eff`` x a size factor n/(n + MATMUL_N0), n the model width
-  per tensor-parallel rank (narrow GEMMs run further from peak);
+  fp8 for fp8 linears) x ``matmul_eff`` x a size factor n/(n + MATMUL_N0), n each linear's
+  narrow side on a tensor-parallel rank (narrow GEMMs run further from peak);
 - attention (flash, causal: half the square, backward 2.5x forward): at ``attn_eff`` of the
   bf16 peak;
 - memory-bound ops (norms, residual adds, rotary, SwiGLU's product, layout copies, the
@@ -20,7 +20,8 @@ Overlap rules (stated, simple, conservative):
 - PP point-to-point: one send forward and one backward per micro-batch and chunk, on the
   critical path (so the bubble stretches with them).
 - DP: the gradient reduction (DDP all-reduce; ZeRO reduce-scatter) overlaps with the backward
-  of the last micro-batch only (accumulation skips sync before it); ZeRO-1/2's parameter
+  of the last micro-batch only (accumulation skips sync before it), or none of it where a
+  published system reduced after backward (``Layout.grad_overlap``); ZeRO-1/2's parameter
   all-gather overlaps with the first forward; ZeRO-3 gathers every micro-batch (forward and
   backward: 1.5x DDP's volume at one micro-batch) and overlaps each with that pass's compute.
   Only what exceeds its window is added. Collectives reach COLL_EFF of the link bandwidth.
@@ -44,7 +45,7 @@ from plait.plan.memory import kept_unsharded, state_bytes
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
 
-MATMUL_N0 = 512  # width per TP rank at which GEMMs reach half their large-matrix efficiency
+MATMUL_N0 = 768  # narrow side at which a GEMM reaches half its large-matrix rate (fitted)
 HBM_EFF = 0.8  # share of HBM bandwidth elementwise kernels reach (STREAM-like copies)
 COMPILE_TRAFFIC = 0.5  # memory-bound bytes left after torch.compile's fusion (assumption)
 COLL_EFF = 0.8  # NCCL bus bandwidth over link bandwidth for large messages (assumption)
@@ -122,14 +123,31 @@ def head_traffic_bytes(shape: ModelShape, job: Job, tp: int) -> float:
     return 28 * shape.vocab_size / tp * (COMPILE_TRAFFIC if job.compiled else 1.0)
 
 
+def gemm_size(n: float) -> float:
+    """Share of the large-matrix GEMM rate a GEMM whose narrow side is n reaches."""
+    return n / (n + MATMUL_N0)
+
+
+def block_gemm_size(shape: ModelShape, tp: int) -> float:
+    """The size factor of a block's matmuls, FLOP-weighted (harmonic: times add): each linear
+    at its own narrow side under tp. Column-parallel wq, wk, wv, w1, w3 keep the full input
+    width D and split their outputs; row-parallel wo, w2 split their inputs: so the attention
+    linears run at D/tp wide but the MLP at min(D, F/tp) (Megatron 2021 at tp 8: 768 vs 2048)."""
+    d, kv, f = shape.dim, shape.kv_dim, shape.ffn_dim
+    gemms = [  # (weights, narrow side under tp)
+        (d * d, min(d, d / tp)), (2 * d * kv, min(d, kv / tp)), (d * d, min(d / tp, d)),
+        (2 * d * f, min(d, f / tp)), (d * f, min(f / tp, d)),
+    ]  # fmt: skip
+    return sum(w for w, _ in gemms) / sum(w / gemm_size(n) for w, n in gemms)
+
+
 def roofline(
     shape: ModelShape, layout: Layout, job: Job, gpu: GPU, part: RankPart, tokens: float
 ) -> tuple[float, float, float]:
     """(matmul, attention, memory-bound) seconds of one micro-batch of ``tokens`` on one rank
     of ``part`` (forward, backward and recomputation)."""
     tp, sp = layout.tp, layout.sequence_parallel
-    n = shape.dim / tp
-    size = n / (n + MATMUL_N0)
+    size = block_gemm_size(shape, tp)
     fp8 = job.dtype == "fp8" and gpu.fp8_flops > 0
     if job.dtype == "fp32":
         mm_rate = gpu.fp32_flops
@@ -150,8 +168,13 @@ def roofline(
     if part.head:
         traffic += head_traffic_bytes(shape, job, tp)
     hbm = gpu.hbm_bytes_per_s * HBM_EFF
-    # the head matmul stays in bf16 under fp8 (torchao and Transformer Engine leave it out)
-    head_rate = gpu.peak_flops * gpu.matmul_eff * size if fp8 else mm_rate
+    # the head (D x V/tp, narrow side D) stays in bf16 under fp8 (torchao and Transformer
+    # Engine leave it out)
+    head_size = gemm_size(min(shape.dim, shape.vocab_size / tp))
+    if job.dtype == "fp32":
+        head_rate = gpu.fp32_flops
+    else:
+        head_rate = gpu.peak_flops * gpu.matmul_eff * head_size
     t_mm = tokens * (mm_flops / mm_rate + head_mm / head_rate)
     return t_mm, tokens * attn_flops / attn_rate, tokens * traffic / hbm
 
@@ -237,7 +260,7 @@ def step_time(
             ag = comm.all_gather(params, ns, shard_link)
         if stage < 3:
             dp_s = red + ag
-            exposed = max(0.0, red - bwd) + max(0.0, ag - fwd)
+            exposed = max(0.0, red - (bwd if layout.grad_overlap else 0.0)) + max(0.0, ag - fwd)
         else:  # gather for every forward and backward (less what stays gathered), reduce once
             # the root unit (embedding, head) stays gathered unless every unit reshards
             root = (
