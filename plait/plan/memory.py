@@ -34,6 +34,9 @@ from plait.zero import bytes_per_param, zero_formula
 RESERVE = 0.10  # of device memory kept free: CUDA context, NCCL buffers, allocator fragmentation
 DS_BUCKET = 5e8  # DeepSpeed reduce_bucket_size / allgather_bucket_size default, in elements
 DS_PREFETCH = 5e7  # DeepSpeed stage3_prefetch_bucket_size default, in elements
+#: the float64 buffer plait.grad_norm casts each gradient into, chunk by chunk (its CHUNK
+#: elements x 8 bytes), live while the optimizer step takes the norm, after backward
+NORM_BUFFER = (1 << 18) * 8
 
 
 # ------------------------------------------------------------------------- model states
@@ -184,6 +187,10 @@ class Memory:
     offloaded: float = 0.0
     notes: list[str] = field(default_factory=list)
     grads_with_activations: bool = True  # False: grads only exist once activations are freed
+    #: bytes besides params, optimizer state and gradients live in the optimizer step, once
+    #: backward has freed the activations and FSDP's unsharded parameters: the buffers that
+    #: persist (DeepSpeed's, fairscale's buckets) and the step's own (the norm's float64 chunk)
+    after_backward: float = 0.0
 
     @property
     def states(self) -> float:
@@ -192,10 +199,11 @@ class Memory:
     @property
     def total(self) -> float:
         """Peak: everything at once, except that with one micro-batch per step the trainer's
-        gradients (set to None after each update) grow only while backward frees activations."""
-        if self.grads_with_activations:
-            return self.states + self.activations + self.buffers
-        return self.params + self.optimizer + max(self.grads, self.activations) + self.buffers
+        gradients (set to None after each update) grow only while backward frees activations;
+        or the optimizer step's own buffers with the gradients, after backward."""
+        backward = self.activations + (self.grads if self.grads_with_activations else 0.0)
+        step = self.grads + self.after_backward
+        return self.params + self.optimizer + max(self.buffers + backward, step)
 
     @property
     def usable(self) -> float:
@@ -247,12 +255,17 @@ def rank_memory(
 
     cb = job.act_bytes  # dtype parameters are gathered / cast to for compute
     blk = shape.block_params / layout.tp
-    buffers = 0.0
-    if layout.dp_cp > 1 and engine in ("torch", "fairscale") and stage <= 1:
-        buffers += gb * psi_rank  # DDP's gradient buckets (gradient_as_bucket_view=False)
-        notes.append("DDP buckets: one more copy of the gradients")
+    buffers = persistent = 0.0
+    # torch DDP's gradients are views into its all-reduce buckets (plait.ddp.ddp:
+    # gradient_as_bucket_view=True), which live for the whole run: no copy, never freed
+    ddp_buckets = layout.dp_cp > 1 and stage <= 1 and engine == "torch"
+    if layout.dp_cp > 1 and engine == "fairscale" and stage <= 1:
+        persistent += gb * psi_rank  # fairscale's buckets copy the gradients
+        notes.append("fairscale buckets: one more copy of the gradients")
     if ns > 1 and engine == "torch" and stage == 2:
-        buffers += cb * psi_rank  # unsharded for the whole of forward + backward
+        # unsharded for the whole of forward + backward, and the last unit's all-gather output,
+        # which FSDP2 keeps (its all_gather_state) until the next unit's all-gather, in backward
+        buffers += cb * psi_rank + cb * blk
         notes.append("FSDP2 reshard_after_forward=False: all unsharded params held fwd->bwd")
     fsdp = ns > 1 and engine == "torch" and stage >= 2
     # gradients FSDP2 accumulates unsharded between syncs: upcast to the reduce dtype after the
@@ -296,13 +309,14 @@ def rank_memory(
             f"({acc_b} bytes each) across the step"
         )
     if ns > 1 and engine == "deepspeed" and stage in (1, 2):
-        buffers += 2 * min(DS_BUCKET, psi_rank) * gb
+        persistent += 2 * min(DS_BUCKET, psi_rank) * gb
         notes.append("DeepSpeed reduce + all-gather buckets (5e8 elements each by default)")
     if ns > 1 and engine == "deepspeed" and stage == 3:
         # DeepSpeed's own estimator (estimate_zero3_model_states_mem_needs) counts 4 bytes x
         # the largest layer's parameters; the embedding or the head is the largest here
         largest = max(shape.embed_params, shape.head_params, shape.block_params) / layout.tp
-        buffers += max(min(DS_PREFETCH, psi_rank) * pb, 4 * largest) + min(DS_BUCKET, psi_rank) * gb
+        persistent += max(min(DS_PREFETCH, psi_rank) * pb, 4 * largest)
+        persistent += min(DS_BUCKET, psi_rank) * gb
         notes.append(
             "DeepSpeed ZeRO-3: 4 x the largest layer (or the prefetch bucket) + reduce bucket"
         )
@@ -310,12 +324,13 @@ def rank_memory(
         buffers += cb * psi_rank  # autocast's cast weight copies, saved for backward
         notes.append("autocast: bf16/fp16 copies of the weights live through backward")
     # gradients outlive a step's activations with accumulation or DeepSpeed's persistent buffers
-    overlap = layout.microbatches > 1 or engine == "deepspeed"
+    overlap = layout.microbatches > 1 or engine == "deepspeed" or ddp_buckets
     if not overlap:
         notes.append("one micro-batch: gradients grow as activations free; total counts the larger")
     return Memory(
-        part.rank, params, grads, opt, activation_bytes(shape, layout, job, part), buffers,
-        device_bytes, offloaded, notes, overlap,
+        part.rank, params, grads, opt, activation_bytes(shape, layout, job, part),
+        buffers + persistent,
+        device_bytes, offloaded, notes, overlap, persistent + (NORM_BUFFER if psi_rank else 0.0),
     )  # fmt: skip
 
 

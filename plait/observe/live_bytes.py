@@ -1,0 +1,67 @@
+"""Live CPU bytes over time without CUDA: torch's CPU allocator reports every allocation and
+free to the profiler when ``profile_memory`` is on (c10's ProfiledCPUMemoryReporter); replaying
+those ``[memory]`` events in time order gives the bytes live at each moment, counted from when
+profiling started (docs/design.md, "plait plan": what the plan is measured against).
+
+What it sees: every tensor storage the CPU allocator hands out on a thread with the profiler on
+(the caller's: forward, the CPU autograd engine's backward, the optimizer). What it does not: a
+block allocated before profiling started (its free is not reported either: c10 warns once), and
+memory outside the allocator (gloo's own buffers, Python objects)."""
+
+from __future__ import annotations
+
+import bisect
+from contextlib import contextmanager
+
+from torch._C._autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
+
+
+class LiveBytes:
+    """``with LiveBytes() as live:`` ... then :meth:`peak` / :meth:`at` over marked spans."""
+
+    def __init__(self):
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self.times: list[int] = []  # ns, sorted
+        self.live: list[int] = []  # bytes live just after each event
+        self.spans: dict[str, tuple[int, int]] = {}
+
+    def __enter__(self) -> LiveBytes:
+        self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._prof.__exit__(*exc)
+        events = self._prof.profiler.kineto_results.events()
+        mem = sorted(
+            (e.start_ns(), e.nbytes())
+            for e in events
+            if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+        )
+        total = 0
+        for t, n in mem:
+            total += n
+            self.times.append(t)
+            self.live.append(total)
+        self.spans = {
+            e.name(): (e.start_ns(), e.end_ns()) for e in events if e.is_user_annotation()
+        }
+
+    @staticmethod
+    @contextmanager
+    def span(name: str):
+        """Marks a stretch of time (a step) to ask :meth:`peak` about later."""
+        with record_function(name):
+            yield
+
+    def at(self, t_ns: int) -> int:
+        """Bytes live at ``t_ns`` (allocated since profiling started and not yet freed)."""
+        i = bisect.bisect_right(self.times, t_ns)
+        return self.live[i - 1] if i else 0
+
+    def peak(self, name: str) -> tuple[int, int]:
+        """(bytes live when span ``name`` began, the most live at any moment inside it)."""
+        t0, t1 = self.spans[name]
+        start = self.at(t0)
+        lo, hi = bisect.bisect_left(self.times, t0), bisect.bisect_right(self.times, t1)
+        return start, max([start, *self.live[lo:hi]])
