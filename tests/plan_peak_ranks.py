@@ -31,10 +31,7 @@ def measure(cfg_dicts: list[dict]) -> list[dict]:
             gc.collect()
             with LiveBytes() as live:
                 res = train(cfg)
-            steps = {
-                n: live.peak(f"plait step {n}")
-                for n in range(1, cfg.train.steps + 1)
-            }
+            steps = {n: live.peak(f"plait step {n}") for n in range(1, cfg.train.steps + 1)}
             out.append({"rank": env.rank, "steps": steps, "loss": [m["loss"] for m in res.metrics]})
     finally:
         _Step.run = run

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from plait.pipeline.split import stage_ids
 from plait.plan.bubble import inflight_microbatches
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
@@ -68,6 +69,7 @@ def block_activation_bytes(
     checkpointed=False,
     *,
     cp: int = 1,
+    gathered: bool = False,
 ) -> float:
     """Bytes one block saves for backward for ``tokens`` tokens (this rank's: T / cp of each
     sequence under context parallel) of one micro-batch (see the module docstring for the
@@ -87,7 +89,10 @@ def block_activation_bytes(
     d, f = shape.dim, shape.ffn_dim
     # q and the attention output for this rank's tokens; keys and values gathered over cp
     attn = 2 * d + 2 * d * cp
-    per_token = (6 * d / s + (attn + 4 * f) / tp) * job.act_bytes + (shape.n_heads / tp + 2) * 4
+    # the norms' input and normalised output (/t with SP), and the attention's and the MLP's
+    # inputs: whole when torch's SP saves them all-gathered (``gathered``)
+    norms = 4 * d / s + 2 * d / (1 if gathered else s)
+    per_token = (norms + (attn + 4 * f) / tp) * job.act_bytes + (shape.n_heads / tp + 2) * 4
     return tokens * per_token + (cp_mask_bytes(job.seq_len, cp) if cp > 1 else 0.0)
 
 
@@ -111,7 +116,13 @@ def _vocab(shape: ModelShape, layout_tp: int, loss_parallel: bool) -> float:
 
 
 def head_activation_bytes(
-    shape: ModelShape, tokens: int, job: Job, tp: int = 1, sp=False, loss_parallel=True
+    shape: ModelShape,
+    tokens: int,
+    job: Job,
+    tp: int = 1,
+    sp=False,
+    loss_parallel=True,
+    gathered: bool = False,
 ):
     """Final norm and output projection inputs, the logits the caller holds through backward,
     and the log-softmax output cross-entropy saves: fp32 when the loss upcasts (plait's), the
@@ -119,7 +130,8 @@ def head_activation_bytes(
     s = tp if sp else 1
     v = _vocab(shape, tp, loss_parallel)
     lsm = 4 if job.fp32_loss else job.act_bytes
-    return tokens * (3 * shape.dim / s * job.act_bytes + 4 + v * (job.act_bytes + lsm))
+    norm = (2 * shape.dim / s + shape.dim / (1 if gathered else s)) * job.act_bytes
+    return tokens * (norm + 4 + v * (job.act_bytes + lsm))
 
 
 def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart):
@@ -130,8 +142,9 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
     recompute = loss_grads = 0.0
     if layout.activation_checkpoint != "none":
         recompute = block_activation_bytes(
-            shape, tokens, job, layout.tp, layout.sequence_parallel, cp=layout.cp
-        )
+            shape, tokens, job, layout.tp, layout.sequence_parallel, cp=layout.cp,
+            gathered=layout.sp_saves_gathered,
+        )  # fmt: skip
     if part.head:
         lsm = 4 if job.fp32_loss else job.act_bytes
         loss_grads = tokens * _vocab(shape, layout.tp, layout.loss_parallel) * 2 * lsm
@@ -154,7 +167,8 @@ def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart
         if ac == "selective"
         else 0
     )
-    full = block_activation_bytes(shape, tokens, job, tp, sp, cp=layout.cp)
+    g = layout.sp_saves_gathered
+    full = block_activation_bytes(shape, tokens, job, tp, sp, cp=layout.cp, gathered=g)
     ckpt = block_activation_bytes(
         shape, tokens, job, tp, sp, checkpointed="op" if ac == "op" else True, cp=layout.cp
     )
@@ -164,7 +178,7 @@ def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart
     )
     out = inflight * per_mb + transient_activation_bytes(shape, layout, job, part)
     if part.head:
-        out += head_activation_bytes(shape, tokens, job, tp, sp, layout.loss_parallel)
+        out += head_activation_bytes(shape, tokens, job, tp, sp, layout.loss_parallel, g)
     if part.embed:
         out += tokens * 8  # int64 token ids saved by the embedding
     return out
@@ -230,6 +244,57 @@ def kept_unsharded(shape: ModelShape, layout: Layout, part: RankPart) -> float:
     return blocks / policy
 
 
+def zero3_unsharded_bytes(
+    shape: ModelShape,
+    layout: Layout,
+    job: Job,
+    part: RankPart,
+    blk: float,
+    cb: int,
+    gb: int,
+    nosync: bool,
+) -> float:
+    """FSDP2 ZeRO-3 (plait's units: each block, and the root: embedding, final norm, head):
+    the most held unsharded at once. When backward starts (at the head, every activation
+    alive) the root unit is gathered and the blocks ``reshard_after_forward`` keeps are still
+    held (:func:`kept_unsharded`); in the last block's backward the block is gathered again
+    unless kept, the next one is prefetched, that block's unsharded gradients exist and the
+    head's wait for the root's reduce-scatter, but by then the head's activations and the
+    loss's gradients are freed: whichever moment holds more (measured:
+    tests/test_plan_measure.py, tests/test_plan_peak.py)."""
+    policy = layout.reshard_after_forward
+    head = (shape.head_params if part.head else 0) / layout.tp
+    root = (shape.embed_params if part.embed else 0) / layout.tp + head
+    kept = kept_unsharded(shape, layout, part)
+    start = cb * (root + kept)
+    if not part.blocks:
+        return start
+    gathered = 0 if policy is False else 1 if policy == "auto" else 2
+    mid = cb * gathered * blk + (0.0 if nosync else gb * blk + cb * head)
+    freed = 0.0
+    if part.head:
+        tokens = job.tokens // (layout.dp_cp * layout.microbatches)
+        g = layout.sp_saves_gathered
+        freed = head_activation_bytes(
+            shape, tokens, job, layout.tp, layout.sequence_parallel, layout.loss_parallel, g
+        ) + transient_activation_bytes(shape, layout, job, part)
+    return start + max(0.0, mid - freed)
+
+
+def pipeline_recv_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
+    """torch's PipelineStage allocates a receive buffer per micro-batch for each stage input
+    (activations from the previous stage, gradients from the next) at the first step and keeps
+    them for the run: one (micro-batch tokens, D) tensor each."""
+    if layout.pp == 1:
+        return 0.0
+    n_stages = layout.pp * layout.v
+    ids = stage_ids(layout.schedule, part.rank, layout.pp, layout.v)
+    inputs = sum(int(s > 0) + int(s < n_stages - 1) for s in ids)
+    tokens = job.tokens // (layout.dp_cp * layout.microbatches)
+    s = layout.tp if layout.sequence_parallel else 1
+    return inputs * layout.microbatches * tokens * shape.dim / s * job.act_bytes
+
+
 def rank_memory(
     shape: ModelShape, layout: Layout, job: Job, part: RankPart, device_bytes: int
 ) -> Memory:
@@ -281,24 +346,12 @@ def rank_memory(
         buffers += acc_b * psi_rank + (cb * psi_rank if stage == 3 else 0.0)  # ZeRO-2: counted
         notes.append("pp + FSDP2: the stage's unsharded params and grads live across the step")
     elif fsdp and stage == 3:
-        # FSDP2 units: each block, and the root (embedding, final norm, head), gathered again
-        # when backward starts (at the head, with every activation still alive) and held to the
-        # end of backward, with the head's unsharded gradients (compute dtype) waiting for the
-        # root's reduce-scatter (tests/test_plan_measure.py)
-        head = (shape.head_params if part.head else 0) / layout.tp
-        root = (shape.embed_params if part.embed else 0) / layout.tp + head
-        buffers += 2 * cb * blk + cb * root + (0.0 if nosync else gb * blk + cb * head)
+        buffers += zero3_unsharded_bytes(shape, layout, job, part, blk, cb, gb, nosync)
         notes.append(
-            "FSDP2 prefetch: two blocks' unsharded params + one block's grads; the root unit "
-            "(embedding + head) unsharded, with the head's gradients"
+            "FSDP2 units unsharded: the root (embedding + head) and the blocks "
+            f"reshard_after_forward={layout.reshard_after_forward} keeps from forward to "
+            "backward; in backward the next block prefetched, one block's and the head's grads"
         )
-        kept = kept_unsharded(shape, layout, part)
-        if kept:
-            buffers += cb * kept
-            notes.append(
-                f"reshard_after_forward={layout.reshard_after_forward}: "
-                f"{kept / 1e6:.1f}M block params held unsharded from forward to backward"
-            )
     if nosync:
         # the step's gradients are these unsharded ones (also under fully_shard over a one-rank
         # mesh: KempnerForge's tp-only runs); each unit's sharded gradient replaces its
@@ -308,6 +361,12 @@ def rank_memory(
             f"gradient sync on the last micro-batch only: all unsharded gradients held "
             f"({acc_b} bytes each) across the step"
         )
+    if layout.pp > 1:
+        persistent += pipeline_recv_bytes(shape, layout, job, part)
+        notes.append("pipeline receive buffers: one per micro-batch and stage input")
+    step_copy = 0.0
+    if layout.pp > 1 and layout.dp_cp > 1 and stage == 0:
+        step_copy = gb * psi_rank  # the stage's flattened gradients, averaged over dp
     if ns > 1 and engine == "deepspeed" and stage in (1, 2):
         persistent += 2 * min(DS_BUCKET, psi_rank) * gb
         notes.append("DeepSpeed reduce + all-gather buckets (5e8 elements each by default)")
@@ -330,7 +389,7 @@ def rank_memory(
     return Memory(
         part.rank, params, grads, opt, activation_bytes(shape, layout, job, part),
         buffers + persistent,
-        device_bytes, offloaded, notes, overlap, persistent + (NORM_BUFFER if psi_rank else 0.0),
+        device_bytes, offloaded, notes, overlap, persistent + max(step_copy, NORM_BUFFER if psi_rank else 0.0),
     )  # fmt: skip
 
 

@@ -130,6 +130,10 @@ class Layout:
     #: overlap_grad_reduce); False: it starts after backward ends (Megatron-LM 2021's local DDP,
     #: ``allreduce_gradients()`` after ``forward_backward_func``): a published-run setting only
     grad_overlap: bool = True
+    #: sequence parallel as torch's tensor parallel runs it (plait): each linear saves its
+    #: all-gathered (tokens, D) input for backward; False: Megatron-LM's, which saves the
+    #: sequence shard and gathers again in backward (arXiv 2205.05198 sec. 4.2.2)
+    sp_saves_gathered: bool = False
 
     @property
     def dp(self) -> int:
@@ -172,6 +176,7 @@ class Layout:
             pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance, cp=dims.cp,
             reshard_after_forward=p.reshard_after_forward,
             grad_sync="every" if p.reduce_every_microbatch else "last",
+            sp_saves_gathered=True,
         )  # fmt: skip
 
 
