@@ -136,7 +136,7 @@ def head_activation_bytes(
 
 def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart):
     """Live only for a moment, not saved for backward: one checkpointed block's recomputed
-    activations, and the loss's two (tokens, V/t) gradients at the start of backward (the
+    activations with the gradients its backward works on, and the loss's two (tokens, V/t) gradients at the start of backward (the
     log-softmax's output gradient and its input gradient: fp32 under an fp32 loss)."""
     tokens = job.tokens // (layout.dp_cp * layout.microbatches)
     recompute = loss_grads = 0.0
@@ -148,8 +148,12 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
     if part.head:
         lsm = 4 if job.fp32_loss else job.act_bytes
         loss_grads = tokens * _vocab(shape, layout.tp, layout.loss_parallel) * 2 * lsm
+    # a block's backward works on the gradients of its widest intermediates: SwiGLU's two
+    # (tokens, F/t) inputs of the product and two (tokens, D) (measured: tests/test_plan_peak.py)
+    s = layout.tp if layout.sequence_parallel else 1
+    work = tokens * (2 * shape.ffn_dim / layout.tp + 2 * shape.dim / s) * job.act_bytes
     # the loss's gradients are freed before the first block's backward recomputes it
-    return max(recompute, loss_grads)
+    return max(recompute + work, loss_grads)
 
 
 def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
