@@ -135,25 +135,38 @@ def head_activation_bytes(
 
 
 def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart):
-    """Live only for a moment, not saved for backward: one checkpointed block's recomputed
-    activations with the gradients its backward works on, and the loss's two (tokens, V/t) gradients at the start of backward (the
-    log-softmax's output gradient and its input gradient: fp32 under an fp32 loss)."""
+    """Live only for a moment, not saved for backward, on top of the saved activations: at the
+    start of backward the loss's two (tokens, V/t) gradients (the log-softmax's output gradient
+    and its input gradient: fp32 under an fp32 loss); later, once the head's activations are
+    freed, one block's backward: its recomputed activations under checkpointing and the
+    gradients it works on. Whichever is larger (the head's activations counted as freed)."""
     tokens = job.tokens // (layout.dp_cp * layout.microbatches)
-    recompute = loss_grads = 0.0
+    g = layout.sp_saves_gathered
+    recompute = loss_grads = head = 0.0
     if layout.activation_checkpoint != "none":
         recompute = block_activation_bytes(
-            shape, tokens, job, layout.tp, layout.sequence_parallel, cp=layout.cp,
-            gathered=layout.sp_saves_gathered,
-        )  # fmt: skip
+            shape, tokens, job, layout.tp, layout.sequence_parallel, cp=layout.cp, gathered=g
+        )
+    if layout.activation_checkpoint == "selective" and (part.blocks - 1) % layout.checkpoint_every:
+        # the last checkpointed block (plait checkpoints blocks 0, k, 2k, ...) recomputes once
+        # a full block after it has been freed: no more than that block held
+        recompute = 0.0
+    if layout.activation_checkpoint == "op":  # what the block saved is part of its recompute
+        recompute -= block_activation_bytes(
+            shape, tokens, job, layout.tp, layout.sequence_parallel, "op", cp=layout.cp
+        )
     if part.head:
         lsm = 4 if job.fp32_loss else job.act_bytes
         loss_grads = tokens * _vocab(shape, layout.tp, layout.loss_parallel) * 2 * lsm
-    # a block's backward works on the gradients of its widest intermediates: SwiGLU's two
-    # (tokens, F/t) inputs of the product and two (tokens, D) (measured: tests/test_plan_peak.py)
+        head = head_activation_bytes(
+            shape, tokens, job, layout.tp, layout.sequence_parallel, layout.loss_parallel, g
+        )
+    # a block's backward works on the gradients of its widest intermediates: SwiGLU's three
+    # (tokens, F/t) (the product's two inputs, the silu's) and two (tokens, D) (measured:
+    # tests/test_plan_peak.py)
     s = layout.tp if layout.sequence_parallel else 1
-    work = tokens * (2 * shape.ffn_dim / layout.tp + 2 * shape.dim / s) * job.act_bytes
-    # the loss's gradients are freed before the first block's backward recomputes it
-    return max(recompute + work, loss_grads)
+    work = tokens * (3 * shape.ffn_dim / layout.tp + 2 * shape.dim / s) * job.act_bytes
+    return max(recompute + work - head, loss_grads)
 
 
 def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
