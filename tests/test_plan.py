@@ -25,7 +25,12 @@ from plait.plan import (
     zero_model_states,
 )
 from plait.plan.hardware import parse_bytes
-from plait.plan.memory import block_activation_bytes, rank_memory, state_bytes
+from plait.plan.memory import (
+    block_activation_bytes,
+    head_activation_bytes,
+    rank_memory,
+    state_bytes,
+)
 from plait.plan.stages import rank_parts
 from plait.plan.steptime import COLL_EFF
 
@@ -309,32 +314,44 @@ def test_pipeline_activations_and_fsdp_buffers_by_hand():
     job = Job(global_batch=8, seq_len=128, dtype="fp32")
     tokens = 8 * 128 // 4  # 4 micro-batches, one dp rank
     blk = block_activation_bytes(TINY, tokens, job)
+    # a block's backward works on three (tokens, F) and two (tokens, D) gradients at once
+    work = tokens * (3 * TINY.ffn_dim + 2 * TINY.dim) * 4
     # 1F1B over 2 stages: rank 0 holds 2 micro-batches of its 4 blocks (+ token ids)
     lay = Layout(pp=2, microbatches=4, schedule="1F1B")
     mem0 = rank_memory(TINY, lay, job, rank_parts(TINY, lay)[0], 80 * 2**30)
-    assert mem0.activations == pytest.approx(2 * 4 * blk + tokens * 8)
+    assert mem0.activations == pytest.approx(2 * 4 * blk + tokens * 8 + work)
     # GPipe keeps all 4
     lay = Layout(pp=2, microbatches=4, schedule="GPipe")
     mem0 = rank_memory(TINY, lay, job, rank_parts(TINY, lay)[0], 80 * 2**30)
-    assert mem0.activations == pytest.approx(4 * 4 * blk + tokens * 8)
-    # FSDP2 ZeRO-3 over 4 ranks: states / 4, plus two blocks' fp32 weights and one block's
-    # grads, and the root unit (embedding + final norm + head) gathered with the head's grads
+    assert mem0.activations == pytest.approx(4 * 4 * blk + tokens * 8 + work)
+    # FSDP2 ZeRO-3 over 4 ranks: states / 4; the root unit (embedding + final norm + head)
+    # gathered when backward starts, and in the last block's backward two blocks' fp32 weights,
+    # one block's grads and the head's, less the head's activations and the loss's gradients
+    # freed by then
     lay = Layout(dp_shard=4, zero_stage=3, microbatches=2, reshard_after_forward=True)
     mem = plan_memory(TINY, lay, job, 80 * 2**30)
     assert mem.states == pytest.approx(16 * TINY.params / 4)
     root = TINY.embed_params + TINY.head_params
-    base = 3 * 4 * TINY.block_params + 4 * root + 4 * TINY.head_params
-    assert mem.buffers == pytest.approx(base)
-    # auto (the default): + the last block, held fwd->bwd; a group of 2: every block at half
+    mb = 8 * 128 // (4 * 2)  # tokens of one micro-batch on one of 4 dp ranks
+    head = head_activation_bytes(TINY, mb, job)
+    loss_grads = mb * TINY.vocab_size * 2 * 4
+    mid = 3 * 4 * TINY.block_params + 4 * TINY.head_params - head - loss_grads
+    assert mid > 0  # TINY's blocks outweigh its head's activations
+    assert mem.buffers == pytest.approx(4 * root + mid)
+    # auto (the default): the last block held fwd->bwd, so one block less gathered in backward
     auto = plan_memory(TINY, dataclasses.replace(lay, reshard_after_forward="auto"), job, 2**40)
-    assert auto.buffers == pytest.approx(base + 4 * TINY.block_params)
+    blk = 4 * TINY.block_params
+    assert auto.buffers == pytest.approx(4 * root + blk + max(0, mid + blk - 2 * blk))
+    # a group of 2: every block held at half, both blocks gathered in backward again
     two = plan_memory(TINY, dataclasses.replace(lay, reshard_after_forward=2), job, 2**40)
-    assert two.buffers == pytest.approx(base + 4 * TINY.n_layers * TINY.block_params / 2)
+    assert two.buffers == pytest.approx(4 * root + mid + 4 * TINY.n_layers * TINY.block_params / 2)
     # pp + FSDP2: PipelineStage holds the stage's params gathered and its grads unsharded
     lay = Layout(dp_shard=2, pp=2, zero_stage=3, microbatches=4)
     part = rank_parts(TINY, lay)[1]
     mem = rank_memory(TINY, lay, job, part, 80 * 2**30)
-    assert mem.buffers == pytest.approx(2 * 4 * part.params(TINY))
+    # + its receive buffers: activations from stage 0 for each of the 4 micro-batches
+    recv = 4 * tokens / 2 * TINY.dim * 4
+    assert mem.buffers == pytest.approx(2 * 4 * part.params(TINY) + recv)
 
 
 def test_cluster_links_nvlink_inside_a_node_network_across():
@@ -357,13 +374,16 @@ def test_engine_stage_and_offload_accounting_by_hand():
     def mem(**kw):
         return plan_memory(TINY, Layout(dp_shard=4, microbatches=2, **kw), job, 2**40)
 
-    # torch ZeRO-1 (ZeroRedundancyOptimizer): states 4 + 4 + 8/4, DDP buckets, bf16 weight copies
+    # torch ZeRO-1 (ZeroRedundancyOptimizer): states 4 + 4 + 8/4, bf16 weight copies (DDP's
+    # buckets are the gradients: gradient_as_bucket_view)
     z1 = mem(zero_stage=1)
     assert z1.states == pytest.approx((4 + 4 + 8 / 4) * psi)
-    assert z1.buffers == pytest.approx((4 + 2) * psi)
+    assert z1.buffers == pytest.approx(2 * psi)
     # torch ZeRO-2 is FSDP2 without resharding: everything / 4, all bf16 weights held fwd->bwd
     z2 = mem(zero_stage=2)
-    assert z2.states == pytest.approx(16 * psi / 4) and z2.buffers == pytest.approx(2 * psi)
+    # (+ the last block's all-gather output, kept to the next all-gather)
+    assert z2.states == pytest.approx(16 * psi / 4)
+    assert z2.buffers == pytest.approx(2 * psi + 2 * TINY.block_params)
     # DeepSpeed ZeRO-2 keeps the weights whole; buckets of min(5e8, psi) elements
     d2 = mem(zero_stage=2, dp_engine="deepspeed")
     assert d2.states == pytest.approx((4 + (4 + 8) / 4) * psi)
