@@ -384,9 +384,11 @@ def test_engine_stage_and_offload_accounting_by_hand():
     # (+ the last block's all-gather output, kept to the next all-gather)
     assert z2.states == pytest.approx(16 * psi / 4)
     assert z2.buffers == pytest.approx(2 * psi + 2 * TINY.block_params)
-    # DeepSpeed ZeRO-2 keeps the weights whole; buckets of min(5e8, psi) elements
+    # DeepSpeed ZeRO-2 keeps the weights whole, and an fp32 partition of them beside its
+    # moments (measured: tests/test_plan_peak.py); its reduce bucket is 5e8 elements, whole
     d2 = mem(zero_stage=2, dp_engine="deepspeed")
-    assert d2.states == pytest.approx((4 + (4 + 8) / 4) * psi)
+    assert d2.states == pytest.approx((4 + (4 + 8 + 4) / 4) * psi)
+    assert d2.buffers == pytest.approx(5e8 * 4 + 2 * psi)  # + autocast's bf16 weight copies
     # cpu_offload moves FSDP2's sharded states to host memory
     off = mem(zero_stage=3, cpu_offload=True)
     assert off.states == 0.0 and off.offloaded == pytest.approx(16 * psi / 4)

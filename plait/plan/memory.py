@@ -33,8 +33,6 @@ from plait.plan.stages import RankPart, rank_parts
 from plait.zero import bytes_per_param, zero_formula
 
 RESERVE = 0.10  # of device memory kept free: CUDA context, NCCL buffers, allocator fragmentation
-DS_BUCKET = 5e8  # DeepSpeed reduce_bucket_size / allgather_bucket_size default, in elements
-DS_PREFETCH = 5e7  # DeepSpeed stage3_prefetch_bucket_size default, in elements
 #: the float64 buffer plait.grad_norm casts each gradient into, chunk by chunk (its CHUNK
 #: elements x 8 bytes), live while the optimizer step takes the norm, after backward
 NORM_BUFFER = (1 << 18) * 8
@@ -384,23 +382,28 @@ def rank_memory(
     step_copy = 0.0
     if layout.pp > 1 and layout.dp_cp > 1 and stage == 0:
         step_copy = gb * psi_rank  # the stage's flattened gradients, averaged over dp
-    if ns > 1 and engine == "deepspeed" and stage in (1, 2):
-        persistent += 2 * min(DS_BUCKET, psi_rank) * gb
-        notes.append("DeepSpeed reduce + all-gather buckets (5e8 elements each by default)")
+    if ns > 1 and engine == "deepspeed" and stage >= 1:
+        # DeepSpeed's reduce bucket (its ipg buffer under contiguous_gradients, the default) is
+        # allocated whole, whatever the model's size: 5e8 elements by default
+        persistent += layout.ds_reduce_bucket * gb
+        notes.append("DeepSpeed reduce bucket (reduce_bucket_size: 5e8 elements by default)")
+        if job.precision != "mixed":  # its fp32 partition of the weights, even over fp32 ones
+            opt += 4 * psi_rank / ns
     if ns > 1 and engine == "deepspeed" and stage == 3:
-        # DeepSpeed's own estimator (estimate_zero3_model_states_mem_needs) counts 4 bytes x
-        # the largest layer's parameters; the embedding or the head is the largest here
+        # gathered parameters stay resident up to stage3_max_live_parameters (1e9) while
+        # they are reused within stage3_max_reuse_distance (1e9): for models below that, every
+        # parameter stays gathered through forward and backward; DeepSpeed's own estimator
+        # (estimate_zero3_model_states_mem_needs) counts at least 4 bytes x the largest layer
         largest = max(shape.embed_params, shape.head_params, shape.block_params) / layout.tp
-        persistent += max(min(DS_PREFETCH, psi_rank) * pb, 4 * largest)
-        persistent += min(DS_BUCKET, psi_rank) * gb
-        notes.append(
-            "DeepSpeed ZeRO-3: 4 x the largest layer (or the prefetch bucket) + reduce bucket"
-        )
+        buffers += max(min(layout.ds_max_live, psi_rank) * pb, 4 * largest)
+        notes.append("DeepSpeed ZeRO-3: parameters gathered up to stage3_max_live_parameters")
     if job.precision == "autocast" and cb < pb and not (engine == "torch" and stage >= 2):
         buffers += cb * psi_rank  # autocast's cast weight copies, saved for backward
         notes.append("autocast: bf16/fp16 copies of the weights live through backward")
     # gradients outlive a step's activations with accumulation or DeepSpeed's persistent buffers
-    overlap = layout.microbatches > 1 or engine == "deepspeed" or ddp_buckets
+    # (DeepSpeed ZeRO-3's flat gradient partition is allocated once, for the run)
+    ds3 = engine == "deepspeed" and stage == 3
+    overlap = layout.microbatches > 1 or ds3 or ddp_buckets
     if not overlap:
         notes.append("one micro-batch: gradients grow as activations free; total counts the larger")
     return Memory(

@@ -134,6 +134,10 @@ class Layout:
     #: all-gathered (tokens, D) input for backward; False: Megatron-LM's, which saves the
     #: sequence shard and gathers again in backward (arXiv 2205.05198 sec. 4.2.2)
     sp_saves_gathered: bool = False
+    #: DeepSpeed's zero_optimization sizes, in elements (its defaults; ``parallel.deepspeed_config``
+    #: overrides them): reduce_bucket_size, stage3_max_live_parameters
+    ds_reduce_bucket: float = 5e8
+    ds_max_live: float = 1e9
 
     @property
     def dp(self) -> int:
@@ -176,8 +180,20 @@ class Layout:
             pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance, cp=dims.cp,
             reshard_after_forward=p.reshard_after_forward,
             grad_sync="every" if p.reduce_every_microbatch else "last",
-            sp_saves_gathered=True,
+            sp_saves_gathered=True, **_deepspeed_sizes(p.deepspeed_config),
         )  # fmt: skip
+
+
+def _deepspeed_sizes(path: str) -> dict:
+    """The DeepSpeed bucket sizes a ``parallel.deepspeed_config`` file sets (see Layout)."""
+    if not path:
+        return {}
+    import json
+    from pathlib import Path
+
+    zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
+    keys = {"reduce_bucket_size": "ds_reduce_bucket", "stage3_max_live_parameters": "ds_max_live"}
+    return {ours: float(zero[k]) for k, ours in keys.items() if k in zero}
 
 
 @dataclass(frozen=True)
