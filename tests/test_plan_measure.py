@@ -261,7 +261,7 @@ def test_pipeline_fsdp_holds_the_stage_unsharded_across_micro_batches(tmp_path):
     from torch.distributed.device_mesh import init_device_mesh
 
     from plait.ddp.fsdp import apply_fsdp, unsharded_param_bytes
-    from plait.plan.memory import rank_memory
+    from plait.plan.memory import pipeline_recv_bytes, rank_memory
     from plait.plan.stages import rank_parts
 
     cfg = load_config("configs/gpt_small.yaml", ["data.seq_len=32", "train.global_batch=2"])
@@ -288,7 +288,8 @@ def test_pipeline_fsdp_holds_the_stage_unsharded_across_micro_batches(tmp_path):
     lay = Layout(dp_shard=2, pp=2, zero_stage=3, microbatches=2)
     # the plan's whole-model stage (one pipeline rank holding every block, for the comparison)
     part = rank_parts(shape, Layout())[0]
-    planned = rank_memory(shape, lay, job, part, 80 * 2**30).buffers
+    mem = rank_memory(shape, lay, job, part, 80 * 2**30)
+    planned = mem.buffers + mem.grads - pipeline_recv_bytes(shape, lay, job, part)
     assert planned == pytest.approx(held + grads, rel=0.05), (planned, held, grads)
 
 

@@ -167,9 +167,8 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
     return max(recompute + work - head, loss_grads)
 
 
-def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
-    """Peak activation bytes of one pipeline rank: in-flight micro-batches x its blocks, the
-    head and embedding, plus the transients (:func:`transient_activation_bytes`)."""
+def saved_per_microbatch(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
+    """What one micro-batch's forward through this rank's blocks saves for backward."""
     # this rank's tokens of one micro-batch (T / cp of each sequence under context parallel;
     # hook: expert parallel changes block_activation_bytes' MLP term and the experts' params)
     tokens = job.tokens // (layout.dp_cp * layout.microbatches)
@@ -187,16 +186,25 @@ def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart
     ckpt = block_activation_bytes(
         shape, tokens, job, tp, sp, checkpointed="op" if ac == "op" else True, cp=layout.cp
     )
-    per_mb = n_ckpt * ckpt + (part.blocks - n_ckpt) * full
+    return n_ckpt * ckpt + (part.blocks - n_ckpt) * full
+
+
+def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
+    """Peak activation bytes of one pipeline rank: in-flight micro-batches x its blocks, the
+    head and embedding, plus the transients (:func:`transient_activation_bytes`)."""
+    tokens = job.tokens // (layout.dp_cp * layout.microbatches)
+    per_mb = saved_per_microbatch(shape, layout, job, part)
     inflight = inflight_microbatches(
         layout.schedule, layout.pp, layout.microbatches, layout.v, part.rank
     )
-    out = inflight * per_mb + transient_activation_bytes(shape, layout, job, part)
+    # the head's and the embedding's saved tensors are per micro-batch too (GPipe's last
+    # stage holds every micro-batch's logits and log-softmax until its backward)
     if part.head:
-        out += head_activation_bytes(shape, tokens, job, tp, sp, layout.loss_parallel, g)
+        tp, sp, g = layout.tp, layout.sequence_parallel, layout.sp_saves_gathered
+        per_mb += head_activation_bytes(shape, tokens, job, tp, sp, layout.loss_parallel, g)
     if part.embed:
-        out += tokens * 8  # int64 token ids saved by the embedding
-    return out
+        per_mb += tokens * 8  # int64 token ids saved by the embedding
+    return inflight * per_mb + transient_activation_bytes(shape, layout, job, part)
 
 
 # ------------------------------------------------------------------------- per rank
@@ -216,6 +224,9 @@ class Memory:
     offloaded: float = 0.0
     notes: list[str] = field(default_factory=list)
     grads_with_activations: bool = True  # False: grads only exist once activations are freed
+    #: activations still live once every gradient exists, when that is fewer than all of
+    #: them (a pipeline rank that runs every forward before its first backward); None: all
+    late_activations: float | None = None
     #: bytes besides params, optimizer state and gradients live in the optimizer step, once
     #: backward has freed the activations and FSDP's unsharded parameters: the buffers that
     #: persist (DeepSpeed's, fairscale's buckets) and the step's own (the norm's float64 chunk)
@@ -230,7 +241,10 @@ class Memory:
         """Peak: everything at once, except that with one micro-batch per step the trainer's
         gradients (set to None after each update) grow only while backward frees activations;
         or the optimizer step's own buffers with the gradients, after backward."""
-        backward = self.activations + (self.grads if self.grads_with_activations else 0.0)
+        if self.late_activations is not None:
+            backward = max(self.activations, self.grads + self.late_activations)
+        else:
+            backward = self.activations + (self.grads if self.grads_with_activations else 0.0)
         step = self.grads + self.after_backward
         return self.params + self.optimizer + max(self.buffers + backward, step)
 
@@ -357,8 +371,10 @@ def rank_memory(
     if fsdp and layout.pp > 1:
         # torch's PipelineStage turns FSDP2's gradient sync and reshard-after-backward off
         # until the last micro-batch: the stage's parameters stay gathered and its gradients
-        # accumulate unsharded across the whole step
-        buffers += acc_b * psi_rank + (cb * psi_rank if stage == 3 else 0.0)  # ZeRO-2: counted
+        # accumulate unsharded across the whole step (they are the step's gradients: each
+        # unit's sharded ones replace them at the last reduce-scatter)
+        buffers += cb * psi_rank if stage == 3 else 0.0  # ZeRO-2: counted above
+        grads = acc_b * psi_rank
         notes.append("pp + FSDP2: the stage's unsharded params and grads live across the step")
     elif fsdp and stage == 3:
         buffers += zero3_unsharded_bytes(shape, layout, job, part, blk, cb, gb, nosync)
@@ -406,10 +422,20 @@ def rank_memory(
     overlap = layout.microbatches > 1 or ds3 or ddp_buckets
     if not overlap:
         notes.append("one micro-batch: gradients grow as activations free; total counts the larger")
+    activations, late = activation_bytes(shape, layout, job, part), None
+    inflight = inflight_microbatches(
+        layout.schedule, layout.pp, layout.microbatches, layout.v, part.rank
+    )
+    if layout.pp > 1 and layout.microbatches <= inflight:
+        # every forward runs before the first backward (GPipe, or no more micro-batches than
+        # stages): the trainer's gradients (None after each update) only exist once the first
+        # micro-batch's backward has freed its activations, and no forward refills them
+        late = activations - saved_per_microbatch(shape, layout, job, part)
     return Memory(
-        part.rank, params, grads, opt, activation_bytes(shape, layout, job, part),
+        part.rank, params, grads, opt, activations,
         buffers + persistent,
-        device_bytes, offloaded, notes, overlap, persistent + max(step_copy, NORM_BUFFER if psi_rank else 0.0),
+        device_bytes, offloaded, notes, overlap, late_activations=late,
+        after_backward=persistent + max(step_copy, NORM_BUFFER if psi_rank else 0.0),
     )  # fmt: skip
 
 
