@@ -155,7 +155,10 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
         )
     if part.head:
         lsm = 4 if job.fp32_loss else job.act_bytes
-        loss_grads = tokens * _vocab(shape, layout.tp, layout.loss_parallel) * 2 * lsm
+        # torch's loss_parallel backward (DTensor's _nll_loss_backward) fills a third
+        # (tokens, V/t) tensor, zeros_like then scattered into, beside the two
+        n = 3 if layout.tp > 1 and layout.loss_parallel else 2
+        loss_grads = tokens * _vocab(shape, layout.tp, layout.loss_parallel) * n * lsm
         head = head_activation_bytes(
             shape, tokens, job, layout.tp, layout.sequence_parallel, layout.loss_parallel, g
         )
@@ -168,7 +171,8 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
 
 
 def saved_per_microbatch(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
-    """What one micro-batch's forward through this rank's blocks saves for backward."""
+    """What one micro-batch's forward through this rank's part (blocks, head, embedding) saves
+    for backward."""
     # this rank's tokens of one micro-batch (T / cp of each sequence under context parallel;
     # hook: expert parallel changes block_activation_bytes' MLP term and the experts' params)
     tokens = job.tokens // (layout.dp_cp * layout.microbatches)
@@ -186,24 +190,23 @@ def saved_per_microbatch(shape: ModelShape, layout: Layout, job: Job, part: Rank
     ckpt = block_activation_bytes(
         shape, tokens, job, tp, sp, checkpointed="op" if ac == "op" else True, cp=layout.cp
     )
-    return n_ckpt * ckpt + (part.blocks - n_ckpt) * full
+    out = n_ckpt * ckpt + (part.blocks - n_ckpt) * full
+    # the head's and the embedding's saved tensors are per micro-batch too (GPipe's last
+    # stage holds every micro-batch's logits and log-softmax until its backward)
+    if part.head:
+        out += head_activation_bytes(shape, tokens, job, tp, sp, layout.loss_parallel, g)
+    if part.embed:
+        out += tokens * 8  # int64 token ids saved by the embedding
+    return out
 
 
 def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
     """Peak activation bytes of one pipeline rank: in-flight micro-batches x its blocks, the
     head and embedding, plus the transients (:func:`transient_activation_bytes`)."""
-    tokens = job.tokens // (layout.dp_cp * layout.microbatches)
     per_mb = saved_per_microbatch(shape, layout, job, part)
     inflight = inflight_microbatches(
         layout.schedule, layout.pp, layout.microbatches, layout.v, part.rank
     )
-    # the head's and the embedding's saved tensors are per micro-batch too (GPipe's last
-    # stage holds every micro-batch's logits and log-softmax until its backward)
-    if part.head:
-        tp, sp, g = layout.tp, layout.sequence_parallel, layout.sp_saves_gathered
-        per_mb += head_activation_bytes(shape, tokens, job, tp, sp, layout.loss_parallel, g)
-    if part.embed:
-        per_mb += tokens * 8  # int64 token ids saved by the embedding
     return inflight * per_mb + transient_activation_bytes(shape, layout, job, part)
 
 
