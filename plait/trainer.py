@@ -36,6 +36,7 @@ from plait.mesh import ParallelDims
 from plait.metrics import MetricsWriter, peak_mem_bytes
 from plait.models import build_model, param_count
 from plait.observe.clock import StepClock
+from plait.observe.live_bytes import StepPeaks
 from plait.observe.observer import Observer
 from plait.optim import build_scheduler
 from plait.parallelize import parallelize
@@ -359,7 +360,13 @@ def _run(
     dp_rank = mesh.dp.get_local_rank() if mesh is not None else 0
     # Dropout draws from this stream: seeded per dp rank, so replicas do not share masks.
     torch.manual_seed(cfg.train.seed * 1_000_003 + dp_rank)
-    stepper = _Step(cfg, dims, mesh, device, dp_rank)
+    # log.live_bytes: recording starts before the model is built, so its states are counted
+    live = StepPeaks(cfg.log.live_bytes and device.type == "cpu")
+    try:
+        stepper = _Step(cfg, dims, mesh, device, dp_rank)
+    except BaseException:
+        live.stop()
+        raise
     result = RunResult(run_dir=run_dir)
     ckpt, start = _setup_checkpoints(cfg, run_dir, env, dims, stepper)
     writer = MetricsWriter(
@@ -382,7 +389,10 @@ def _run(
         for step in range(start, cfg.train.steps):
             obs.before_step(step + 1)
             try:
+                live.begin()
                 rec = stepper.run(step)
+                if (peak := live.end()) is not None:
+                    rec["mem_live_peak_bytes"] = peak
             except PlaitError:
                 raise
             except Exception as e:  # name the rank and the step; the launcher ends the others
@@ -408,6 +418,7 @@ def _run(
         if ckpt is not None:
             ckpt.wait()
     finally:
+        live.stop()
         obs.close()
         stepper.loader.close()
         writer.close()

@@ -150,6 +150,22 @@ def test_plan_peak_matches_live_bytes_single_process(tmp_path):
     assert not misses, misses
 
 
+@pytest.mark.timeout(60)
+def test_trainer_logs_the_live_peak_on_cpu(tmp_path):
+    """log.live_bytes=true: the trainer's own mem_live_peak_bytes, step by step, is the figure
+    the harness above measures, and the plan's peak is within 5% of it; off, no key."""
+    from helpers import run_single
+
+    res = run_single(BASE + ["log.live_bytes=true"], tmp_path / "on")
+    peaks = [m["mem_live_peak_bytes"] for m in res.metrics]
+    cfg = make_config(BASE, tmp_path / "x")
+    plan = _plan(cfg, 1)[1]
+    assert peaks[0] < peaks[1]  # step 1 has no optimizer state yet when backward peaks
+    assert plan == pytest.approx(peaks[1], rel=TOLERANCE), (plan, peaks)
+    off = run_single(BASE, tmp_path / "off")
+    assert "mem_live_peak_bytes" not in off.metrics[1]
+
+
 @pytest.mark.timeout(300)
 def test_plan_peak_matches_live_bytes_on_four_ranks(tmp_path):
     ds_json = tmp_path / "ds_small_buckets.json"

@@ -65,3 +65,48 @@ class LiveBytes:
         start = self.at(t0)
         lo, hi = bisect.bisect_left(self.times, t0), bisect.bisect_right(self.times, t1)
         return start, max([start, *self.live[lo:hi]])
+
+
+class StepPeaks:
+    """``log.live_bytes``: the most live CPU tensor bytes during each step, for the trainer.
+    The first recording starts before the model is built (parameters, optimizer state and
+    every buffer are counted); each step's recording ends in :meth:`end` and the next starts
+    from the bytes it left live. Frees between two steps (evaluation, logging) happen with the
+    profiler off and are not seen, which can only add to later figures."""
+
+    def __init__(self, on: bool):
+        self.on, self.carried, self._rec, self._span = on, 0, None, None
+        if on:
+            self._start()
+
+    def _start(self) -> None:
+        self._rec = LiveBytes()
+        self._rec.__enter__()
+
+    def begin(self) -> None:
+        if self.on:
+            if self._rec is None:
+                self._start()
+            self._span = record_function("plait live step")
+            self._span.__enter__()
+
+    def end(self) -> int | None:
+        """This step's peak in bytes (None when off)."""
+        if not self.on or self._span is None:
+            return None
+        self._span.__exit__(None, None, None)
+        self._span = None
+        rec, self._rec = self._rec, None
+        rec.__exit__(None, None, None)
+        _, peak = rec.peak("plait live step")
+        out = self.carried + peak
+        self.carried += rec.live[-1] if rec.live else 0
+        return out
+
+    def stop(self) -> None:
+        if self._rec is not None:
+            if self._span is not None:
+                self._span.__exit__(None, None, None)
+                self._span = None
+            self._rec.__exit__(None, None, None)
+            self._rec = None
