@@ -492,3 +492,26 @@ def test_gradient_reduction_after_backward_is_exposed_whole():
     assert off.dp_exposed_s == pytest.approx(off.dp_s)
     assert on.dp_exposed_s < on.dp_s
     assert off.total_s - on.total_s == pytest.approx(off.dp_s - on.dp_exposed_s)
+
+
+def test_every_plan_command_in_the_readme_runs(capsys):
+    """The README's `plait plan` examples are what users paste first: each one plans (a layout
+    launch would refuse fails here, as plan refuses it too)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = Path(__file__).parent.parent.joinpath("README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    cmds = [
+        line
+        for b in blocks
+        for line in b.replace("\\\n", " ").splitlines()
+        if line.startswith("plait plan ")
+    ]
+    assert len(cmds) >= 3, cmds
+    for cmd in cmds:
+        argv = shlex.split(cmd)[1:] + ["--top", "0"]
+        rc = main(argv)
+        out = capsys.readouterr()
+        assert rc == 0, (cmd, out.err[-500:])
