@@ -494,14 +494,15 @@ def test_gradient_reduction_after_backward_is_exposed_whole():
     assert off.total_s - on.total_s == pytest.approx(off.dp_s - on.dp_exposed_s)
 
 
-def test_every_plan_command_in_the_readme_runs(capsys):
-    """The README's `plait plan` examples are what users paste first: each one plans (a layout
-    launch would refuse fails here, as plan refuses it too)."""
+def test_every_plan_command_in_the_docs_runs(capsys):
+    """The `plait plan` examples of README and docs/ are what users paste first: each one plans
+    (a layout launch would refuse fails here, as plan refuses it too)."""
     import re
     import shlex
     from pathlib import Path
 
-    text = Path(__file__).parent.parent.joinpath("README.md").read_text()
+    root = Path(__file__).parent.parent
+    text = "".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     cmds = [
         line
