@@ -516,3 +516,13 @@ def test_every_plan_command_in_the_docs_runs(capsys):
         rc = main(argv)
         out = capsys.readouterr()
         assert rc == 0, (cmd, out.err[-500:])
+
+
+def test_tied_embeddings_count_the_matrix_once_and_its_matmul_still():
+    """A tied head (published Llama 3.2 3B row) shares the embedding's V x D weights: memory
+    counts them once, FLOPs still run the head's matmul."""
+    untied = ModelShape(3072, 28, 24, 8, 8192, 128256)
+    tied = dataclasses.replace(untied, tied_embeddings=True, head_params=None)
+    assert untied.params - tied.params == 128256 * 3072
+    assert tied.head_matmul_params == untied.head_params
+    assert tied.flops_per_token(4096) == untied.flops_per_token(4096)

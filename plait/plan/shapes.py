@@ -28,13 +28,17 @@ class ModelShape:
     #: parameters one token runs through per block (mixture of experts: its top-k experts);
     #: None: all of block_params. FLOPs use it, memory uses block_params
     active_block_params: int | None = None
+    #: the head reuses the embedding matrix (Llama 3.2 1B/3B, GPT-2): its weight is counted once,
+    #: with the embedding, but its V x D matmul still runs. plait's own models untie the head
+    #: (plait.models.hf), so only published rows set it
+    tied_embeddings: bool = False
 
     def __post_init__(self) -> None:
         d, kv = self.dim, self.kv_dim
         llama = {
             "block_params": d * (2 * d + 2 * kv) + 3 * d * self.ffn_dim + 2 * d,
             "embed_params": self.vocab_size * d,
-            "head_params": self.vocab_size * d + d,
+            "head_params": d if self.tied_embeddings else self.vocab_size * d + d,
         }
         for k, v in llama.items():
             if getattr(self, k) is None:
@@ -47,6 +51,11 @@ class ModelShape:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_dim
+
+    @property
+    def head_matmul_params(self) -> int:
+        """Weights the head's matmul runs through per token (the shared embedding when tied)."""
+        return self.head_params + (self.vocab_size * self.dim if self.tied_embeddings else 0)
 
     @property
     def params(self) -> int:
@@ -62,6 +71,7 @@ class ModelShape:
         ``get_nparams_and_flops``): 6·(N − embedding) + 12·L·H·Q·T."""
         block = self.active_block_params or self.block_params
         dense = self.params - self.embed_params - self.n_layers * (self.block_params - block)
+        dense += self.head_matmul_params - self.head_params
         return 6 * dense + self.n_layers * self.attn_flops_per_token(seq_len)
 
     @staticmethod

@@ -93,7 +93,7 @@ def rank_flops_per_token(shape: ModelShape, layout: Layout, part: RankPart, seq_
     """(model, hardware) FLOPs per token of one pipeline rank's share, before TP: hardware adds
     the recomputed forward (2·N + 4·H·Q·T per block) of checkpointed blocks."""
     block = 6 * shape.block_params + shape.attn_flops_per_token(seq_len)
-    model = part.blocks * block + (6 * shape.head_params if part.head else 0)
+    model = part.blocks * block + (6 * shape.head_matmul_params if part.head else 0)
     recompute = recomputed_blocks(layout, part.blocks) * block / 3
     if layout.activation_checkpoint == "op":
         recompute += part.blocks * 2 * op_recomputed_params(shape)
@@ -159,7 +159,7 @@ def roofline(
     n_op = part.blocks if layout.activation_checkpoint == "op" else 0
     passes = part.blocks * 3 + n_full  # forward = 1, backward = 2
     mm_flops = (2 * shape.block_params * passes + 2 * op_recomputed_params(shape) * n_op) / tp
-    head_mm = 6 * shape.head_params / tp if part.head else 0.0
+    head_mm = 6 * shape.head_matmul_params / tp if part.head else 0.0
     # flash attention, causal: forward 2·H·Q·T (half of the 4·H·Q·T square), backward 2.5x
     attn_fwd = 2 * shape.n_heads * shape.head_dim * job.seq_len / tp
     attn_flops = attn_fwd * (part.blocks * 3.5 + n_full)
