@@ -388,8 +388,11 @@ def _keep(saved: list):
     return pack
 
 
-def _saved_bytes_per_token(overrides: list[str], B: int, T: int) -> float:
-    """Bytes autograd saves for one block, per token: a 2-block model minus a 1-block one."""
+def _saved_bytes_per_token(overrides: list[str], B: int, T: int, op: bool = False) -> float:
+    """Bytes autograd saves for one block, per token: a 2-block model minus a 1-block one
+    (``op``: under op-level checkpointing, whose saves happen out of sight of a pack hook)."""
+    from plait.parallelize import apply_activation_checkpoint
+
     out = []
     for n_layers in (1, 2):
         cfg = load_config(
@@ -398,9 +401,13 @@ def _saved_bytes_per_token(overrides: list[str], B: int, T: int) -> float:
         )  # fmt: skip
         torch.manual_seed(0)
         model = build_model(cfg, "cpu")
+        tokens = torch.randint(0, 256, (B, T + 1))
+        if op:
+            apply_activation_checkpoint(model, "op", 1)
+            out.append(_saved_during(model, tokens)[0])
+            continue
         fixed = {p.untyped_storage().data_ptr() for p in model.parameters()}
         fixed |= {b.untyped_storage().data_ptr() for b in model.buffers()}
-        tokens = torch.randint(0, 256, (B, T + 1))
         saved: list = []
         with torch.autograd.graph.saved_tensors_hooks(_keep(saved), lambda t: t):
             logits = model(tokens[:, :-1])
@@ -418,12 +425,15 @@ def _saved_bytes_per_token(overrides: list[str], B: int, T: int) -> float:
 def test_moe_block_saves_what_the_plan_says(extra):
     """A MoE block keeps its routed rows (dispatched input, expert and gated outputs, the
     SwiGLU's four values per route), indices and gates, and the fp32 router's scores
-    (plait.plan.memory.moe_mlp_bytes): within 5% of a saved-tensor hook's count."""
+    (plait.plan.memory.moe_mlp_bytes); under op-level checkpointing every other matmul of the
+    experts' loop (moe_op_bytes): within 5% of a saved-tensor hook's count."""
     from plait.plan.memory import block_activation_bytes
 
     B, T = 4, 64
     overrides = ["model.preset=moe_tiny", *extra]
-    measured = _saved_bytes_per_token(overrides, B, T)
     shape = ModelShape.from_config(load_config(None, [*overrides, f"data.seq_len={T}"]))
-    planned = block_activation_bytes(shape, B * T, Job(B, T, "fp32", "adamw")) / (B * T)
-    assert planned == pytest.approx(measured, rel=0.05), (planned, measured)
+    job = Job(B, T, "fp32", "adamw")
+    for ckpt in (False, "op"):
+        measured = _saved_bytes_per_token(overrides, B, T, op=bool(ckpt))
+        planned = block_activation_bytes(shape, B * T, job, checkpointed=ckpt) / (B * T)
+        assert planned == pytest.approx(measured, rel=0.05), (ckpt, planned, measured)
