@@ -514,3 +514,37 @@ def test_gradient_reduction_after_backward_is_exposed_whole():
     assert off.dp_exposed_s == pytest.approx(off.dp_s)
     assert on.dp_exposed_s < on.dp_s
     assert off.total_s - on.total_s == pytest.approx(off.dp_s - on.dp_exposed_s)
+
+
+def test_every_plan_command_in_the_docs_runs(capsys):
+    """The `plait plan` examples of README and docs/ are what users paste first: each one plans
+    (a layout launch would refuse fails here, as plan refuses it too)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    text = "".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    cmds = [
+        line
+        for b in blocks
+        for line in b.replace("\\\n", " ").splitlines()
+        if line.startswith("plait plan ")
+    ]
+    assert len(cmds) >= 3, cmds
+    for cmd in cmds:
+        argv = shlex.split(cmd)[1:] + ["--top", "0"]
+        rc = main(argv)
+        out = capsys.readouterr()
+        assert rc == 0, (cmd, out.err[-500:])
+
+
+def test_tied_embeddings_count_the_matrix_once_and_its_matmul_still():
+    """A tied head (published Llama 3.2 3B row) shares the embedding's V x D weights: memory
+    counts them once, FLOPs still run the head's matmul."""
+    untied = ModelShape(3072, 28, 24, 8, 8192, 128256)
+    tied = dataclasses.replace(untied, tied_embeddings=True, head_params=None)
+    assert untied.params - tied.params == 128256 * 3072
+    assert tied.head_matmul_params == untied.head_params
+    assert tied.flops_per_token(4096) == untied.flops_per_token(4096)

@@ -334,7 +334,35 @@ def _titan_h100(name, gpus, model, lay, job, tps, mem) -> Run:
     )  # fmt: skip
 
 
-TUNED: list[Run] = _megatron_rows() + _nemo_rows() + _llama3_rows() + _kempner_rows()
+# ---------------------------------------------------------------- torchtune on one A100
+TORCHTUNE = (
+    "torchtune README, 'Optimization flags' table (commit 1814feb, 2024-11-18): Llama 3.2 3B, "
+    "full_finetune_single_device, batch 2, max sequence length 4096, bf16, A100; "
+    "github.com/pytorch/torchtune"
+)
+LLAMA32_3B = ModelShape(3072, 28, 24, 8, 8192, 128256, tied_embeddings=True)  # 3.21B
+
+
+def _torchtune_rows() -> list[Run]:
+    """The table's "+ Packed Dataset" row: the first with every sequence 4096 tokens long (the
+    baseline's unpacked lengths vary) and the last before compile, chunked cross-entropy and
+    checkpointing (which the rows after it add, one at a time)."""
+    job = Job(2, 4096, "bf16", precision="pure")  # model and AdamW state in bf16
+    return [
+        Run(
+            "torchtune Llama 3.2 3B 1xA100 packed", TORCHTUNE, "a100", 1, LLAMA32_3B, Layout(),
+            job, job.tokens / 7075, mem_gib=60.0,
+            note="peak memory active (active_bytes.all.peak: allocated blocks); 7075 tokens/s; "
+            "torch AdamW (8-bit AdamW and the optimizer in backward are later rows); logits "
+            "upcast to fp32 by the model (TransformerDecoder.forward: .float())",
+            tags=("a100", "bf16", "memory"),
+        )
+    ]  # fmt: skip
+
+
+TUNED: list[Run] = (
+    _megatron_rows() + _nemo_rows() + _llama3_rows() + _kempner_rows() + _torchtune_rows()
+)
 HELD_OUT: list[Run] = _torchtitan_rows()
 
 

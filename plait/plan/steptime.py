@@ -40,8 +40,9 @@ from dataclasses import dataclass
 
 from plait.plan import comm
 from plait.plan.bubble import bubble_fraction
+from plait.plan.experts import a2a_bytes_per_layer
 from plait.plan.hardware import GPU, Cluster
-from plait.plan.memory import kept_unsharded, state_bytes
+from plait.plan.memory import kept_unsharded, split_experts, state_bytes
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.stages import RankPart, rank_parts
 
@@ -70,6 +71,7 @@ class StepTime:
     memory_bound_s: float = 0.0
     hfu: float = 0.0
     cp_s: float = 0.0  # context parallel's key/value all-gathers and reduce-scatters
+    ep_s: float = 0.0  # expert parallel: all-to-alls + the experts' gradient all-reduce
 
 
 def recomputed_blocks(layout: Layout, blocks: int) -> int:
@@ -92,8 +94,8 @@ def op_recomputed_params(shape: ModelShape) -> int:
 def rank_flops_per_token(shape: ModelShape, layout: Layout, part: RankPart, seq_len: int):
     """(model, hardware) FLOPs per token of one pipeline rank's share, before TP: hardware adds
     the recomputed forward (2·N + 4·H·Q·T per block) of checkpointed blocks."""
-    block = 6 * shape.block_params + shape.attn_flops_per_token(seq_len)
-    model = part.blocks * block + (6 * shape.head_params if part.head else 0)
+    block = 6 * shape.flop_block_params + shape.attn_flops_per_token(seq_len)
+    model = part.blocks * block + (6 * shape.head_matmul_params if part.head else 0)
     recompute = recomputed_blocks(layout, part.blocks) * block / 3
     if layout.activation_checkpoint == "op":
         recompute += part.blocks * 2 * op_recomputed_params(shape)
@@ -158,8 +160,8 @@ def roofline(
     n_full = recomputed_blocks(layout, part.blocks)  # blocks whose forward reruns
     n_op = part.blocks if layout.activation_checkpoint == "op" else 0
     passes = part.blocks * 3 + n_full  # forward = 1, backward = 2
-    mm_flops = (2 * shape.block_params * passes + 2 * op_recomputed_params(shape) * n_op) / tp
-    head_mm = 6 * shape.head_params / tp if part.head else 0.0
+    mm_flops = (2 * shape.flop_block_params * passes + 2 * op_recomputed_params(shape) * n_op) / tp
+    head_mm = 6 * shape.head_matmul_params / tp if part.head else 0.0
     # flash attention, causal: forward 2·H·Q·T (half of the 4·H·Q·T square), backward 2.5x
     attn_fwd = 2 * shape.n_heads * shape.head_dim * job.seq_len / tp
     attn_flops = attn_fwd * (part.blocks * 3.5 + n_full)
@@ -179,6 +181,32 @@ def roofline(
     return t_mm, tokens * attn_flops / attn_rate, tokens * traffic / hbm
 
 
+def ep_all_to_all(
+    shape: ModelShape, layout: Layout, job: Job, cluster: Cluster, part: RankPart, tokens: float
+) -> float:
+    """Seconds of one micro-batch's expert all-to-alls on one rank (not overlapped): per MoE
+    layer dispatch and combine in forward and backward, and again in a recomputed forward;
+    (ep-1)/ep of each send buffer leaves the rank (uniform routing, plait.plan.experts). Inside
+    a node at NVLink rate; across nodes the off-node share goes through the rank's own NIC
+    (an all-to-all has no ring to spread over the node's NICs)."""
+    ep = layout.ep
+    if ep == 1 or not shape.n_experts or not part.blocks:
+        return 0.0
+    layers = part.blocks * shape.moe_layers_per_block
+    passes = 4 + 2 * recomputed_blocks(layout, part.blocks) / part.blocks
+    per = a2a_bytes_per_layer(tokens, shape.top_k, shape.dim, job.act_bytes) / 4
+    nvl = cluster.gpu.nvlink_bytes_per_s * COLL_EFF
+    inside = max(1, min(ep, cluster.gpus_per_node // layout.tp))  # ep ranks per node
+    if inside == ep:
+        t = 3e-6 * (ep - 1) + (ep - 1) / ep * per / nvl
+    else:
+        net = cluster.net.bytes_per_s * COLL_EFF
+        t = cluster.net.alpha_s * (ep - 1) + max(
+            (inside - 1) / ep * per / nvl, (ep - inside) / ep * per / net
+        )
+    return layers * passes * t
+
+
 def step_time(
     shape: ModelShape,
     layout: Layout,
@@ -191,8 +219,8 @@ def step_time(
 ) -> StepTime:
     gpu, p, m, v, tp = cluster.gpu, layout.pp, layout.microbatches, layout.v, layout.tp
     # context parallel divides the tokens of a micro-batch per rank (T / cp of each sequence)
-    # and adds its key/value all-gathers to the critical path; hook for expert parallel: ep
-    # changes the MLP's matmul FLOPs in roofline() and adds all-to-alls beside t_tp
+    # and adds its key/value all-gathers to the critical path; expert parallel its
+    # all-to-alls (ep_all_to_all) and the experts' gradient all-reduce
     cp = layout.cp
     mb_tokens = job.tokens / (layout.dp_cp * m)
 
@@ -234,15 +262,25 @@ def step_time(
         t_cp = (part.blocks + n_rec + n_op) * comm.all_gather(kv, cp, cp_link) + part.blocks * (
             comm.reduce_scatter(kv, cp, cp_link)
         )
-        cand = (t_comp + t_tp + t_p2p + t_cp, t_comp, t_tp, t_p2p, part, parts, t_cp)
+        t_ep = ep_all_to_all(shape, layout, job, cluster, part, mb_tokens)
+        cand = (t_comp + t_tp + t_p2p + t_cp + t_ep, t_comp, t_tp, t_p2p, part, parts, t_cp, t_ep)
         worst = cand if worst is None or cand[0] > worst[0] else worst
-    t_mb, t_comp, t_tp, t_p2p, part, parts, t_cp = worst
+    t_mb, t_comp, t_tp, t_p2p, part, parts, t_cp, t_ep = worst
     ideal = m * t_mb
     pipeline = ideal / (1 - bubble_fraction(layout.schedule, p, m, v))
 
     # data parallel
     pb, gb, ob = state_bytes(job)
-    psi = part.params(shape) / tp
+    # split experts are left out of the data-parallel engine: their gradients are summed over
+    # the ranks holding the same experts after the last backward (MoE.finish_step), exposed
+    ex_rank = part.blocks * shape.expert_block_params / tp if split_experts(shape, layout) else 0
+    psi = part.params(shape) / tp - ex_rank
+    copies = layout.dp_cp // layout.ep
+    ex_reduce = (
+        comm.all_reduce(ex_rank / layout.ep * gb, copies, link(tp * layout.ep, copies))
+        if ex_rank
+        else 0.0
+    )
     # ZeRO gathers weights in the compute dtype under mixed precision or FSDP2 (stage >= 2);
     # torch's ZeroRedundancyOptimizer (stage 1) broadcasts the fp32 weights themselves
     gather_b = job.act_bytes if job.precision == "mixed" or layout.zero_stage >= 2 else pb
@@ -281,17 +319,19 @@ def step_time(
         opt_s *= 10  # host memory and PCIe instead of HBM: an assumption, a 10x slower update
 
     model_fpt = shape.flops_per_token(job.seq_len)
-    block = 6 * shape.block_params + shape.attn_flops_per_token(job.seq_len)
+    block = 6 * shape.flop_block_params + shape.attn_flops_per_token(job.seq_len)
     hw_fpt = model_fpt + recomputed_blocks(layout, shape.n_layers) * block / 3
     if layout.activation_checkpoint == "op":
         hw_fpt += shape.n_layers * 2 * op_recomputed_params(shape)
-    total = pipeline + exposed + opt_s
+    opt_s += ex_rank / layout.ep * (2 * pb + gb + 2 * ob) / gpu.hbm_bytes_per_s
+    total = pipeline + exposed + opt_s + ex_reduce
     if mfu is not None:
         total = job.tokens * model_fpt / (cluster.gpus * gpu.peak_flops * mfu)
     elif hfu is not None:
         total = job.tokens * hw_fpt / (cluster.gpus * gpu.peak_flops * hfu)
     return StepTime(
         compute_s=m * t_comp, tp_s=m * t_tp, pp_p2p_s=m * t_p2p, cp_s=m * t_cp,
+        ep_s=m * t_ep + ex_reduce,
         bubble_s=pipeline - ideal,
         dp_s=dp_s, dp_exposed_s=exposed, optimizer_s=opt_s, total_s=total,
         tokens_per_s=job.tokens / total,
