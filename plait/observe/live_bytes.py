@@ -1,20 +1,26 @@
 """Live CPU bytes over time without CUDA: torch's CPU allocator reports every allocation and
 free to the profiler when ``profile_memory`` is on (c10's ProfiledCPUMemoryReporter); replaying
-those ``[memory]`` events in time order gives the bytes live at each moment, counted from when
-profiling started (docs/design.md, "plait plan": what the plan is measured against).
+those events in time order gives the bytes live at each moment, counted from when profiling
+started (docs/design.md, "plait plan": what the plan is measured against).
 
-What it sees: every tensor storage the CPU allocator hands out on a thread with the profiler on
-(the caller's: forward, the CPU autograd engine's backward, the optimizer). What it does not: a
-block allocated before profiling started (its free is not reported either: c10 warns once), and
-memory outside the allocator (gloo's own buffers, Python objects)."""
+What it sees: every tensor storage the CPU allocator hands out or takes back on a thread with
+the profiler on (the caller's: forward, the CPU autograd engine's backward, the optimizer).
+What it leaves out: blocks allocated before profiling started (their frees are not reported
+either: c10 warns once); memory outside the allocator (Python objects); and what a
+``c10d::`` collective allocates inside itself: gloo's own copies (reduce_scatter's input
+clones, allgather_base's flat output), released on gloo's worker threads where the profiler
+sees no free, and which NCCL does not make (its buffers are outside torch's allocator). A
+block freed unseen on another thread is dropped when its address is handed out again."""
 
 from __future__ import annotations
 
 import bisect
 from contextlib import contextmanager
 
-from torch._C._autograd import DeviceType
+from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile, record_function
+
+_SPANS: set[str] = set()  # names given to LiveBytes.span, looked up in the event tree
 
 
 class LiveBytes:
@@ -32,25 +38,44 @@ class LiveBytes:
 
     def __exit__(self, *exc) -> None:
         self._prof.__exit__(*exc)
-        events = self._prof.profiler.kineto_results.events()
-        mem = sorted(
-            (e.start_ns(), e.nbytes())
-            for e in events
-            if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
-        )
+        allocs = []  # (ns, address, bytes: < 0 a free, inside a c10d collective)
+        todo = [(n, False) for n in self._prof.profiler.kineto_results.experimental_event_tree()]
+        while todo:
+            node, comm = todo.pop()
+            if node.typed[0] == _EventType.Allocation:
+                f = node.typed[1]
+                if f.device.type == "cpu":
+                    allocs.append((node.start_time_ns, f.ptr, f.alloc_size, comm))
+                continue
+            if node.name in _SPANS:
+                self.spans[node.name] = (node.start_time_ns, node.end_time_ns)
+            comm = comm or node.name.startswith("c10d::")
+            todo.extend((c, comm) for c in node.children)
+        held: dict[int, int] = {}  # address -> bytes counted
+        skipped: set[int] = set()  # addresses a collective allocated
         total = 0
-        for t, n in mem:
-            total += n
+        for t, ptr, n, comm in sorted(allocs, key=lambda a: a[0]):
+            if n > 0:
+                total -= held.pop(ptr, 0)  # its last block was freed on another thread
+                skipped.discard(ptr)
+                if comm:
+                    skipped.add(ptr)
+                    continue
+                held[ptr] = n
+                total += n
+            elif ptr in held:
+                total -= held.pop(ptr)
+            else:
+                skipped.discard(ptr)
+                continue
             self.times.append(t)
             self.live.append(total)
-        self.spans = {
-            e.name(): (e.start_ns(), e.end_ns()) for e in events if e.is_user_annotation()
-        }
 
     @staticmethod
     @contextmanager
     def span(name: str):
         """Marks a stretch of time (a step) to ask :meth:`peak` about later."""
+        _SPANS.add(name)
         with record_function(name):
             yield
 
@@ -87,6 +112,7 @@ class StepPeaks:
         if self.on:
             if self._rec is None:
                 self._start()
+            _SPANS.add("plait live step")
             self._span = record_function("plait live step")
             self._span.__enter__()
 
