@@ -20,7 +20,9 @@ tensors), torch's AdamW, clipping and plait's lr schedule. Both are built side b
 ranks and run alternately step by step (each pair's order flipped every step, losses checked
 equal); a round is ``--steps`` steps of each, its figure the median step; ratios min/median/max
 over rounds. plait's step is its trainer's (``_Step.run``) plus the stop-signal all-reduce its
-loop runs after every step.
+loop runs after every step. Also printed: the ratio per step pair, in wall time and in the
+rank process's CPU time (all its threads; less sensitive to other jobs on a shared machine, blind
+to time spent waiting in collectives).
 """
 
 from __future__ import annotations
@@ -164,19 +166,22 @@ def _raw_worker(steps: int, rounds: int, run_dir: str) -> dict:
         raw = raw_tp_stepper(cfg)
         for r in range(rounds + 1):
             t = {"plait": [], "raw": []}
+            cpu = {"plait": [], "raw": []}
             for i in range(r * steps, (r + 1) * steps):
                 pair = [("plait", ours), ("raw", raw)]
                 losses = {}
                 for name, f in pair if i % 2 else pair[::-1]:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     losses[name] = f(i)
                     t[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
                 # the same computation (clipping by an fp32 vs a float64 norm may drift apart)
                 assert abs(losses["plait"] - losses["raw"]) <= 1e-3 * abs(losses["raw"]), losses
             if r:
                 out["plait"].append(statistics.median(t["plait"]))
                 out["raw"].append(statistics.median(t["raw"]))
                 out.setdefault("pairs", []).extend(a / b for a, b in zip(t["plait"], t["raw"]))
+                out.setdefault("cpu", []).extend(a / b for a, b in zip(cpu["plait"], cpu["raw"]))
         stepper.loader.close()
     finally:
         pdist.destroy_process_group()
@@ -202,12 +207,16 @@ def raw_main(steps: int, rounds: int) -> None:
         print(f"round {k + 1}: plait {a:.4f} s, raw {b:.4f} s, ratio {a / b:.3f}")
     pairs = sorted(res["pairs"])  # each step of plait over the raw step run next to it
     q = statistics.quantiles(pairs, n=4)
+    cpu = res["cpu"]  # CPU seconds of the rank's process (all its threads) per step, paired
+    qc = statistics.quantiles(cpu, n=4)
     print(
         f"gpt_small_step_time[tp=2, plait vs raw DTensor script]: ours "
         f"{statistics.median(res['plait']):.3f} s, baseline {statistics.median(res['raw']):.3f} s, "
         f"ratio min {r[0]:.3f} median {statistics.median(r):.3f} max {r[-1]:.3f} ({rounds} rounds "
         f"of {steps} steps each, alternating step by step); per step pair: median "
-        f"{statistics.median(pairs):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}, {len(pairs)} pairs)"
+        f"{statistics.median(pairs):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}, {len(pairs)} pairs); "
+        f"process CPU time per step pair: median {statistics.median(cpu):.3f} (quartiles "
+        f"{qc[0]:.3f}-{qc[2]:.3f})"
     )
 
 
