@@ -7,8 +7,9 @@ Both commands run the same config and overrides (default: gpt small at tp=2, the
 bench/tp_vs_dp.py --raw reports) in alternating rounds, so a busy machine slows both alike; each
 round's figure is the median ``step_time_s`` of rank 0 over steps 3.. (metrics.jsonl, every
 step logged), and the ``eta_s`` of the second-to-last step gives the loop's wall time per step
-(between-step work included). Prints each round, then min/median/max of the per-round ratios
-plait / torchrun.
+(between-step work included); the fastest step of each run is the least disturbed by other
+jobs on a shared machine (whole runs cannot be interleaved step by step). Prints each round, then
+min/median/max of the per-round ratios plait / torchrun.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ DEFAULT = [
 ]  # fmt: skip
 
 
-def per_step(argv: list[str], run_dir: Path, steps: int) -> tuple[float, float]:
-    """(median step_time_s over steps 3.., loop wall seconds per step) of one run."""
+def per_step(argv: list[str], run_dir: Path, steps: int) -> tuple[float, float, float]:
+    """(median step_time_s over steps 3.., loop wall seconds per step, fastest step) of one run."""
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     if p.returncode != 0:
@@ -41,7 +42,7 @@ def per_step(argv: list[str], run_dir: Path, steps: int) -> tuple[float, float]:
     # eta_s = elapsed / done * (steps - done): elapsed since step 1 started, at step steps - 1
     r = recs[-2]
     wall = r["eta_s"] * r["step"] / (steps - r["step"]) / r["step"]
-    return st, wall
+    return st, wall, min(r["step_time_s"] for r in recs[2:])
 
 
 def main() -> None:
@@ -75,10 +76,11 @@ def main() -> None:
             if r:
                 out.append(got[id(out)])
         if r:
-            (s1, w1), (s2, w2) = got[id(ours)], got[id(base)]
+            (s1, w1, m1), (s2, w2, m2) = got[id(ours)], got[id(base)]
             print(f"round {r}: step plait {s1:.3f}s torchrun {s2:.3f}s ({s1 / s2:.3f}); "
-                  f"loop wall/step {w1:.3f}s {w2:.3f}s ({w1 / w2:.3f})", flush=True)  # fmt: skip
-    for i, what in ((0, "step_time_s"), (1, "loop wall per step")):
+                  f"loop wall/step {w1:.3f}s {w2:.3f}s ({w1 / w2:.3f}); "
+                  f"fastest step {m1:.3f}s {m2:.3f}s ({m1 / m2:.3f})", flush=True)  # fmt: skip
+    for i, what in ((0, "step_time_s"), (1, "loop wall per step"), (2, "fastest step")):
         rs = sorted(o[i] / b[i] for o, b in zip(ours, base))
         print(
             f"launch_path[{what}, plait train --nproc 2 vs torchrun -m plait.train]: ours "

@@ -137,7 +137,7 @@ def plait_tp_stepper(cfg):
 
     def step(i: int) -> float:
         rec = stepper.run(i)
-        _stop_signal(env, torch.device("cpu"))
+        _stop_signal(env, torch.device("cpu"), stepper)
         return rec["loss"]
 
     return step, stepper
