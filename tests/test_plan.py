@@ -342,6 +342,11 @@ def test_cluster_links_nvlink_inside_a_node_network_across():
     assert cl.nodes == 4
     assert cl.link(1, 8) == (3e-6, 450e9)  # tp 8 inside one node
     assert cl.link(8, 4) == (8e-6, 50e9)  # dp across 4 nodes: InfiniBand NDR per GPU
+    # a group with k members per node crosses nodes on k NICs at once (NCCL: a ring channel
+    # per NIC), capped by NVLink: dp under tp 2 has 4 per node, plain dp 8 (8 x 50 < 450)
+    assert cl.link(2, 16) == (8e-6, 200e9)
+    assert cl.link(1, 32) == (8e-6, 400e9)
+    assert make_cluster("h100", 32, nvlink_bw=300e9).link(1, 32)[1] == 300e9
     assert make_cluster("a100", 8).gpu.peak_flops == 312e12
 
 
@@ -454,3 +459,70 @@ def test_stage_cuts_are_plaits_own():
     assert parts[0].embed and parts[0].head and sum(p.blocks for p in parts) == 8
     cfg = load_config("configs/gpt_tiny.yaml", ["parallel.pp=2", "parallel.pp_cuts=[1]"])
     assert Layout.from_config(cfg, 2).pp_cuts == (1,)
+
+
+def test_gemm_size_per_linear_under_tp():
+    """Column-parallel linears keep the full input width: under tp 8 a Megatron 18.4B block's
+    MLP runs at narrow side 2048, its attention linears at 768 (dim / tp)."""
+    from plait.plan.steptime import block_gemm_size, gemm_size
+
+    shape = ModelShape(6144, 40, 48, 48, 16384, 51200)
+    assert block_gemm_size(shape, 1) == pytest.approx(gemm_size(6144))
+    mixed = block_gemm_size(shape, 8)
+    assert gemm_size(768) < mixed < gemm_size(2048)
+    # FLOP-weighted harmonic mean: attention 4·D² weights at 768, MLP 3·D·F at 2048
+    w_att, w_mlp = 4 * 6144**2, 3 * 6144 * 16384
+    want = (w_att + w_mlp) / (w_att / gemm_size(768) + w_mlp / gemm_size(2048))
+    assert mixed == pytest.approx(want)
+
+
+def test_gradient_reduction_after_backward_is_exposed_whole():
+    """Layout.grad_overlap=False (Megatron-LM 2021's local DDP) puts the whole all-reduce on
+    the step; overlapped, only what exceeds the last backward is."""
+    from plait.plan.hardware import make_cluster
+    from plait.plan.steptime import step_time
+
+    shape = ModelShape(2304, 24, 24, 24, 6144, 51200)
+    job = Job(512, 2048, "fp16", precision="mixed")
+    lay = Layout(dp_shard=32, microbatches=16, activation_checkpoint="full")
+    cl = make_cluster("a100", 32, interconnect="ib-hdr")
+    on = step_time(shape, lay, job, cl)
+    off = step_time(shape, dataclasses.replace(lay, grad_overlap=False), job, cl)
+    assert off.dp_s == on.dp_s > 0
+    assert off.dp_exposed_s == pytest.approx(off.dp_s)
+    assert on.dp_exposed_s < on.dp_s
+    assert off.total_s - on.total_s == pytest.approx(off.dp_s - on.dp_exposed_s)
+
+
+def test_every_plan_command_in_the_docs_runs(capsys):
+    """The `plait plan` examples of README and docs/ are what users paste first: each one plans
+    (a layout launch would refuse fails here, as plan refuses it too)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    text = "".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    cmds = [
+        line
+        for b in blocks
+        for line in b.replace("\\\n", " ").splitlines()
+        if line.startswith("plait plan ")
+    ]
+    assert len(cmds) >= 3, cmds
+    for cmd in cmds:
+        argv = shlex.split(cmd)[1:] + ["--top", "0"]
+        rc = main(argv)
+        out = capsys.readouterr()
+        assert rc == 0, (cmd, out.err[-500:])
+
+
+def test_tied_embeddings_count_the_matrix_once_and_its_matmul_still():
+    """A tied head (published Llama 3.2 3B row) shares the embedding's V x D weights: memory
+    counts them once, FLOPs still run the head's matmul."""
+    untied = ModelShape(3072, 28, 24, 8, 8192, 128256)
+    tied = dataclasses.replace(untied, tied_embeddings=True, head_params=None)
+    assert untied.params - tied.params == 128256 * 3072
+    assert tied.head_matmul_params == untied.head_params
+    assert tied.flops_per_token(4096) == untied.flops_per_token(4096)

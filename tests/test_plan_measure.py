@@ -376,3 +376,64 @@ def test_fsdp_fp32_reduce_accumulates_unsharded_fp32_grads_without_sync(tmp_path
     planned = rank_memory(shape, lay, job, part, 80 * 2**30).grads
     assert fp32 == pytest.approx(4 * shape.params, rel=0.01), (fp32, shape.params)
     assert planned == pytest.approx(fp32, rel=0.05), (planned, fp32)
+
+
+def _keep(saved: list):
+    """A pack hook that keeps each tensor autograd saves in ``saved``."""
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    return pack
+
+
+def _saved_bytes_per_token(overrides: list[str], B: int, T: int, op: bool = False) -> float:
+    """Bytes autograd saves for one block, per token: a 2-block model minus a 1-block one
+    (``op``: under op-level checkpointing, whose saves happen out of sight of a pack hook)."""
+    from plait.parallelize import apply_activation_checkpoint
+
+    out = []
+    for n_layers in (1, 2):
+        cfg = load_config(
+            None, [*overrides, f"model.n_layers={n_layers}", f"data.seq_len={T}",
+                   f"train.global_batch={B}"],
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = build_model(cfg, "cpu")
+        tokens = torch.randint(0, 256, (B, T + 1))
+        if op:
+            apply_activation_checkpoint(model, "op", 1)
+            out.append(_saved_during(model, tokens)[0])
+            continue
+        fixed = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        fixed |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+        saved: list = []
+        with torch.autograd.graph.saved_tensors_hooks(_keep(saved), lambda t: t):
+            logits = model(tokens[:, :-1])
+            model.loss(logits, {"target": tokens[:, 1:]})
+        out.append(_storage_bytes(saved + [logits], skip=fixed))
+    return (out[1] - out[0]) / (B * T)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["model.moe_top_k=4"], ["model.moe_shared=1"], ["model.moe_ffn_dim=256"]],
+    ids=["top2", "top4", "shared", "wide"],
+)
+def test_moe_block_saves_what_the_plan_says(extra):
+    """A MoE block keeps its routed rows (dispatched input, expert and gated outputs, the
+    SwiGLU's four values per route), indices and gates, and the fp32 router's scores
+    (plait.plan.memory.moe_mlp_bytes); under op-level checkpointing every other matmul of the
+    experts' loop (moe_op_bytes): within 5% of a saved-tensor hook's count."""
+    from plait.plan.memory import block_activation_bytes
+
+    B, T = 4, 64
+    overrides = ["model.preset=moe_tiny", *extra]
+    shape = ModelShape.from_config(load_config(None, [*overrides, f"data.seq_len={T}"]))
+    job = Job(B, T, "fp32", "adamw")
+    for ckpt in (False, "op"):
+        measured = _saved_bytes_per_token(overrides, B, T, op=bool(ckpt))
+        planned = block_activation_bytes(shape, B * T, job, checkpointed=ckpt) / (B * T)
+        assert planned == pytest.approx(measured, rel=0.05), (ckpt, planned, measured)

@@ -78,6 +78,9 @@ def block_activation_bytes(
         # under context parallel too: the gathered keys/values and the mask are not saved (the
         # all-gather is not in the policy's save list: backward gathers again, plait.plan.steptime)
         per_token = (2 * d / s + (2 * d + kv + f) / tp) * job.act_bytes
+        if shape.n_experts:  # w1 (F) and w2 (D) outputs give way to the experts' saved half
+            frac = shape.moe_layers_per_block
+            per_token += frac * (moe_op_bytes(shape, job, tp) - (f / tp + d / s) * job.act_bytes)
         return tokens * (per_token + shape.n_heads / tp * 4)
     if checkpointed:
         return tokens * shape.dim / s * job.act_bytes
@@ -85,7 +88,32 @@ def block_activation_bytes(
     # q and the attention output for this rank's tokens; keys and values gathered over cp
     attn = 2 * d + 2 * d * cp
     per_token = (6 * d / s + (attn + 4 * f) / tp) * job.act_bytes + (shape.n_heads / tp + 2) * 4
+    if shape.n_experts:  # MoE blocks save their routed rows instead of a dense SwiGLU
+        frac = shape.moe_layers_per_block
+        per_token += frac * (moe_mlp_bytes(shape, job, tp) - 4 * f / tp * job.act_bytes)
     return tokens * per_token + (cp_mask_bytes(job.seq_len, cp) if cp > 1 else 0.0)
+
+
+def moe_op_bytes(shape: ModelShape, job: Job, tp: int) -> float:
+    """Bytes a MoE feed-forward keeps per token under op-level checkpointing: every other
+    matmul's output, counted across the experts' loop (w1, w3, w2 per expert), averages H/t +
+    D/2 per route; the router's fp32 logits (its matmul is saved); a shared expert one of its
+    two H-wide outputs. Measured on moe_tiny within 3% (tests/test_plan_measure.py)."""
+    k, h = shape.top_k, shape.expert_dim
+    rows = k * (h / tp + shape.dim / 2) + shape.n_shared * h / tp
+    return rows * job.act_bytes + 4 * shape.n_experts
+
+
+def moe_mlp_bytes(shape: ModelShape, job: Job, tp: int) -> float:
+    """Bytes a MoE feed-forward saves per token (plait.models.moe, measured on moe_tiny in
+    tests/test_plan_measure.py): per route (k of them) the dispatched input row, the expert's
+    output and the gated output (3·D, whole on every tp rank) and the SwiGLU's four (H/t)
+    values, plus 28 bytes of int64 indices and fp32 gates; the fp32 router's logits, scores
+    and pick (3·E x 4 bytes); a shared expert's four values per unit of width. Uniform routing:
+    under ep a rank runs as many rows as its tokens route."""
+    k, h, e = shape.top_k, shape.expert_dim, shape.n_experts
+    rows = k * (3 * shape.dim + 4 * h / tp) + 4 * shape.n_shared * h / tp
+    return rows * job.act_bytes + 28 * k + 12 * e
 
 
 def cp_mask_bytes(seq_len: int, cp: int) -> float:
@@ -139,8 +167,7 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
 def activation_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
     """Peak activation bytes of one pipeline rank: in-flight micro-batches x its blocks, the
     head and embedding, plus the transients (:func:`transient_activation_bytes`)."""
-    # this rank's tokens of one micro-batch (T / cp of each sequence under context parallel;
-    # hook: expert parallel changes block_activation_bytes' MLP term and the experts' params)
+    # this rank's tokens of one micro-batch (T / cp of each sequence under context parallel)
     tokens = job.tokens // (layout.dp_cp * layout.microbatches)
     tp, sp = layout.tp, layout.sequence_parallel
     ac = layout.activation_checkpoint
@@ -212,20 +239,32 @@ def kept_unsharded(shape: ModelShape, layout: Layout, part: RankPart) -> float:
     auto keeps each stage's last block, false every block, a group size g a 1/g shard of every
     block, true none. The root unit (embedding, head) is counted apart by :func:`rank_memory`."""
     policy, tp = layout.reshard_after_forward, layout.tp
-    blocks = part.blocks * shape.block_params / tp
+    block = shape.block_params - (shape.expert_block_params if split_experts(shape, layout) else 0)
+    blocks = part.blocks * block / tp
     if policy is True or not part.blocks:
         return 0.0
     if policy is False:
         return blocks
     if policy == "auto":
-        return shape.block_params / tp
+        return block / tp
     return blocks / policy
+
+
+def split_experts(shape: ModelShape, layout: Layout) -> bool:
+    """Experts split over ep or tp are plain tensors the data-parallel engines leave out
+    (plait.expert_parallel); at ep = tp = 1 they are ordinary parameters."""
+    return bool(shape.expert_block_params) and (layout.ep > 1 or layout.tp > 1)
 
 
 def rank_memory(
     shape: ModelShape, layout: Layout, job: Job, part: RankPart, device_bytes: int
 ) -> Memory:
     psi_rank = part.params(shape) / layout.tp  # norms are replicated under TP; ignored (tiny)
+    # split experts: this rank's 1/(ep x tp) slice, whole (unsharded by ZeRO), apart from the
+    # dense parameters the engine handles
+    ex_block = shape.expert_block_params / layout.tp if split_experts(shape, layout) else 0.0
+    experts = part.blocks * ex_block / layout.ep
+    psi_rank -= part.blocks * ex_block
     # ZeRO shards over dp_shard (x cp: FSDP2 shards over both); dp_replicate holds replicas
     ns = layout.dp_shard * layout.cp
     pb, gb, ob = state_bytes(job)
@@ -246,7 +285,7 @@ def rank_memory(
         )
 
     cb = job.act_bytes  # dtype parameters are gathered / cast to for compute
-    blk = shape.block_params / layout.tp
+    blk = shape.block_params / layout.tp - ex_block  # FSDP2's unit: the block's dense params
     buffers = 0.0
     if layout.dp_cp > 1 and engine in ("torch", "fairscale") and stage <= 1:
         buffers += gb * psi_rank  # DDP's gradient buckets (gradient_as_bucket_view=False)
@@ -309,6 +348,14 @@ def rank_memory(
     if job.precision == "autocast" and cb < pb and not (engine == "torch" and stage >= 2):
         buffers += cb * psi_rank  # autocast's cast weight copies, saved for backward
         notes.append("autocast: bf16/fp16 copies of the weights live through backward")
+    if experts:
+        params, grads, opt = params + pb * experts, grads + gb * experts, opt + ob * experts
+        if job.precision == "autocast" and cb < pb:
+            buffers += cb * experts  # outside FSDP2's policy: autocast casts them
+        notes.append(
+            f"experts: {experts / 1e6:,.1f}M params per rank (1/{layout.ep} of them, 1/"
+            f"{layout.tp} of each), whole: no data-parallel engine shards them"
+        )
     # gradients outlive a step's activations with accumulation or DeepSpeed's persistent buffers
     overlap = layout.microbatches > 1 or engine == "deepspeed"
     if not overlap:
