@@ -59,7 +59,20 @@ def main() -> None:
     rounds, steps = opt("--rounds", 3), opt("--steps", 12)
     args = a or DEFAULT
     run = [*args, f"train.steps={steps}", "log.every=1"]
-    tmp = Path(tempfile.mkdtemp(prefix="plait-launch-steps-"))
+    with tempfile.TemporaryDirectory(prefix="plait-launch-steps-") as d:
+        ours, base = rounds_of(Path(d), run, rounds, steps)
+    for i, what in ((0, "step_time_s"), (1, "loop wall per step"), (2, "fastest step")):
+        rs = sorted(o[i] / b[i] for o, b in zip(ours, base))
+        print(
+            f"launch_path[{what}, plait train --nproc 2 vs torchrun -m plait.train]: ours "
+            f"{statistics.median(o[i] for o in ours):.3f} s, baseline "
+            f"{statistics.median(b[i] for b in base):.3f} s, ratio min {rs[0]:.3f} median "
+            f"{statistics.median(rs):.3f} max {rs[-1]:.3f} ({rounds} rounds)"
+        )
+
+
+def rounds_of(tmp: Path, run: list[str], rounds: int, steps: int) -> tuple[list, list]:
+    """Alternating rounds; returns the per-round figures of plait's path and torchrun's."""
     ours, base = [], []
     for r in range(rounds + 1):  # round 0 warms caches (CPU peak file, page cache) for both
         d1, d2 = tmp / f"p{r}", tmp / f"t{r}"
@@ -80,14 +93,7 @@ def main() -> None:
             print(f"round {r}: step plait {s1:.3f}s torchrun {s2:.3f}s ({s1 / s2:.3f}); "
                   f"loop wall/step {w1:.3f}s {w2:.3f}s ({w1 / w2:.3f}); "
                   f"fastest step {m1:.3f}s {m2:.3f}s ({m1 / m2:.3f})", flush=True)  # fmt: skip
-    for i, what in ((0, "step_time_s"), (1, "loop wall per step"), (2, "fastest step")):
-        rs = sorted(o[i] / b[i] for o, b in zip(ours, base))
-        print(
-            f"launch_path[{what}, plait train --nproc 2 vs torchrun -m plait.train]: ours "
-            f"{statistics.median(o[i] for o in ours):.3f} s, baseline "
-            f"{statistics.median(b[i] for b in base):.3f} s, ratio min {rs[0]:.3f} median "
-            f"{statistics.median(rs):.3f} max {rs[-1]:.3f} ({rounds} rounds)"
-        )
+    return ours, base
 
 
 if __name__ == "__main__":
