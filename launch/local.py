@@ -60,6 +60,7 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
     # these itself: it would stop reading the ranks' results, on which they wait to exit.
     saved_env = os.environ.get(AGENT_SIGNALS_ENV)
     os.environ[AGENT_SIGNALS_ENV] = AGENT_SIGNALS  # torch < 2.13 reads only this
+    threads = _thread_env(cfg, nproc)
     preemption.clear_marker(run_dir)
     lc = LaunchConfig(
         min_nodes=1,
@@ -102,12 +103,33 @@ def run_local(cfg: Config, nproc: int, *, return_state: bool = False, max_restar
         else:
             os.environ[AGENT_SIGNALS_ENV] = saved_env
         os.environ.pop(failure.ENV, None)
+        if threads:
+            os.environ.pop("OMP_NUM_THREADS", None)
         shutil.rmtree(failures, ignore_errors=True)
         os.environ.pop(run_lock.ENV, None)
         lock.release()
     if results[0].preempted and (info := preemption.read_marker(run_dir)) is not None:
         raise preemption.Preempted.from_marker(info)
     return results[0]
+
+
+def _thread_env(cfg: Config, nproc: int) -> bool:
+    """CPU runs: OMP_NUM_THREADS for the ranks, set before they start, as torchrun does (its value
+    is plait's share, plait.dist.cpu_threads_per_rank, where torchrun's is 1). Set in the
+    environment rather than by ``torch.set_num_threads`` in the rank, every thread of the rank
+    (the data prefetch thread too) starts with it, not only the main one. A user's own value
+    wins; returns whether it was set here (to be removed after the launch)."""
+    import torch  # deferred: see run_local
+
+    from plait.dist import cpu_threads_per_rank  # deferred: plait.dist imports torch
+
+    on_gpu = cfg.train.device == "cuda" or (
+        cfg.train.device == "auto" and torch.cuda.is_available()
+    )
+    if nproc == 1 or on_gpu or "OMP_NUM_THREADS" in os.environ:
+        return False
+    os.environ["OMP_NUM_THREADS"] = str(cpu_threads_per_rank(nproc))
+    return True
 
 
 def _last_line(failure) -> str:

@@ -170,20 +170,14 @@ def _plan_parser(sub) -> None:
 
 
 def refuse_what_launch_refuses(cfg, layout) -> None:
-    """The engine x layout rules ``plait launch`` enforces (plait.rules.layout_problem and the
-    engine's options), with launch's own message, so a plan never prices a refused layout."""
+    """What ``plait launch`` refuses before any process starts (plait.preflight.check_supported:
+    engine x layout, experts, context parallel, pipeline cuts, tensor-parallel shapes, the
+    engine's options), with launch's own message, so a plan never prices a refused layout; the
+    engine's package need not be installed here."""
     from plait.mesh import ParallelDims  # deferred: it loads torch.distributed (start-up)
-    from plait.preflight import check_dp
-    from plait.rules import layout_problem
+    from plait.preflight import check_supported
 
-    problem = layout_problem(
-        dp_engine=layout.dp_engine, zero_stage=layout.zero_stage, pp=layout.pp, dp=layout.dp,
-        tp=layout.tp, schedule=layout.schedule,
-    )  # fmt: skip
-    if problem:
-        raise ConfigError(problem)
-    dims = ParallelDims.from_config(cfg, layout.gpus)
-    check_dp(cfg, dims, need_package=False)
+    check_supported(cfg, ParallelDims.from_config(cfg, layout.gpus), need_package=False)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -214,10 +208,6 @@ def _plan(args: argparse.Namespace) -> int:
     if experts is not None:
         print(f"\nmixture of experts (expert parallel ep={cfg.parallel.ep})")
         print("\n".join("  " + line for line in experts.lines()))
-        print(
-            "  note: the memory above holds every expert in each block (split by tp and ZeRO); "
-            "with ep each rank holds only the expert params above, which ZeRO does not shard"
-        )
     if args.top > 0:
         cands, tried = search(shape, job, cluster, layout, efficiency=args.efficiency)
         print("\n" + format_table(cands, tried, args.top))

@@ -312,6 +312,10 @@ class LogConfig:
         [],
         "[first, last] steps (1-based, inclusive) to trace with torch.profiler: one Chrome trace per rank in <run>/profile.",
     )
+    live_bytes: bool = _f(
+        False,
+        "CPU: record every tensor allocation (torch.profiler's memory events; slows every step) and log mem_live_peak_bytes, the most live tensor bytes during each step (what plait plan's peak is measured against).",
+    )
     memory_snapshot: int = _f(
         0,
         "CUDA only: record allocator history and dump a snapshot after this step (and on out-of-memory) to <run>/memory; 0: off.",

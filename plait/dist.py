@@ -91,9 +91,18 @@ def pick_device(kind: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_threads_per_rank(local: int) -> int:
+    """This node's share of the CPUs for one of its ``local`` ranks: the CPUs this process may
+    run on (SLURM's --cpus-per-task, taskset), not the machine's, split between the ranks."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // max(1, local))
+
+
 def set_cpu_threads(env: DistEnv, device: torch.device) -> None:
     """Share the cores between the ranks of this node (torchrun's OMP_NUM_THREADS rule):
-    N ranks each running all-cores intra-op pools oversubscribe the CPU and stall collectives."""
+    N ranks each running all-cores intra-op pools oversubscribe the CPU and stall collectives.
+    ``plait train --nproc`` sets OMP_NUM_THREADS to the same share before its ranks start
+    (plait.launch.local), as torchrun does; this covers every other launcher."""
     if device.type != "cpu" or env.world_size == 1 or "OMP_NUM_THREADS" in os.environ:
         return
     local = int(
@@ -101,9 +110,7 @@ def set_cpu_threads(env: DistEnv, device: torch.device) -> None:
             "LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", str(env.world_size))
         ).split("(")[0]
     )
-    # the CPUs this process may run on (SLURM's --cpus-per-task, taskset), not the machine's
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, (cpus or 1) // max(1, local)))
+    torch.set_num_threads(cpu_threads_per_rank(local))
 
 
 def keep_cpu_heap(device: torch.device) -> None:

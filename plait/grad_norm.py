@@ -81,6 +81,10 @@ def _sum_squares(g: torch.Tensor, buf: list[torch.Tensor]) -> torch.Tensor:
         return torch.dot(v, v)
     if not buf or buf[0].device != v.device:
         buf[:] = [torch.empty(CHUNK, dtype=torch.float64, device=v.device)]
+    if v.numel() <= CHUNK:  # one chunk: the loop below would add its dot to an exact zero
+        b = buf[0][: v.numel()]
+        b.copy_(v)
+        return torch.dot(b, b)
     out = torch.zeros((), dtype=torch.float64, device=v.device)
     for i in range(0, v.numel(), CHUNK):
         x = v[i : i + CHUNK]

@@ -2,7 +2,8 @@
 
 A rank that receives SIGTERM (``kill``, a scheduler's preemption or time limit), SIGUSR1 (SLURM's
 ``--signal=USR1@T``), SIGINT (Ctrl-C) or SIGHUP (a closed terminal) only records it; at the end
-of the step every rank learns whether any rank got one (the trainer's one-number all-reduce), so
+of the step every rank learns whether any rank got one (the trainer's one-number all-reduce, or
+slots of its loss all-reduce where that spans every rank), so
 all stop after the same step, save a checkpoint, and end with :data:`EXIT_REQUEUE`. Rank 0 writes :data:`MARKER` in the run
 folder once the checkpoint is complete: the launchers read it to tell "stopped for preemption,
 run me again" from a failure, because a launcher in between hides the ranks' exit codes

@@ -53,9 +53,12 @@ def validate(cfg: Config, world_size: int) -> ParallelDims:
     return dims
 
 
-def check_supported(cfg: Config, dims: ParallelDims, model: PlaitModel | None = None) -> None:
+def check_supported(
+    cfg: Config, dims: ParallelDims, model: PlaitModel | None = None, *, need_package: bool = True
+) -> None:
     """Refuse engine x layout combinations that cannot work, before any process group exists.
-    ``model``: the meta model, when the caller has built it already."""
+    ``model``: the meta model, when the caller has built it already; ``need_package``: see
+    :func:`check_dp`."""
     p = cfg.parallel
     problem = layout_problem(
         dp_engine=p.dp_engine, zero_stage=p.zero_stage, pp=dims.pp, dp=dims.dp, tp=dims.tp,
@@ -64,7 +67,7 @@ def check_supported(cfg: Config, dims: ParallelDims, model: PlaitModel | None = 
     if problem:
         raise ConfigError(problem)
     check_moe(cfg, dims)
-    check_dp(cfg, dims)
+    check_dp(cfg, dims, need_package=need_package)
     if dims.pp == 1 and dims.tp == 1 and dims.cp == 1 and not cfg.parallel.pp_cuts:
         return  # the shape checks below have nothing to check: no model needed
     model = model if model is not None else build_model(cfg)

@@ -36,6 +36,7 @@ from plait.mesh import ParallelDims
 from plait.metrics import MetricsWriter, peak_mem_bytes
 from plait.models import build_model, param_count
 from plait.observe.clock import StepClock
+from plait.observe.live_bytes import StepPeaks
 from plait.observe.observer import Observer
 from plait.optim import build_scheduler
 from plait.parallelize import parallelize
@@ -62,6 +63,9 @@ class _Step:
         # the group the loss, token counts and gradients are summed over: dp x cp
         sums = (mesh.dp_cp if dims.cp > 1 else mesh.dp) if mesh is not None else None
         self.dp_group = sums.get_group() if sums is not None and dims.dp_cp > 1 else None
+        # the stop vote (see _stop_signal) rides on the loss all-reduce when that spans every rank
+        self.votes = self.dp_group is not None and dims.dp_cp == dist.get_world_size()
+        self.stop = 0  # the signal the step's vote agreed on (0: none), when self.votes
         # context parallel: this rank's 2 of 2 x cp sequence chunks (plait.context_parallel)
         self.cp_rank = mesh.root["cp"].get_local_rank() if dims.cp > 1 else 0
         model = parallelize(build_model(cfg), cfg, dims, mesh, device)
@@ -122,7 +126,11 @@ class _Step:
         self.clock.mark("wait_s")  # the step's first collective: early ranks wait here
         scale = self.dims.dp_cp / count  # see the module docstring
         loss_sum = self.engine.forward_backward([self._to_device(m) for m in micro], scale)
-        loss_val = (self._all_reduce(loss_sum) / count).item()
+        if self.votes:  # one all-reduce for the loss and the stop vote
+            loss_sum, self.stop = _with_vote(loss_sum, self.dp_group)
+        else:
+            loss_sum = self._all_reduce(loss_sum)
+        loss_val = (loss_sum / count).item()
         self.clock.mark("fwd_bwd_s")
 
         max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
@@ -255,9 +263,27 @@ def _checkpointer(cfg: Config, run_dir: Path, env: pdist.DistEnv, dims: Parallel
     )
 
 
-def _stop_signal(env: pdist.DistEnv, device: torch.device) -> int:
+def _with_vote(loss_sum: torch.Tensor, group) -> tuple[torch.Tensor, int]:
+    """All-reduce the loss sum together with each rank's stop vote: one slot per signal of
+    :data:`plait.preemption.SIGNALS`, 1 where this rank received it. Returns the summed loss and
+    the signal every rank agrees on: the largest received by any rank (the MAX of
+    :func:`_stop_signal`), 0 for none. Saves the separate all-reduce on data-parallel layouts."""
+    got = preemption.received()
+    votes = [float(got == s) for s in preemption.SIGNALS]
+    t = torch.tensor([0.0, *votes], device=loss_sum.device, dtype=loss_sum.dtype)
+    t[0] = loss_sum
+    dist.all_reduce(t, group=group)
+    seen = [int(s) for s, n in zip(preemption.SIGNALS, t[1:].tolist()) if n > 0]
+    return t[0], max(seen, default=0)
+
+
+def _stop_signal(env: pdist.DistEnv, device: torch.device, stepper: _Step | None = None) -> int:
     """The signal any rank received (0: none), the same on every rank: one number all-reduced
-    at each step boundary, so all ranks stop after the same step (plait.preemption)."""
+    at each step boundary, so all ranks stop after the same step (plait.preemption). Where the
+    loss all-reduce spans every rank the vote rode on it (:func:`_with_vote`): a signal that
+    arrives after it is seen at the next step."""
+    if stepper is not None and stepper.votes:
+        return stepper.stop
     got = preemption.received()
     if env.world_size == 1:
         return got
@@ -359,7 +385,13 @@ def _run(
     dp_rank = mesh.dp.get_local_rank() if mesh is not None else 0
     # Dropout draws from this stream: seeded per dp rank, so replicas do not share masks.
     torch.manual_seed(cfg.train.seed * 1_000_003 + dp_rank)
-    stepper = _Step(cfg, dims, mesh, device, dp_rank)
+    # log.live_bytes: recording starts before the model is built, so its states are counted
+    live = StepPeaks(cfg.log.live_bytes and device.type == "cpu")
+    try:
+        stepper = _Step(cfg, dims, mesh, device, dp_rank)
+    except BaseException:
+        live.stop()
+        raise
     result = RunResult(run_dir=run_dir)
     ckpt, start = _setup_checkpoints(cfg, run_dir, env, dims, stepper)
     writer = MetricsWriter(
@@ -382,7 +414,10 @@ def _run(
         for step in range(start, cfg.train.steps):
             obs.before_step(step + 1)
             try:
+                live.begin()
                 rec = stepper.run(step)
+                if (peak := live.end()) is not None:
+                    rec["mem_live_peak_bytes"] = peak
             except PlaitError:
                 raise
             except Exception as e:  # name the rank and the step; the launcher ends the others
@@ -402,12 +437,13 @@ def _run(
                 writer.log(rec)
             if ckpt is not None:
                 ckpt.maybe_save(done, cfg.train.steps, stepper.model, stepper.optimizer)
-            if done < cfg.train.steps and (sig := _stop_signal(env, device)):
+            if done < cfg.train.steps and (sig := _stop_signal(env, device, stepper)):
                 stopped = _save_for_stop(cfg, run_dir, env, dims, stepper, ckpt, done, sig)
                 break
         if ckpt is not None:
             ckpt.wait()
     finally:
+        live.stop()
         obs.close()
         stepper.loader.close()
         writer.close()

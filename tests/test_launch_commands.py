@@ -178,3 +178,24 @@ def test_srun_alone_and_no_launcher():
     srun = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "7"}
     assert DistEnv.from_environ(srun) == DistEnv(3, 4, 1, "srun")
     assert DistEnv.from_environ({}) == DistEnv(0, 1, 0, "single process")
+
+
+def test_nproc_ranks_get_torchruns_thread_variable_with_plaits_share(monkeypatch):
+    """``plait train --nproc`` sets OMP_NUM_THREADS for its CPU ranks before they start, as
+    torchrun does (so every thread of a rank starts with it), to plait's per-rank share of the
+    CPUs; a user's own value, one rank, and GPU runs are left alone."""
+    from plait.config import load_config
+    from plait.dist import cpu_threads_per_rank
+    from plait.launch.local import _thread_env
+
+    cpu = load_config(CONFIG, ["train.device=cpu"])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert not _thread_env(cpu, 1) and "OMP_NUM_THREADS" not in os.environ
+    assert _thread_env(cpu, 2)
+    assert os.environ["OMP_NUM_THREADS"] == str(cpu_threads_per_rank(2))
+    assert cpu_threads_per_rank(2) == max(1, len(os.sched_getaffinity(0)) // 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert not _thread_env(cpu, 2) and os.environ["OMP_NUM_THREADS"] == "3"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert not _thread_env(load_config(CONFIG, ["train.device=cuda"]), 2)
+    assert "OMP_NUM_THREADS" not in os.environ

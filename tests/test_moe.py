@@ -7,6 +7,8 @@ group."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from helpers import assert_same_run, losses, run_distributed_many, run_single
@@ -152,3 +154,40 @@ def test_planner_prices_experts_and_all_to_all(capsys):
     )  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0 and "experts  1 per ep rank" in out and "router imbalance 1.00" in out
+
+
+def test_plan_keeps_each_ranks_experts_whole_and_prices_the_all_to_all(capsys):
+    """Under ep (or tp) the experts are plain tensors no data-parallel engine shards
+    (plait.expert_parallel): the plan holds this rank's 1/ep of them whole, ZeRO-3 shards only
+    the dense rest; the all-to-alls and the experts' gradient all-reduce are in the step time;
+    and a layout launch refuses (ep with ZeRO-1) is refused by the plan with launch's words."""
+    from plait.cli import main
+    from plait.plan import Job, Layout, ModelShape, make_cluster, plan_memory, step_time
+
+    cfg = load_config(
+        None,
+        ["model.preset=mixtral_8x7b", "data.seq_len=4096", "train.global_batch=64",
+         "train.dtype=bf16", "parallel.ep=8", "parallel.zero_stage=3"],
+    )  # fmt: skip
+    shape, job = ModelShape.from_config(cfg), Job.from_config(cfg)
+    lay = Layout.from_config(cfg, 64)
+    experts = 32 * 8 * 3 * 4096 * 14336
+    assert shape.expert_block_params * 32 == experts and shape.n_experts == 8
+    mem = plan_memory(shape, lay, job, 80 * 2**30)
+    dense = shape.params - experts
+    assert mem.params == pytest.approx(4 * (dense / 64 + experts / 8))  # fp32 weights (autocast)
+    assert mem.optimizer == pytest.approx(8 * (dense / 64 + experts / 8))
+    one = plan_memory(shape, dataclasses.replace(lay, ep=1), job, 80 * 2**30)
+    assert one.params == pytest.approx(4 * shape.params / 64)  # ep=1: ordinary ZeRO-3 params
+    cl = make_cluster("h100", 64)
+    t, t1 = (
+        step_time(shape, lay, job, cl),
+        step_time(shape, dataclasses.replace(lay, ep=1), job, cl),
+    )
+    assert t.ep_s > 0 and t1.ep_s == 0 and t.total_s > t1.total_s
+    assert t.dp_s < t1.dp_s  # the experts' gradients leave the ZeRO reduce-scatter
+    rc = main(
+        ["plan", "gpt_tiny", "--gpus", "64", "--top", "0", "model.preset=mixtral_8x7b",
+         "parallel.ep=8", "parallel.zero_stage=1", "train.global_batch=64"]
+    )  # fmt: skip
+    assert rc == 2 and "zero_stage 0, 2 or 3" in capsys.readouterr().err

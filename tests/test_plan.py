@@ -25,7 +25,12 @@ from plait.plan import (
     zero_model_states,
 )
 from plait.plan.hardware import parse_bytes
-from plait.plan.memory import block_activation_bytes, rank_memory, state_bytes
+from plait.plan.memory import (
+    block_activation_bytes,
+    head_activation_bytes,
+    rank_memory,
+    state_bytes,
+)
 from plait.plan.stages import rank_parts
 from plait.plan.steptime import COLL_EFF
 
@@ -309,32 +314,44 @@ def test_pipeline_activations_and_fsdp_buffers_by_hand():
     job = Job(global_batch=8, seq_len=128, dtype="fp32")
     tokens = 8 * 128 // 4  # 4 micro-batches, one dp rank
     blk = block_activation_bytes(TINY, tokens, job)
+    # a block's backward works on three (tokens, F) and two (tokens, D) gradients at once
+    work = tokens * (3 * TINY.ffn_dim + 2 * TINY.dim) * 4
     # 1F1B over 2 stages: rank 0 holds 2 micro-batches of its 4 blocks (+ token ids)
     lay = Layout(pp=2, microbatches=4, schedule="1F1B")
     mem0 = rank_memory(TINY, lay, job, rank_parts(TINY, lay)[0], 80 * 2**30)
-    assert mem0.activations == pytest.approx(2 * 4 * blk + tokens * 8)
+    assert mem0.activations == pytest.approx(2 * (4 * blk + tokens * 8) + work)
     # GPipe keeps all 4
     lay = Layout(pp=2, microbatches=4, schedule="GPipe")
     mem0 = rank_memory(TINY, lay, job, rank_parts(TINY, lay)[0], 80 * 2**30)
-    assert mem0.activations == pytest.approx(4 * 4 * blk + tokens * 8)
-    # FSDP2 ZeRO-3 over 4 ranks: states / 4, plus two blocks' fp32 weights and one block's
-    # grads, and the root unit (embedding + final norm + head) gathered with the head's grads
+    assert mem0.activations == pytest.approx(4 * (4 * blk + tokens * 8) + work)
+    # FSDP2 ZeRO-3 over 4 ranks: states / 4; the root unit (embedding + final norm + head)
+    # gathered when backward starts, and in the last block's backward two blocks' fp32 weights,
+    # one block's grads and the head's, less the head's activations and the loss's gradients
+    # freed by then
     lay = Layout(dp_shard=4, zero_stage=3, microbatches=2, reshard_after_forward=True)
     mem = plan_memory(TINY, lay, job, 80 * 2**30)
     assert mem.states == pytest.approx(16 * TINY.params / 4)
     root = TINY.embed_params + TINY.head_params
-    base = 3 * 4 * TINY.block_params + 4 * root + 4 * TINY.head_params
-    assert mem.buffers == pytest.approx(base)
-    # auto (the default): + the last block, held fwd->bwd; a group of 2: every block at half
+    mb = 8 * 128 // (4 * 2)  # tokens of one micro-batch on one of 4 dp ranks
+    head = head_activation_bytes(TINY, mb, job)
+    loss_grads = mb * TINY.vocab_size * 2 * 4
+    mid = 3 * 4 * TINY.block_params + 4 * TINY.head_params - head - loss_grads
+    assert mid > 0  # TINY's blocks outweigh its head's activations
+    assert mem.buffers == pytest.approx(4 * root + mid)
+    # auto (the default): the last block held fwd->bwd, so one block less gathered in backward
     auto = plan_memory(TINY, dataclasses.replace(lay, reshard_after_forward="auto"), job, 2**40)
-    assert auto.buffers == pytest.approx(base + 4 * TINY.block_params)
+    blk = 4 * TINY.block_params
+    assert auto.buffers == pytest.approx(4 * root + blk + max(0, mid + blk - 2 * blk))
+    # a group of 2: every block held at half, both blocks gathered in backward again
     two = plan_memory(TINY, dataclasses.replace(lay, reshard_after_forward=2), job, 2**40)
-    assert two.buffers == pytest.approx(base + 4 * TINY.n_layers * TINY.block_params / 2)
+    assert two.buffers == pytest.approx(4 * root + mid + 4 * TINY.n_layers * TINY.block_params / 2)
     # pp + FSDP2: PipelineStage holds the stage's params gathered and its grads unsharded
     lay = Layout(dp_shard=2, pp=2, zero_stage=3, microbatches=4)
     part = rank_parts(TINY, lay)[1]
     mem = rank_memory(TINY, lay, job, part, 80 * 2**30)
-    assert mem.buffers == pytest.approx(2 * 4 * part.params(TINY))
+    # + its receive buffers: activations from stage 0 for each of the 4 micro-batches
+    recv = 4 * tokens / 2 * TINY.dim * 4
+    assert mem.buffers + mem.grads == pytest.approx(2 * 4 * part.params(TINY) + recv)
 
 
 def test_cluster_links_nvlink_inside_a_node_network_across():
@@ -342,6 +359,11 @@ def test_cluster_links_nvlink_inside_a_node_network_across():
     assert cl.nodes == 4
     assert cl.link(1, 8) == (3e-6, 450e9)  # tp 8 inside one node
     assert cl.link(8, 4) == (8e-6, 50e9)  # dp across 4 nodes: InfiniBand NDR per GPU
+    # a group with k members per node crosses nodes on k NICs at once (NCCL: a ring channel
+    # per NIC), capped by NVLink: dp under tp 2 has 4 per node, plain dp 8 (8 x 50 < 450)
+    assert cl.link(2, 16) == (8e-6, 200e9)
+    assert cl.link(1, 32) == (8e-6, 400e9)
+    assert make_cluster("h100", 32, nvlink_bw=300e9).link(1, 32)[1] == 300e9
     assert make_cluster("a100", 8).gpu.peak_flops == 312e12
 
 
@@ -352,12 +374,13 @@ def test_engine_stage_and_offload_accounting_by_hand():
     def mem(**kw):
         return plan_memory(TINY, Layout(dp_shard=4, microbatches=2, **kw), job, 2**40)
 
-    # torch ZeRO-1 (ZeroRedundancyOptimizer): states 4 + 4 + 8/4, DDP buckets, bf16 weight copies
+    # torch ZeRO-1 (ZeroRedundancyOptimizer): states 4 + 4 + 8/4, bf16 weight copies (DDP's
+    # buckets are the gradients: gradient_as_bucket_view)
     z1 = mem(zero_stage=1, zero_flat=False)
     assert z1.states == pytest.approx((4 + 4 + 8 / 4) * psi)
-    assert z1.buffers == pytest.approx((4 + 2) * psi)
-    # flat ZeRO-1 (the default): whole gradients while accumulating, no DDP buckets; its reduce
-    # outputs (the whole tiny model is in flight: 4/4) and the bf16 weight copies
+    assert z1.buffers == pytest.approx(2 * psi)
+    # flat ZeRO-1 (the default): whole gradients while accumulating; its reduce outputs (the
+    # whole tiny model is in flight: 4/4) and the bf16 weight copies
     f1 = mem(zero_stage=1)
     assert f1.states == pytest.approx((4 + 4 + 8 / 4) * psi)
     assert f1.buffers == pytest.approx((1 + 2) * psi)
@@ -367,15 +390,25 @@ def test_engine_stage_and_offload_accounting_by_hand():
     assert f2.buffers == pytest.approx((4 + 1 + 2) * psi)
     # torch ZeRO-2 is FSDP2 without resharding: everything / 4, all bf16 weights held fwd->bwd
     z2 = mem(zero_stage=2)
-    assert z2.states == pytest.approx(16 * psi / 4) and z2.buffers == pytest.approx(2 * psi)
-    # DeepSpeed ZeRO-2 keeps the weights whole; buckets of min(5e8, psi) elements
+    # (+ the last block's all-gather output, kept to the next all-gather)
+    assert z2.states == pytest.approx(16 * psi / 4)
+    assert z2.buffers == pytest.approx(2 * psi + 2 * TINY.block_params)
+    # DeepSpeed ZeRO-2 keeps the weights whole, and an fp32 partition of them beside its
+    # moments (measured: tests/test_plan_peak.py); its reduce bucket is 5e8 elements, whole
     d2 = mem(zero_stage=2, dp_engine="deepspeed")
-    assert d2.states == pytest.approx((4 + (4 + 8) / 4) * psi)
-    # FSDP2 units of 2 blocks (parallel.fsdp_unit_mb): two units gathered (2 x 2 bf16 bytes)
-    # and one unit's fp32 grads (4) per block more, and auto keeps a 2-block last unit (+2)
+    assert d2.states == pytest.approx((4 + (4 + 8 + 4) / 4) * psi)
+    assert d2.buffers == pytest.approx(5e8 * 4 + 2 * psi)  # + autocast's bf16 weight copies
+    # FSDP2 units of 2 blocks (parallel.fsdp_unit_mb): auto keeps the last unit (2 blocks, +1
+    # block of 2 bf16 bytes when backward starts); in the last unit's backward the gathered unit
+    # (+2) and its fp32 grads (+4) per block more, less the head's freed activations
+    from plait.plan.memory import kept_unsharded
+    from plait.plan.stages import rank_parts
+
     unit2 = 2 * 4 * TINY.block_params / 2**20
+    lay = Layout(dp_shard=4, zero_stage=3, fsdp_unit_mb=unit2)
+    assert kept_unsharded(TINY, lay, rank_parts(TINY, lay)[0]) == 2 * TINY.block_params
     z3, z3u = mem(zero_stage=3), mem(zero_stage=3, fsdp_unit_mb=unit2)
-    assert z3u.buffers - z3.buffers == pytest.approx((2 * 2 + 4 + 2) * TINY.block_params)
+    assert 2 * TINY.block_params < z3u.buffers - z3.buffers <= (2 + 2 + 4) * TINY.block_params
     # cpu_offload moves FSDP2's sharded states to host memory
     off = mem(zero_stage=3, cpu_offload=True)
     assert off.states == 0.0 and off.offloaded == pytest.approx(16 * psi / 4)
@@ -468,3 +501,70 @@ def test_stage_cuts_are_plaits_own():
     assert parts[0].embed and parts[0].head and sum(p.blocks for p in parts) == 8
     cfg = load_config("configs/gpt_tiny.yaml", ["parallel.pp=2", "parallel.pp_cuts=[1]"])
     assert Layout.from_config(cfg, 2).pp_cuts == (1,)
+
+
+def test_gemm_size_per_linear_under_tp():
+    """Column-parallel linears keep the full input width: under tp 8 a Megatron 18.4B block's
+    MLP runs at narrow side 2048, its attention linears at 768 (dim / tp)."""
+    from plait.plan.steptime import block_gemm_size, gemm_size
+
+    shape = ModelShape(6144, 40, 48, 48, 16384, 51200)
+    assert block_gemm_size(shape, 1) == pytest.approx(gemm_size(6144))
+    mixed = block_gemm_size(shape, 8)
+    assert gemm_size(768) < mixed < gemm_size(2048)
+    # FLOP-weighted harmonic mean: attention 4·D² weights at 768, MLP 3·D·F at 2048
+    w_att, w_mlp = 4 * 6144**2, 3 * 6144 * 16384
+    want = (w_att + w_mlp) / (w_att / gemm_size(768) + w_mlp / gemm_size(2048))
+    assert mixed == pytest.approx(want)
+
+
+def test_gradient_reduction_after_backward_is_exposed_whole():
+    """Layout.grad_overlap=False (Megatron-LM 2021's local DDP) puts the whole all-reduce on
+    the step; overlapped, only what exceeds the last backward is."""
+    from plait.plan.hardware import make_cluster
+    from plait.plan.steptime import step_time
+
+    shape = ModelShape(2304, 24, 24, 24, 6144, 51200)
+    job = Job(512, 2048, "fp16", precision="mixed")
+    lay = Layout(dp_shard=32, microbatches=16, activation_checkpoint="full")
+    cl = make_cluster("a100", 32, interconnect="ib-hdr")
+    on = step_time(shape, lay, job, cl)
+    off = step_time(shape, dataclasses.replace(lay, grad_overlap=False), job, cl)
+    assert off.dp_s == on.dp_s > 0
+    assert off.dp_exposed_s == pytest.approx(off.dp_s)
+    assert on.dp_exposed_s < on.dp_s
+    assert off.total_s - on.total_s == pytest.approx(off.dp_s - on.dp_exposed_s)
+
+
+def test_every_plan_command_in_the_docs_runs(capsys):
+    """The `plait plan` examples of README and docs/ are what users paste first: each one plans
+    (a layout launch would refuse fails here, as plan refuses it too)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    text = "".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    cmds = [
+        line
+        for b in blocks
+        for line in b.replace("\\\n", " ").splitlines()
+        if line.startswith("plait plan ")
+    ]
+    assert len(cmds) >= 3, cmds
+    for cmd in cmds:
+        argv = shlex.split(cmd)[1:] + ["--top", "0"]
+        rc = main(argv)
+        out = capsys.readouterr()
+        assert rc == 0, (cmd, out.err[-500:])
+
+
+def test_tied_embeddings_count_the_matrix_once_and_its_matmul_still():
+    """A tied head (published Llama 3.2 3B row) shares the embedding's V x D weights: memory
+    counts them once, FLOPs still run the head's matmul."""
+    untied = ModelShape(3072, 28, 24, 8, 8192, 128256)
+    tied = dataclasses.replace(untied, tied_embeddings=True, head_params=None)
+    assert untied.params - tied.params == 128256 * 3072
+    assert tied.head_matmul_params == untied.head_params
+    assert tied.flops_per_token(4096) == untied.flops_per_token(4096)

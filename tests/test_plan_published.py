@@ -1,8 +1,8 @@
 """plait plan at default settings (no --mfu, no --efficiency) against published training runs
 (plait/plan/published.py: each row with its source). Pure arithmetic, no process.
 
-Every row is held: within 25% of the published step time and peak memory, or, for the rows
-the model is known to miss (STEP_MISS, MEM_MISS), inside the band it misses by, with the reason. A change to the
+Every tuned row is held within 25% of the published step time and peak memory; held-out rows
+the model is known to miss (STEP_MISS, MEM_MISS) inside the band they miss by, with the reason. A change to the
 model that moves any row shows up here. README's plan section prints the same table.
 """
 
@@ -14,33 +14,21 @@ import pytest
 
 from plait.plan.published import HELD_OUT, TUNED, check, table
 
-NEMO_DP = (
-    "the plan exposes the ZeRO-1 reduce-scatter over 32 ranks on InfiniBand beyond the last "
-    "micro-batch's backward; Megatron-core hides more of it than the stated overlap rule"
-)
-KF_TP = (
-    "the plan's TP runs faster than KempnerForge's DTensor TP at 70B (no async TP, logits "
-    "gathered whole on every tp rank)"
-)
 TT_H100 = (
     "held out: Grand Teton H100s capped at 500 W (the preset is a 700 W SXM5) run ~1.6x slower"
 )
 #: rows outside 25%: name -> (ratio band it is held in, why)
 STEP_MISS = {
-    "NeMo GPT3-20B 64xH100 fp8": ((1.29, 1.4), NEMO_DP),
-    "KempnerForge 70B FSDP8+TP4 32xH200": ((0.63, 0.74), KF_TP),
-    "torchtitan llama3.1-8B 8xH100 FSDP": ((0.56, 0.67), TT_H100),
-    "torchtitan llama3.1-8B 8xH100 FSDP + compile": ((0.56, 0.67), TT_H100),
-    "torchtitan llama3.1-8B 8xH100 FSDP + compile + float8": ((0.56, 0.67), TT_H100),
-    "torchtitan llama3.1-8B 128xH100 FSDP": ((0.58, 0.7), TT_H100),
-    "torchtitan llama3.1-8B 128xH100 FSDP + compile": ((0.63, 0.75), TT_H100),
+    "torchtitan llama3.1-8B 8xH100 FSDP": ((0.64, 0.74), TT_H100),
+    "torchtitan llama3.1-8B 8xH100 FSDP + compile": ((0.65, 0.75), TT_H100),
+    "torchtitan llama3.1-8B 8xH100 FSDP + compile + float8": ((0.62, 0.72), TT_H100),
+    "torchtitan llama3.1-8B 128xH100 FSDP": ((0.62, 0.72), TT_H100),
+    "torchtitan llama3.1-8B 128xH100 FSDP + compile": ((0.63, 0.73), TT_H100),
+    "torchtitan llama3.1-8B 128xH100 FSDP + compile + float8": ((0.6, 0.7), TT_H100),
 }
-TT_70B_MEM = (
-    "held out, unexplained: torchtitan's 70B FSDP 32 x TP 8 float8 run reserves ~19 GiB more "
-    "than the plan allocates, as its 405B float8 FSDP 8 x TP 8 x PP 8 run does (~18 GiB, 0.78): "
-    "the allocator's fragmentation, or float8 x TP buffers the plan does not count; not fitted"
-)
-MEM_MISS = {"torchtitan llama3.1-70B 256xH100 FSDP32+TP8 float8": ((0.68, 0.78), TT_70B_MEM)}
+#: (torchtitan's 70B FSDP 32 x TP 8 float8 row was held at 0.68-0.78 until the plan counted
+#: loss_parallel's third (tokens, V/t) gradient tensor, measured on CPU: tests/test_plan_peak.py)
+MEM_MISS: dict = {}
 
 
 def _held(name: str, ratio: float, misses: dict, what: str, source: str) -> None:
@@ -64,25 +52,28 @@ def test_published_row(run):
 
 def test_published_rows_cover_the_acceptance_grid():
     """At least 12 tuned rows from at least 4 sources, on A100 and H100 (and H200), with
-    FSDP, tp, pp and 3-D mixes, bf16/fp16 and fp8; the held-out set is a different source."""
+    FSDP, tp, pp and 3-D mixes, bf16/fp16 and fp8, memory on more than one GPU; the held-out
+    set is a different source."""
     assert len(TUNED) >= 12 and len({r.source for r in TUNED}) >= 4
     tags = {t for r in TUNED for t in r.tags}
     assert {"a100", "h100", "h200", "fsdp", "tp", "pp", "3d", "fp8", "bf16"} <= tags
     assert not {r.source for r in HELD_OUT} & {r.source for r in TUNED}
+    assert len({r.gpu for r in TUNED if r.mem_gib is not None}) >= 2
 
 
 def test_published_medians():
-    """Median |error| over the tuned rows: step time within 15% (measured 10.6%), peak memory
-    within 10% (measured 4.6%, worst 13.5%); over the held-out rows: step time within 20%
-    (measured 16.7%), memory within 10% (measured 4.0%). Not met: the worst step time within
-    25% (STEP_MISS)."""
+    """Median |error| over the tuned rows: step time within 15% (measured 9.7%, worst 22.8%),
+    peak memory within 10% (measured 4.9%, worst 13.5%); over the held-out rows: step time
+    within 20% (measured 17.4%), memory within 10% (measured 6.8%)."""
     tuned, held = [check(r) for r in TUNED], [check(r) for r in HELD_OUT]
     med = statistics.median
-    assert med(abs(c.step_ratio - 1) for c in tuned) <= 0.15
+    step = [abs(c.step_ratio - 1) for c in tuned]
+    assert med(step) <= 0.15 and max(step) <= 0.25, step
     assert med(abs(c.step_ratio - 1) for c in held) <= 0.20
     mem = [abs(c.mem_ratio - 1) for c in tuned if c.mem_ratio is not None]
     assert med(mem) <= 0.10 and max(mem) <= 0.25, mem
     assert med(abs(c.mem_ratio - 1) for c in held if c.mem_ratio is not None) <= 0.10
+    assert not {r.name for r in TUNED} & (set(STEP_MISS) | set(MEM_MISS))
 
 
 def test_published_table_renders():

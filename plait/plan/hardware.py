@@ -127,11 +127,16 @@ class Cluster:
 
     def link(self, stride: int, size: int) -> tuple[float, float]:
         """(alpha_s, bytes_per_s) of a group of ``size`` ranks ``stride`` apart in rank order:
-        NVLink when the group stays inside one node, else the per-GPU network link (a ring
-        across nodes is limited by its slowest hop)."""
+        NVLink when the group stays inside one node, else the network. Across nodes each GPU
+        sends through its own NIC (the presets' "per GPU" figure) and NCCL runs one ring
+        channel per NIC, so a group with k members in each node crosses between nodes on k NICs
+        at once: k x the per-GPU network rate, capped by NVLink (NCCL's rings, nccl-tests'
+        bus bandwidth: 8 x 400 Gb/s NDR nodes reach ~400 GB/s, not 50). One member per node
+        (dp under tp = 8) gets one NIC."""
         if stride * size <= self.gpus_per_node:
             return 3e-6, self.gpu.nvlink_bytes_per_s
-        return self.net.alpha_s, self.net.bytes_per_s
+        k = max(1, min(size, self.gpus_per_node // stride))
+        return self.net.alpha_s, min(self.gpu.nvlink_bytes_per_s, k * self.net.bytes_per_s)
 
 
 def parse_bytes(text: str) -> int:

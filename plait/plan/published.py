@@ -94,7 +94,7 @@ def _megatron_rows() -> list[Run]:
         dp = gpus // (tp * pp)
         lay = Layout(
             dp_shard=dp, tp=tp, pp=pp, microbatches=batch // dp, activation_checkpoint="full",
-            sequence_parallel=False,
+            sequence_parallel=False, grad_overlap=False,
         )  # fmt: skip
         job = Job(batch, 2048, "fp16", precision="mixed")
         # the paper's eq. (sec. 5.1): F = 96 B s l h^2 (1 + s/6h + V/16lh), recompute included
@@ -103,7 +103,8 @@ def _megatron_rows() -> list[Run]:
             Run(
                 f"Megatron GPT {bn}B", MEGATRON_2021, "a100", gpus, shape, lay, job,
                 f / (gpus * tflops * 1e12), interconnect="ib-hdr",
-                note="1F1B, micro-batch 1, full recompute, fp16 (the paper's settings)",
+                note="1F1B, micro-batch 1, full recompute, fp16 (the paper's settings); the gradient "
+                "all-reduce after backward (Megatron-LM's local DDP then: not overlapped)",
                 tags=("a100", "fp16", "tp" if tp > 1 else "dp", "pp" if pp > 1 else "",
                       "3d" if tp > 1 and pp > 1 and dp > 1 else ""),
             )
@@ -181,6 +182,12 @@ _KF_SHAPES = {
     "13B": ModelShape(5120, 40, 40, 8, 17920, 128256),  # 14.84B
     "70B": ModelShape(8192, 80, 64, 8, 28672, 128256),  # 70.55B
 }
+# The reports name "InfiniBand (NDR 400Gbps)" between the 4-GPU nodes but not how many ports a
+# node has. Fitted to the multi-node rows below (the one number fitted per source): 25 GB/s per
+# GPU, one 400 Gb/s port per two GPUs. A port per GPU (50 GB/s, the "ib" preset) plans the
+# 32-GPU FSDP8 x TP4 rows at 0.68-0.86 of their published step time, one port per node (12.5)
+# at 1.17-1.91; 25 GB/s puts all seven multi-node rows within 0.81-0.99.
+KEMPNER_NET_BW = 25e9
 # (gpus, model, fsdp, tp, tokens/s, memory GiB, step s, batch per dp rank, grad accum,
 # compiled): batch and compile from benchmarks/mfu_scaling/mfu_bench.sh, which ran the table
 _KEMPNER = [
@@ -222,6 +229,7 @@ def _kempner_rows() -> list[Run]:
             Run(
                 f"KempnerForge {model} {par or '1 GPU'} {gpus}xH200", KEMPNER, "h200", gpus,
                 _KF_SHAPES[model], lay, job, step, mem_gib=mem, gpus_per_node=4,
+                overrides=(("net_bw", KEMPNER_NET_BW),),
                 note="bf16 parameters and AdamW state (model.to(bf16)), full AC, torch.compile "
                 "(not the 13B FSDP8 run), cross-entropy on bf16 logits gathered whole on each "
                 "tp rank; FSDP2 reduce_dtype fp32 with gradient sync on the last micro-batch "
@@ -326,7 +334,35 @@ def _titan_h100(name, gpus, model, lay, job, tps, mem) -> Run:
     )  # fmt: skip
 
 
-TUNED: list[Run] = _megatron_rows() + _nemo_rows() + _llama3_rows() + _kempner_rows()
+# ---------------------------------------------------------------- torchtune on one A100
+TORCHTUNE = (
+    "torchtune README, 'Optimization flags' table (commit 1814feb, 2024-11-18): Llama 3.2 3B, "
+    "full_finetune_single_device, batch 2, max sequence length 4096, bf16, A100; "
+    "github.com/pytorch/torchtune"
+)
+LLAMA32_3B = ModelShape(3072, 28, 24, 8, 8192, 128256, tied_embeddings=True)  # 3.21B
+
+
+def _torchtune_rows() -> list[Run]:
+    """The table's "+ Packed Dataset" row: the first with every sequence 4096 tokens long (the
+    baseline's unpacked lengths vary) and the last before compile, chunked cross-entropy and
+    checkpointing (which the rows after it add, one at a time)."""
+    job = Job(2, 4096, "bf16", precision="pure")  # model and AdamW state in bf16
+    return [
+        Run(
+            "torchtune Llama 3.2 3B 1xA100 packed", TORCHTUNE, "a100", 1, LLAMA32_3B, Layout(),
+            job, job.tokens / 7075, mem_gib=60.0,
+            note="peak memory active (active_bytes.all.peak: allocated blocks); 7075 tokens/s; "
+            "torch AdamW (8-bit AdamW and the optimizer in backward are later rows); logits "
+            "upcast to fp32 by the model (TransformerDecoder.forward: .float())",
+            tags=("a100", "bf16", "memory"),
+        )
+    ]  # fmt: skip
+
+
+TUNED: list[Run] = (
+    _megatron_rows() + _nemo_rows() + _llama3_rows() + _kempner_rows() + _torchtune_rows()
+)
 HELD_OUT: list[Run] = _torchtitan_rows()
 
 

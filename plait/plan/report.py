@@ -77,6 +77,14 @@ def format_plan(
             if layout.cp > 1
             else []
         ),
+        *(
+            [
+                f"  EP all-to-all     {t.ep_s:>10.4f} s  (+ the experts' gradient all-reduce; "
+                "not overlapped)"
+            ]
+            if t.ep_s
+            else []
+        ),
         f"  pipeline bubble   {t.bubble_s:>10.4f} s",
         f"  DP communication  {t.dp_s:>10.4f} s  ({t.dp_exposed_s:.4f} s exposed)",
         f"  optimizer update  {t.optimizer_s:>10.4f} s",

@@ -10,7 +10,7 @@ from plait.plan.hardware import Cluster
 from plait.plan.memory import Memory, plan_memory
 from plait.plan.shapes import Job, Layout, ModelShape
 from plait.plan.steptime import StepTime, step_time
-from plait.rules import cp_seq_problem, divisors, layout_problem
+from plait.rules import cp_seq_problem, divisors, ep_problem, layout_problem
 
 SEARCH_SCHEDULES = (("1F1B", 1), ("Interleaved1F1B", 2), ("ZBVZeroBubble", 2))
 
@@ -34,15 +34,22 @@ def valid(shape: ModelShape, layout: Layout, job: Job) -> bool:
         tp=layout.tp, schedule=layout.schedule, cp=layout.cp,
     ) or cp_seq_problem(job.seq_len, layout.cp):  # fmt: skip
         return False  # plait would refuse it at launch
+    if shape.n_experts and ep_problem(
+        ep=layout.ep, n_experts=shape.n_experts, expert_dim=shape.expert_dim,
+        dp_shard=layout.dp_shard, cp=layout.cp, tp=layout.tp, dp_engine=layout.dp_engine,
+        zero_stage=layout.zero_stage, sequence_parallel=layout.sequence_parallel,
+    ):  # fmt: skip
+        return False
     if p * v > shape.n_layers or (p > 1 and layout.microbatches < p):
         return False
     return job.global_batch % (layout.dp * layout.microbatches) == 0
 
 
 def layouts(shape: ModelShape, job: Job, cluster: Cluster, base: Layout) -> list[Layout]:
-    """Every combination, keeping ``base``'s engine, offload and context-parallel choices.
-    Sequence parallel is on whenever tp > 1: it moves the same bytes as TP's all-reduces and
-    saves memory."""
+    """Every combination, keeping ``base``'s engine, offload, context- and expert-parallel
+    choices. Sequence parallel is on whenever tp > 1 (it moves the same bytes as TP's
+    all-reduces and saves memory), except for a mixture of experts (its router needs whole
+    tokens: plait.rules.ep_problem)."""
     if cluster.gpus % base.cp:
         return []
     n, out = cluster.gpus // base.cp, []
@@ -70,7 +77,7 @@ def layouts(shape: ModelShape, job: Job, cluster: Cluster, base: Layout) -> list
                                     base, dp_replicate=rep, dp_shard=shard, tp=tp, pp=pp,
                                     schedule=sched, virtual_stages=v, microbatches=m,
                                     zero_stage=stage, activation_checkpoint=ac,
-                                    sequence_parallel=tp > 1,
+                                    sequence_parallel=tp > 1 and not shape.n_experts,
                                 )  # fmt: skip
                                 if valid(shape, lay, job):
                                     out.append(lay)

@@ -28,13 +28,31 @@ class ModelShape:
     #: parameters one token runs through per block (mixture of experts: its top-k experts);
     #: None: all of block_params. FLOPs use it, memory uses block_params
     active_block_params: int | None = None
+    #: routed experts' parameters per block (mean; part of block_params): under expert or
+    #: tensor parallel each rank keeps a 1/(ep x tp) slice that no data-parallel engine shards
+    expert_block_params: int = 0
+    n_experts: int = 0  # routed experts per MoE block (0: dense)
+    expert_dim: int = 0  # each routed expert's SwiGLU width (split over tp)
+    top_k: int = 0  # routed experts per token
+    n_shared: int = 0  # shared experts (each of expert_dim), every token
+
+    @property
+    def moe_layers_per_block(self) -> float:
+        """Share of blocks that are MoE (DeepSeek-V3 keeps its first ones dense)."""
+        one = self.n_experts * 3 * self.dim * self.expert_dim
+        return self.expert_block_params / one if one else 0.0
+
+    #: the head reuses the embedding matrix (Llama 3.2 1B/3B, GPT-2): its weight is counted once,
+    #: with the embedding, but its V x D matmul still runs. plait's own models untie the head
+    #: (plait.models.hf), so only published rows set it
+    tied_embeddings: bool = False
 
     def __post_init__(self) -> None:
         d, kv = self.dim, self.kv_dim
         llama = {
             "block_params": d * (2 * d + 2 * kv) + 3 * d * self.ffn_dim + 2 * d,
             "embed_params": self.vocab_size * d,
-            "head_params": self.vocab_size * d + d,
+            "head_params": d if self.tied_embeddings else self.vocab_size * d + d,
         }
         for k, v in llama.items():
             if getattr(self, k) is None:
@@ -49,6 +67,16 @@ class ModelShape:
         return self.n_kv_heads * self.head_dim
 
     @property
+    def flop_block_params(self) -> int:
+        """Weights one token runs through per block (a mixture of experts: its top-k)."""
+        return self.active_block_params or self.block_params
+
+    @property
+    def head_matmul_params(self) -> int:
+        """Weights the head's matmul runs through per token (the shared embedding when tied)."""
+        return self.head_params + (self.vocab_size * self.dim if self.tied_embeddings else 0)
+
+    @property
     def params(self) -> int:
         return self.embed_params + self.n_layers * self.block_params + self.head_params
 
@@ -60,13 +88,15 @@ class ModelShape:
     def flops_per_token(self, seq_len: int) -> float:
         """Model FLOPs per token, plait's MFU convention (docs/design.md, torchtitan's
         ``get_nparams_and_flops``): 6·(N − embedding) + 12·L·H·Q·T."""
-        block = self.active_block_params or self.block_params
+        block = self.flop_block_params
         dense = self.params - self.embed_params - self.n_layers * (self.block_params - block)
+        dense += self.head_matmul_params - self.head_params
         return 6 * dense + self.n_layers * self.attn_flops_per_token(seq_len)
 
     @staticmethod
     def from_config(cfg: Config) -> ModelShape:
         from plait.models import build_model, param_count  # torch: only to plan from a config
+        from plait.models.moe import Experts, MoE
 
         model = build_model(cfg)  # meta: sizes and counts, no memory
         dims = model.plan_dims()
@@ -85,9 +115,16 @@ class ModelShape:
         blocks = param_count(model) - embed - head
         # the mean block (a mixture of experts may keep its first blocks dense)
         active = getattr(model, "active_params", None)
+        experts = [m for m in model.modules() if isinstance(m, Experts)]
+        moe = [m for m in model.modules() if isinstance(m, MoE)]
         return ModelShape(
             **dims,
             block_params=blocks // n,
+            expert_block_params=sum(param_count(m) for m in experts) // n,
+            n_experts=experts[0].w1.shape[0] if experts else 0,
+            expert_dim=experts[0].w1.shape[2] if experts else 0,
+            top_k=moe[0].m.top_k if moe else 0,
+            n_shared=moe[0].m.n_shared if moe else 0,
             active_block_params=(active() - embed - head) // n if active else None,
             embed_params=embed,
             head_params=head,
@@ -124,6 +161,7 @@ class Layout:
     #: or only the "last" (set_requires_gradient_sync(False) before: KempnerForge), which
     #: keeps every unit's unsharded gradients accumulating across the step
     grad_sync: str = "every"
+    ep: int = 1  # expert parallel (folded over dp_shard x cp)
     #: parallel.reshard_after_forward (ZeRO-3 on the torch engine)
     reshard_after_forward: bool | int | str = "auto"
     #: parallel.zero_flat (ZeRO-1/2 on the torch engine; :func:`uses_flat` resolves auto)
@@ -131,6 +169,18 @@ class Layout:
     zero_bucket_mb: float = 25.0
     #: parallel.fsdp_unit_mb (blocks per FSDP2 unit: :func:`unit_blocks`); 0: one per block
     fsdp_unit_mb: float = 0.0
+    #: the gradient reduction overlaps the last backward (DDP's buckets, FSDP2, Megatron-core's
+    #: overlap_grad_reduce); False: it starts after backward ends (Megatron-LM 2021's local DDP,
+    #: ``allreduce_gradients()`` after ``forward_backward_func``): a published-run setting only
+    grad_overlap: bool = True
+    #: sequence parallel as torch's tensor parallel runs it (plait): each linear saves its
+    #: all-gathered (tokens, D) input for backward; False: Megatron-LM's, which saves the
+    #: sequence shard and gathers again in backward (arXiv 2205.05198 sec. 4.2.2)
+    sp_saves_gathered: bool = False
+    #: DeepSpeed's zero_optimization sizes, in elements (its defaults; ``parallel.deepspeed_config``
+    #: overrides them): reduce_bucket_size, stage3_max_live_parameters
+    ds_reduce_bucket: float = 5e8
+    ds_max_live: float = 1e9
 
     @property
     def dp(self) -> int:
@@ -170,12 +220,25 @@ class Layout:
             virtual_stages=p.pp_virtual_stages, zero_stage=p.zero_stage, dp_engine=p.dp_engine,
             activation_checkpoint=p.activation_checkpoint,
             checkpoint_every=p.activation_checkpoint_every, cpu_offload=p.cpu_offload,
-            pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance, cp=dims.cp,
+            pp_cuts=tuple(p.pp_cuts), pp_balance=p.pp_balance, cp=dims.cp, ep=p.ep,
             reshard_after_forward=p.reshard_after_forward,
             grad_sync="every" if p.reduce_every_microbatch else "last",
-            zero_flat=p.zero_flat if p.ep == 1 else False, zero_bucket_mb=p.zero_bucket_mb,
+            zero_flat=p.zero_flat, zero_bucket_mb=p.zero_bucket_mb,
             fsdp_unit_mb=p.fsdp_unit_mb,
+            sp_saves_gathered=True, **_deepspeed_sizes(p.deepspeed_config),
         )  # fmt: skip
+
+
+def _deepspeed_sizes(path: str) -> dict:
+    """The DeepSpeed bucket sizes a ``parallel.deepspeed_config`` file sets (see Layout)."""
+    if not path:
+        return {}
+    import json
+    from pathlib import Path
+
+    zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
+    keys = {"reduce_bucket_size": "ds_reduce_bucket", "stage3_max_live_parameters": "ds_max_live"}
+    return {ours: float(zero[k]) for k, ours in keys.items() if k in zero}
 
 
 @dataclass(frozen=True)
@@ -224,7 +287,7 @@ def uses_flat(layout: Layout, job: Job) -> bool:
 
     why = flat_zero_blocker(
         engine=layout.dp_engine, stage=layout.zero_stage, tp=layout.tp, pp=layout.pp,
-        cp=layout.cp, ep=1, dp_replicate=layout.dp_replicate, cpu_offload=layout.cpu_offload,
+        cp=layout.cp, ep=layout.ep, dp_replicate=layout.dp_replicate, cpu_offload=layout.cpu_offload,
     )  # fmt: skip
     return (
         flat_zero_auto(layout.zero_flat, layout.zero_stage, job.dtype)

@@ -43,7 +43,7 @@ def stage_cuts(shape: ModelShape, layout: Layout, seq_len: int = 0) -> list[int]
 def _balanced(shape: ModelShape, n_stages: int, balance: str, seq_len: int) -> tuple[int, ...]:
     if balance == "flops":  # forward FLOPs per token, as plait.models' block_flops counts them
         block = 2 * shape.block_params + 4 * shape.dim * seq_len
-        pre, post = 0.0, 2.0 * shape.head_params
+        pre, post = 0.0, 2.0 * shape.head_matmul_params
     else:
         block, pre, post = shape.block_params, shape.embed_params, shape.head_params
     return tuple(balanced_cuts([float(block)] * shape.n_layers, pre, post, n_stages))

@@ -3,8 +3,8 @@ parallelism (alpha-beta), the pipeline bubble, and the optimizer update.
 
 Compute, per micro-batch and op class (docs/design.md, "plait plan"):
 - matmuls (the linear layers and the head): their FLOPs at the GPU's matmul rate (bf16, or
-  fp8 for fp8 linears) x ``matmul_eff`` x a size factor n/(n + MATMUL_N0), n the model width
-  per tensor-parallel rank (narrow GEMMs run further from peak);
+  fp8 for fp8 linears) x ``matmul_eff`` x a size factor n/(n + MATMUL_N0), n each linear's
+  narrow side on a tensor-parallel rank (narrow GEMMs run further from peak);
 - attention (flash, causal: half the square, backward 2.5x forward): at ``attn_eff`` of the
   bf16 peak;
 - memory-bound ops (norms, residual adds, rotary, SwiGLU's product, layout copies, the
@@ -20,7 +20,8 @@ Overlap rules (stated, simple, conservative):
 - PP point-to-point: one send forward and one backward per micro-batch and chunk, on the
   critical path (so the bubble stretches with them).
 - DP: the gradient reduction (DDP all-reduce; ZeRO reduce-scatter) overlaps with the backward
-  of the last micro-batch only (accumulation skips sync before it); ZeRO-1/2's parameter
+  of the last micro-batch only (accumulation skips sync before it), or none of it where a
+  published system reduced after backward (``Layout.grad_overlap``); ZeRO-1/2's parameter
   all-gather overlaps with the first forward; ZeRO-3 gathers every micro-batch (forward and
   backward: 1.5x DDP's volume at one micro-batch) and overlaps each with that pass's compute.
   Only what exceeds its window is added. Collectives reach COLL_EFF of the link bandwidth.
@@ -39,12 +40,13 @@ from dataclasses import dataclass
 
 from plait.plan import comm
 from plait.plan.bubble import bubble_fraction
+from plait.plan.experts import a2a_bytes_per_layer
 from plait.plan.hardware import GPU, Cluster
-from plait.plan.memory import kept_unsharded, state_bytes
+from plait.plan.memory import kept_unsharded, split_experts, state_bytes
 from plait.plan.shapes import Job, Layout, ModelShape, uses_flat
 from plait.plan.stages import RankPart, rank_parts
 
-MATMUL_N0 = 512  # width per TP rank at which GEMMs reach half their large-matrix efficiency
+MATMUL_N0 = 768  # narrow side at which a GEMM reaches half its large-matrix rate (fitted)
 HBM_EFF = 0.8  # share of HBM bandwidth elementwise kernels reach (STREAM-like copies)
 COMPILE_TRAFFIC = 0.5  # memory-bound bytes left after torch.compile's fusion (assumption)
 COLL_EFF = 0.8  # NCCL bus bandwidth over link bandwidth for large messages (assumption)
@@ -69,6 +71,7 @@ class StepTime:
     memory_bound_s: float = 0.0
     hfu: float = 0.0
     cp_s: float = 0.0  # context parallel's key/value all-gathers and reduce-scatters
+    ep_s: float = 0.0  # expert parallel: all-to-alls + the experts' gradient all-reduce
 
 
 def recomputed_blocks(layout: Layout, blocks: int) -> int:
@@ -91,8 +94,8 @@ def op_recomputed_params(shape: ModelShape) -> int:
 def rank_flops_per_token(shape: ModelShape, layout: Layout, part: RankPart, seq_len: int):
     """(model, hardware) FLOPs per token of one pipeline rank's share, before TP: hardware adds
     the recomputed forward (2·N + 4·H·Q·T per block) of checkpointed blocks."""
-    block = 6 * shape.block_params + shape.attn_flops_per_token(seq_len)
-    model = part.blocks * block + (6 * shape.head_params if part.head else 0)
+    block = 6 * shape.flop_block_params + shape.attn_flops_per_token(seq_len)
+    model = part.blocks * block + (6 * shape.head_matmul_params if part.head else 0)
     recompute = recomputed_blocks(layout, part.blocks) * block / 3
     if layout.activation_checkpoint == "op":
         recompute += part.blocks * 2 * op_recomputed_params(shape)
@@ -122,14 +125,31 @@ def head_traffic_bytes(shape: ModelShape, job: Job, tp: int) -> float:
     return 28 * shape.vocab_size / tp * (COMPILE_TRAFFIC if job.compiled else 1.0)
 
 
+def gemm_size(n: float) -> float:
+    """Share of the large-matrix GEMM rate a GEMM whose narrow side is n reaches."""
+    return n / (n + MATMUL_N0)
+
+
+def block_gemm_size(shape: ModelShape, tp: int) -> float:
+    """The size factor of a block's matmuls, FLOP-weighted (harmonic: times add): each linear
+    at its own narrow side under tp. Column-parallel wq, wk, wv, w1, w3 keep the full input
+    width D and split their outputs; row-parallel wo, w2 split their inputs: so the attention
+    linears run at D/tp wide but the MLP at min(D, F/tp) (Megatron 2021 at tp 8: 768 vs 2048)."""
+    d, kv, f = shape.dim, shape.kv_dim, shape.ffn_dim
+    gemms = [  # (weights, narrow side under tp)
+        (d * d, min(d, d / tp)), (2 * d * kv, min(d, kv / tp)), (d * d, min(d / tp, d)),
+        (2 * d * f, min(d, f / tp)), (d * f, min(f / tp, d)),
+    ]  # fmt: skip
+    return sum(w for w, _ in gemms) / sum(w / gemm_size(n) for w, n in gemms)
+
+
 def roofline(
     shape: ModelShape, layout: Layout, job: Job, gpu: GPU, part: RankPart, tokens: float
 ) -> tuple[float, float, float]:
     """(matmul, attention, memory-bound) seconds of one micro-batch of ``tokens`` on one rank
     of ``part`` (forward, backward and recomputation)."""
     tp, sp = layout.tp, layout.sequence_parallel
-    n = shape.dim / tp
-    size = n / (n + MATMUL_N0)
+    size = block_gemm_size(shape, tp)
     fp8 = job.dtype == "fp8" and gpu.fp8_flops > 0
     if job.dtype == "fp32":
         mm_rate = gpu.fp32_flops
@@ -140,8 +160,8 @@ def roofline(
     n_full = recomputed_blocks(layout, part.blocks)  # blocks whose forward reruns
     n_op = part.blocks if layout.activation_checkpoint == "op" else 0
     passes = part.blocks * 3 + n_full  # forward = 1, backward = 2
-    mm_flops = (2 * shape.block_params * passes + 2 * op_recomputed_params(shape) * n_op) / tp
-    head_mm = 6 * shape.head_params / tp if part.head else 0.0
+    mm_flops = (2 * shape.flop_block_params * passes + 2 * op_recomputed_params(shape) * n_op) / tp
+    head_mm = 6 * shape.head_matmul_params / tp if part.head else 0.0
     # flash attention, causal: forward 2·H·Q·T (half of the 4·H·Q·T square), backward 2.5x
     attn_fwd = 2 * shape.n_heads * shape.head_dim * job.seq_len / tp
     attn_flops = attn_fwd * (part.blocks * 3.5 + n_full)
@@ -150,10 +170,41 @@ def roofline(
     if part.head:
         traffic += head_traffic_bytes(shape, job, tp)
     hbm = gpu.hbm_bytes_per_s * HBM_EFF
-    # the head matmul stays in bf16 under fp8 (torchao and Transformer Engine leave it out)
-    head_rate = gpu.peak_flops * gpu.matmul_eff * size if fp8 else mm_rate
+    # the head (D x V/tp, narrow side D) stays in bf16 under fp8 (torchao and Transformer
+    # Engine leave it out)
+    head_size = gemm_size(min(shape.dim, shape.vocab_size / tp))
+    if job.dtype == "fp32":
+        head_rate = gpu.fp32_flops
+    else:
+        head_rate = gpu.peak_flops * gpu.matmul_eff * head_size
     t_mm = tokens * (mm_flops / mm_rate + head_mm / head_rate)
     return t_mm, tokens * attn_flops / attn_rate, tokens * traffic / hbm
+
+
+def ep_all_to_all(
+    shape: ModelShape, layout: Layout, job: Job, cluster: Cluster, part: RankPart, tokens: float
+) -> float:
+    """Seconds of one micro-batch's expert all-to-alls on one rank (not overlapped): per MoE
+    layer dispatch and combine in forward and backward, and again in a recomputed forward;
+    (ep-1)/ep of each send buffer leaves the rank (uniform routing, plait.plan.experts). Inside
+    a node at NVLink rate; across nodes the off-node share goes through the rank's own NIC
+    (an all-to-all has no ring to spread over the node's NICs)."""
+    ep = layout.ep
+    if ep == 1 or not shape.n_experts or not part.blocks:
+        return 0.0
+    layers = part.blocks * shape.moe_layers_per_block
+    passes = 4 + 2 * recomputed_blocks(layout, part.blocks) / part.blocks
+    per = a2a_bytes_per_layer(tokens, shape.top_k, shape.dim, job.act_bytes) / 4
+    nvl = cluster.gpu.nvlink_bytes_per_s * COLL_EFF
+    inside = max(1, min(ep, cluster.gpus_per_node // layout.tp))  # ep ranks per node
+    if inside == ep:
+        t = 3e-6 * (ep - 1) + (ep - 1) / ep * per / nvl
+    else:
+        net = cluster.net.bytes_per_s * COLL_EFF
+        t = cluster.net.alpha_s * (ep - 1) + max(
+            (inside - 1) / ep * per / nvl, (ep - inside) / ep * per / net
+        )
+    return layers * passes * t
 
 
 def step_time(
@@ -168,8 +219,8 @@ def step_time(
 ) -> StepTime:
     gpu, p, m, v, tp = cluster.gpu, layout.pp, layout.microbatches, layout.v, layout.tp
     # context parallel divides the tokens of a micro-batch per rank (T / cp of each sequence)
-    # and adds its key/value all-gathers to the critical path; hook for expert parallel: ep
-    # changes the MLP's matmul FLOPs in roofline() and adds all-to-alls beside t_tp
+    # and adds its key/value all-gathers to the critical path; expert parallel its
+    # all-to-alls (ep_all_to_all) and the experts' gradient all-reduce
     cp = layout.cp
     mb_tokens = job.tokens / (layout.dp_cp * m)
 
@@ -211,15 +262,25 @@ def step_time(
         t_cp = (part.blocks + n_rec + n_op) * comm.all_gather(kv, cp, cp_link) + part.blocks * (
             comm.reduce_scatter(kv, cp, cp_link)
         )
-        cand = (t_comp + t_tp + t_p2p + t_cp, t_comp, t_tp, t_p2p, part, parts, t_cp)
+        t_ep = ep_all_to_all(shape, layout, job, cluster, part, mb_tokens)
+        cand = (t_comp + t_tp + t_p2p + t_cp + t_ep, t_comp, t_tp, t_p2p, part, parts, t_cp, t_ep)
         worst = cand if worst is None or cand[0] > worst[0] else worst
-    t_mb, t_comp, t_tp, t_p2p, part, parts, t_cp = worst
+    t_mb, t_comp, t_tp, t_p2p, part, parts, t_cp, t_ep = worst
     ideal = m * t_mb
     pipeline = ideal / (1 - bubble_fraction(layout.schedule, p, m, v))
 
     # data parallel
     pb, gb, ob = state_bytes(job)
-    psi = part.params(shape) / tp
+    # split experts are left out of the data-parallel engine: their gradients are summed over
+    # the ranks holding the same experts after the last backward (MoE.finish_step), exposed
+    ex_rank = part.blocks * shape.expert_block_params / tp if split_experts(shape, layout) else 0
+    psi = part.params(shape) / tp - ex_rank
+    copies = layout.dp_cp // layout.ep
+    ex_reduce = (
+        comm.all_reduce(ex_rank / layout.ep * gb, copies, link(tp * layout.ep, copies))
+        if ex_rank
+        else 0.0
+    )
     # ZeRO gathers weights in the compute dtype under mixed precision or FSDP2 (stage >= 2);
     # torch's ZeroRedundancyOptimizer (stage 1) broadcasts the fp32 weights themselves
     gather_b = job.act_bytes if job.precision == "mixed" or layout.zero_stage >= 2 else pb
@@ -243,7 +304,7 @@ def step_time(
             exposed = max(0.0, red - bwd) + ag
         elif stage < 3:
             dp_s = red + ag
-            exposed = max(0.0, red - bwd) + max(0.0, ag - fwd)
+            exposed = max(0.0, red - (bwd if layout.grad_overlap else 0.0)) + max(0.0, ag - fwd)
         else:  # gather for every forward and backward (less what stays gathered), reduce once
             # the root unit (embedding, head) stays gathered unless every unit reshards
             root = (
@@ -264,17 +325,19 @@ def step_time(
         opt_s *= 10  # host memory and PCIe instead of HBM: an assumption, a 10x slower update
 
     model_fpt = shape.flops_per_token(job.seq_len)
-    block = 6 * shape.block_params + shape.attn_flops_per_token(job.seq_len)
+    block = 6 * shape.flop_block_params + shape.attn_flops_per_token(job.seq_len)
     hw_fpt = model_fpt + recomputed_blocks(layout, shape.n_layers) * block / 3
     if layout.activation_checkpoint == "op":
         hw_fpt += shape.n_layers * 2 * op_recomputed_params(shape)
-    total = pipeline + exposed + opt_s
+    opt_s += ex_rank / layout.ep * (2 * pb + gb + 2 * ob) / gpu.hbm_bytes_per_s
+    total = pipeline + exposed + opt_s + ex_reduce
     if mfu is not None:
         total = job.tokens * model_fpt / (cluster.gpus * gpu.peak_flops * mfu)
     elif hfu is not None:
         total = job.tokens * hw_fpt / (cluster.gpus * gpu.peak_flops * hfu)
     return StepTime(
         compute_s=m * t_comp, tp_s=m * t_tp, pp_p2p_s=m * t_p2p, cp_s=m * t_cp,
+        ep_s=m * t_ep + ex_reduce,
         bubble_s=pipeline - ideal,
         dp_s=dp_s, dp_exposed_s=exposed, optimizer_s=opt_s, total_s=total,
         tokens_per_s=job.tokens / total,
