@@ -85,6 +85,7 @@ def apply_fsdp(
     cpu_offload: bool,
     device: torch.device,
     unit_mb: float = 0.0,
+    gloo_comms: bool = True,
 ) -> None:
     """Shard ``model`` in place; ``mesh`` is 1-D (ZeRO) or 2-D (dp_replicate, dp_shard) for HSDP.
 
@@ -118,7 +119,9 @@ def apply_fsdp(
     fully_shard(model, reshard_after_forward=stage == 3 and reshard_after_forward is True, **kw)
     for unit, nxt in zip(units, units[1:]):
         unit[0].set_modules_to_forward_prefetch([nxt[0]])
-    if dist.get_backend(mesh.get_group(mesh.ndim - 1)) == "gloo":  # see GlooAllGather
+    # see GlooAllGather; data-parallel-only layouts (pipeline + tensor parallel runs drifted
+    # to NaN with them in tests/test_3d.py, not yet understood: FSDP2's own collectives there)
+    if gloo_comms and dist.get_backend(mesh.get_group(mesh.ndim - 1)) == "gloo":
         for m in [u[0] for u in units] + [model]:
             m.set_custom_all_gather(GlooAllGather())
             m.set_custom_reduce_scatter(GlooReduceScatter())
