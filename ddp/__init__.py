@@ -83,7 +83,6 @@ def apply_sharded(model: nn.Module, cfg: Config, dims: ParallelDims, meshes, dev
         cpu_offload=cfg.parallel.cpu_offload,
         device=device,
         unit_mb=cfg.parallel.fsdp_unit_mb,
-        gloo_comms=dims.tp == 1 and dims.pp == 1,
     )
 
 

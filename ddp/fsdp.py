@@ -119,8 +119,7 @@ def apply_fsdp(
     fully_shard(model, reshard_after_forward=stage == 3 and reshard_after_forward is True, **kw)
     for unit, nxt in zip(units, units[1:]):
         unit[0].set_modules_to_forward_prefetch([nxt[0]])
-    # see GlooAllGather; data-parallel-only layouts (pipeline + tensor parallel runs drifted
-    # to NaN with them in tests/test_3d.py, not yet understood: FSDP2's own collectives there)
+    # see GlooAllGather
     if gloo_comms and dist.get_backend(mesh.get_group(mesh.ndim - 1)) == "gloo":
         for m in [u[0] for u in units] + [model]:
             m.set_custom_all_gather(GlooAllGather())
@@ -138,16 +137,13 @@ class _GlooComm:
         return torch.empty(*size, dtype=dtype, device=device)
 
 
-class _Works:
-    """One wait() for several async works (FSDP2 waits on the all-gather's handle once)."""
+def _one_work(works) -> dist.Work:
+    """Several async works as one real ``dist.Work``: FSDP2 waits on an async all-gather's
+    handle only if it is a Work instance (``foreach_all_gather_copy_out``); anything else is
+    skipped, and the copy-out then races the broadcasts still in flight."""
+    from torch._C._distributed_c10d import _create_work_from_future
 
-    def __init__(self, works):
-        self.works = works
-
-    def wait(self, *_a, **_k) -> bool:
-        for w in self.works:
-            w.wait()
-        return True
+    return _create_work_from_future(torch.futures.collect_all([w.get_future() for w in works]))
 
 
 class GlooAllGather(_GlooComm, AllGather):
@@ -161,10 +157,10 @@ class GlooAllGather(_GlooComm, AllGather):
             dist.broadcast(slots[i], src=dist.get_global_rank(group, i), group=group, async_op=True)
             for i in range(n)
         ]
-        w = _Works(works)
         if async_op:
-            return w
-        w.wait()
+            return _one_work(works)
+        for w in works:
+            w.wait()
         return None
 
 
