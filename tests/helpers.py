@@ -18,7 +18,10 @@ import torch
 from plait.config import Config, load_config
 from plait.trainer import RunResult, train
 
-BASE = ["log.wandb=off", "log.tensorboard=false", "log.progress=off"]
+# one FSDP2 unit per block, as real models get (their blocks exceed parallel.fsdp_unit_mb): the
+# tiny test models would otherwise fold every block into one unit and leave the per-block path
+# (prefetch, reshard policies) untested; tests of the folded units set the key themselves
+BASE = ["log.wandb=off", "log.tensorboard=false", "log.progress=off", "parallel.fsdp_unit_mb=0"]
 
 # fp32 on gloo: DP/TP/PP change only the order of float reductions, so per-step losses agree to
 # ~1e-7; docs/design.md's promise is relative 1e-5 per step.

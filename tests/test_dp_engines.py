@@ -96,8 +96,8 @@ TORCH_RUNS = [
     ("flat zero2+accum", "gpt", _z(2) + ACCUM),
     ("mlp-sgd flat zero2+accum reduce-last small buckets", "mlp", _z(2) + ACCUM + ["parallel.reduce_every_microbatch=false", "parallel.zero_bucket_mb=0.01"]),
     # FSDP2 units of several blocks (parallel.fsdp_unit_mb): both blocks in one unit, the
-    # default on this tiny model; auto keeps that last unit, reshard=true frees it
-    ("zero3 one unit of 2 blocks, reshard=true", "gpt", _z(3) + ["parallel.reshard_after_forward=true"]),
+    # default (8 MB) on this tiny model; auto keeps that last unit, reshard=true frees it
+    ("zero3 one unit of 2 blocks, reshard=true", "gpt", _z(3) + ["parallel.reshard_after_forward=true", "parallel.fsdp_unit_mb=8"]),
 ]  # fmt: skip
 
 

@@ -379,15 +379,18 @@ def test_engine_stage_and_offload_accounting_by_hand():
     z1 = mem(zero_stage=1, zero_flat=False)
     assert z1.states == pytest.approx((4 + 4 + 8 / 4) * psi)
     assert z1.buffers == pytest.approx(2 * psi)
-    # flat ZeRO-1 (the default): whole gradients while accumulating; its reduce outputs (the
-    # whole tiny model is in flight: 4/4) and the bf16 weight copies
+    # flat ZeRO-1 (the default): whole gradients while accumulating; the bf16 weight copies;
+    # its reduce outputs (the whole tiny model is in flight: 4/4) appear as backward frees
+    # activations, like gradients
     f1 = mem(zero_stage=1)
     assert f1.states == pytest.approx((4 + 4 + 8 / 4) * psi)
-    assert f1.buffers == pytest.approx((1 + 2) * psi)
+    assert f1.buffers == pytest.approx(2 * psi)
+    assert f1.backward_transient == pytest.approx(1 * psi)
     # flat ZeRO-2 (default at fp32 only): 4 + (4 + 8)/4; staging + outputs of the buckets in flight
     f2 = mem(zero_stage=2, zero_flat=True)
     assert f2.states == pytest.approx((4 + 12 / 4) * psi)
-    assert f2.buffers == pytest.approx((4 + 1 + 2) * psi)
+    assert f2.buffers == pytest.approx(2 * psi)
+    assert f2.backward_transient == pytest.approx((4 + 1) * psi)
     # torch ZeRO-2 is FSDP2 without resharding: everything / 4, all bf16 weights held fwd->bwd
     z2 = mem(zero_stage=2)
     # (+ the last block's all-gather output, kept to the next all-gather)

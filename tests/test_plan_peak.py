@@ -70,8 +70,12 @@ ONE = {
 FOUR = {
     "ddp": [],
     "zero1": ["parallel.zero_stage=1"],
+    "zero1 accum 2": ["parallel.zero_stage=1", "train.grad_accum=2"],
+    "zero1 ZeroRedundancyOptimizer": ["parallel.zero_stage=1", "parallel.zero_flat=false"],
     "zero2": ["parallel.zero_stage=2"],
+    "zero2 FSDP2": ["parallel.zero_stage=2", "parallel.zero_flat=false"],
     "zero3": ["parallel.zero_stage=3"],
+    "zero3 units of 8 MB": ["parallel.zero_stage=3", "parallel.fsdp_unit_mb=8"],
     "zero3 accum 2 ckpt full": [
         "parallel.zero_stage=3",
         "train.grad_accum=2",

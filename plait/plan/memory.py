@@ -261,6 +261,9 @@ class Memory:
     #: backward has freed the activations and FSDP's unsharded parameters: the buffers that
     #: persist (DeepSpeed's, fairscale's buckets) and the step's own (the norm's float64 chunk)
     after_backward: float = 0.0
+    #: bytes that only appear as backward frees activations, like the trainer's gradients:
+    #: flat ZeRO's whole gradients of the buckets in flight (staged as their blocks finish)
+    backward_transient: float = 0.0
 
     @property
     def states(self) -> float:
@@ -275,6 +278,7 @@ class Memory:
             backward = max(self.activations, self.grads + self.late_activations)
         else:
             backward = self.activations + (self.grads if self.grads_with_activations else 0.0)
+        backward = max(backward, self.grads + self.backward_transient)
         step = self.grads + self.after_backward
         return self.params + self.optimizer + max(self.buffers + backward, step)
 
@@ -336,8 +340,12 @@ def zero3_unsharded_bytes(
     start = cb * (root + kept)
     if not part.blocks:
         return start
-    gathered = 0 if policy is False else 1 if policy == "auto" else 2
-    blk = blk * unit_blocks(shape, layout, part.blocks)[0]  # one unit: parallel.fsdp_unit_mb
+    per_unit = unit_blocks(shape, layout, part.blocks)[0]  # parallel.fsdp_unit_mb
+    # in the last unit's backward: that unit gathered again (unless kept) and the one before
+    # it prefetched (none when a single unit holds every block)
+    prefetch = 1 if part.blocks > per_unit else 0
+    gathered = 0 if policy is False else prefetch if policy == "auto" else 1 + prefetch
+    blk = blk * per_unit
     mid = cb * gathered * blk + (0.0 if nosync else gb * blk + cb * head)
     freed = 0.0
     if part.head:
@@ -400,17 +408,22 @@ def rank_memory(
     # torch DDP's gradients are views into its all-reduce buckets (plait.ddp.ddp:
     # gradient_as_bucket_view=True), which live for the whole run: no copy, never freed
     ddp_buckets = layout.dp_cp > 1 and stage <= 1 and engine == "torch" and not flat
+    transient = 0.0
     if flat:
-        # whole gradients of the buckets in flight (staging + output piece, two at once); ZeRO-1
-        # holds whole gradients while accumulating
+        # whole gradients of the buckets in flight (staging + output piece, two at once), staged
+        # as backward reaches them, so as activations are freed (measured: tests/test_plan_peak.py);
+        # ZeRO-1 holds whole gradients while accumulating
         inflight = min(2 * layout.zero_bucket_mb * 2**20 / gb, psi_rank)
         if stage == 1 and layout.microbatches > 1:  # .grad freed as it is staged
             grads = gb * psi_rank
-            buffers += gb * inflight / ns
+            transient = gb * inflight / ns
             notes.append("flat ZeRO-1: whole gradients held while accumulating")
         else:
-            buffers += gb * inflight * (1 + 1 / ns)
-            notes.append(f"flat ZeRO: two {layout.zero_bucket_mb:g} MB gradient buckets in flight")
+            transient = gb * inflight * (1 + 1 / ns)
+            notes.append(
+                f"flat ZeRO: two {layout.zero_bucket_mb:g} MB gradient buckets in flight, "
+                "as backward frees activations"
+            )
     if layout.dp_cp > 1 and engine == "fairscale" and stage <= 1:
         persistent += gb * psi_rank  # fairscale's buckets copy the gradients
         notes.append("fairscale buckets: one more copy of the gradients")
@@ -503,6 +516,7 @@ def rank_memory(
         buffers + persistent,
         device_bytes, offloaded, notes, overlap, late_activations=late,
         after_backward=persistent + max(step_copy, NORM_BUFFER if psi_rank else 0.0),
+        backward_transient=transient,
     )  # fmt: skip
 
 
