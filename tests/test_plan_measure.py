@@ -23,14 +23,7 @@ from plait.models import build_model
 from plait.optim import build_optimizer
 from plait.plan import Job, Layout, ModelShape, plan_memory
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, and these measure bytes, not speed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: these measure bytes
 
 
 def _storage_bytes(tensors, skip=()) -> int:
