@@ -38,6 +38,7 @@ from torch import nn
 
 from plait.ddp import memory
 from plait.ddp.engine import Engine
+from plait.ddp.gloo_collectives import broadcast_slots
 from plait.ddp.zero1 import optimizer_recipe
 from plait.grad_norm import clip_, total_norm
 from plait.optim import param_groups
@@ -67,7 +68,6 @@ class FlatZero:
     def __init__(self, model: nn.Module, group, bucket_bytes: int, weight_decay):
         self.group = group
         self.n, self.rank = dist.get_world_size(group), dist.get_rank(group)
-        self._ranks = [dist.get_global_rank(group, r) for r in range(self.n)]
         self.gloo = dist.get_backend(group) == "gloo"
         self.sync = True  # reduce in this backward (the trainer's micro-batch flag)
         self.groups = param_groups(model, weight_decay)
@@ -143,7 +143,7 @@ class FlatZero:
             else:
                 dst.copy_(p.grad.reshape(-1))
                 p.grad = None
-        if self.gloo:  # gloo's ring all-reduce beats its reduce-scatter (see gather)
+        if self.gloo:  # its all-reduce beats its reduce-scatter (plait.ddp.gloo_collectives)
             b.work = dist.all_reduce(b.staging, group=self.group, async_op=True)
         else:
             b.out = torch.empty(b.piece_size, dtype=self.flat.dtype, device=self.flat.device)
@@ -187,9 +187,7 @@ class FlatZero:
     def gather(self) -> None:
         """Every rank's updated pieces into the parameters (each piece is a slot of the flat
         buffer): an in-place all-gather per bucket (NCCL), or on gloo one in-place broadcast
-        per piece from its owner. Measured on gloo, 2 ranks, 1e7 fp32 elements: all-gather 65
-        ms, 2 broadcasts 12 ms; reduce-scatter 63 ms, all-reduce 30 ms (so gloo reduces by
-        all-reduce and keeps the piece)."""
+        per piece from its owner (plait.ddp.gloo_collectives: gloo's all-gather is 5x slower)."""
         if not self.gloo:
             works = [
                 dist.all_gather_single(
@@ -199,13 +197,12 @@ class FlatZero:
             ]
         else:
             works = [
-                dist.broadcast(
-                    self.flat[b.start + r * b.piece_size : b.start + (r + 1) * b.piece_size],
-                    src=self._ranks[r], group=self.group, async_op=True,
-                )
+                w
                 for b in self.buckets
-                for r in range(self.n)
-            ]  # fmt: skip
+                for w in broadcast_slots(
+                    list(self.flat[b.start : b.start + b.size].split(b.piece_size)), self.group
+                )
+            ]
         for w in works:
             w.wait()
 
@@ -264,7 +261,9 @@ class FlatZero:
 
     def _init_state(self, optimizer) -> None:
         """Create the optimizer's state (a step at lr 0 on zero gradients) so a load has
-        tensors to fill; the load then overwrites every entry."""
+        tensors to fill; the load then overwrites every entry. Not torch's
+        ``_init_optim_state``: that one does nothing once any piece has a gradient, and the
+        pieces' gradients are kept here."""
         saved = [(pc, pc.grad) for pc in self.pieces]
         lrs = [g["lr"] for g in optimizer.param_groups]
         for pc in self.pieces:

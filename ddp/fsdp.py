@@ -44,6 +44,7 @@ from torch.distributed.tensor import DTensor
 
 from plait.ddp import memory
 from plait.ddp.engine import Engine
+from plait.ddp.gloo_collectives import broadcast_slots, one_work
 from plait.models.base import PlaitModel
 from plait.parallel_attrs import EXPERT_SHARD_ATTR
 
@@ -128,37 +129,21 @@ def apply_fsdp(
 
 class _GlooComm:
     """FSDP2's custom-collective hooks (``set_custom_all_gather`` / ``set_custom_reduce_scatter``)
-    with what gloo runs fastest. Measured on gloo, 2 ranks, 1e7 fp32 elements: all-gather 65 ms
-    against 12 ms for one in-place broadcast per rank's slot, reduce-scatter 63 ms against 30 ms
-    for an all-reduce of which this rank keeps its slot (gloo's ring all-reduce and broadcast
-    are its tuned paths; docs/design.md "FSDP2 units"). Same bytes, same sums."""
+    with what gloo runs fastest (plait.ddp.gloo_collectives)."""
 
     def allocate(self, size, *, dtype, device) -> torch.Tensor:
         return torch.empty(*size, dtype=dtype, device=device)
 
 
-def _one_work(works) -> dist.Work:
-    """Several async works as one real ``dist.Work``: FSDP2 waits on an async all-gather's
-    handle only if it is a Work instance (``foreach_all_gather_copy_out``); anything else is
-    skipped, and the copy-out then races the broadcasts still in flight."""
-    from torch._C._distributed_c10d import _create_work_from_future
-
-    return _create_work_from_future(torch.futures.collect_all([w.get_future() for w in works]))
-
-
 class GlooAllGather(_GlooComm, AllGather):
     def __call__(self, output_tensor, input_tensor, group, async_op: bool = False):
-        n, r = dist.get_world_size(group), dist.get_rank(group)
-        size = input_tensor.numel()
-        slots = output_tensor.view(-1).split(size)
+        r = dist.get_rank(group)
+        slots = output_tensor.view(-1).split(input_tensor.numel())
         if slots[r].data_ptr() != input_tensor.data_ptr():
             slots[r].copy_(input_tensor.view(-1))
-        works = [
-            dist.broadcast(slots[i], src=dist.get_global_rank(group, i), group=group, async_op=True)
-            for i in range(n)
-        ]
+        works = broadcast_slots(list(slots), group)
         if async_op:
-            return _one_work(works)
+            return one_work(works)
         for w in works:
             w.wait()
         return None
@@ -166,11 +151,8 @@ class GlooAllGather(_GlooComm, AllGather):
 
 class GlooReduceScatter(_GlooComm, ReduceScatter):
     def __call__(self, output_tensor, input_tensor, group, op, async_op: bool = False):
-        r = dist.get_rank(group)
-        work = dist.all_reduce(input_tensor, op=op, group=group, async_op=async_op)
-        if work is not None:
-            work.wait()
-        size = output_tensor.numel()
+        r, size = dist.get_rank(group), output_tensor.numel()
+        dist.all_reduce(input_tensor, op=op, group=group)  # done before FSDP2 reads the output
         output_tensor.view(-1).copy_(input_tensor.view(-1)[r * size : (r + 1) * size])
         return None
 

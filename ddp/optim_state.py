@@ -45,10 +45,12 @@ def _owned(optimizer) -> list[nn.Parameter]:
 def owned_state(model: nn.Module, optimizer) -> dict[str, Any]:
     """This rank's share of the optimizer state, in ``get_optimizer_state_dict``'s layout; the
     param groups (hyper-parameters and names) are the same on every rank."""
-    if _flat(optimizer):
-        out = _flat(optimizer).full_state(optimizer, _names(model))
-        out["param_groups"] = _groups(_names(model), _flat(optimizer).groups, optimizer)
-        return out
+    if flat := _flat(optimizer):
+        names = _names(model)
+        return {
+            **flat.full_state(optimizer, names),
+            "param_groups": _groups(names, flat.groups, optimizer),
+        }
     names, local = _names(model), optimizer.optim
     state = {names[id(p)]: dict(local.state[p]) for p in _owned(optimizer) if p in local.state}
     return {"state": state, "param_groups": _groups(names, optimizer.param_groups, optimizer)}
@@ -68,8 +70,8 @@ def _groups(names: dict[int, str], model_groups, optimizer) -> list[dict]:
 def load_template(model: nn.Module, optimizer) -> dict[str, Any]:
     """What this rank reads back: the state of the parameters it owns (made now if the run has
     not stepped yet, so DCP has tensors to load into)."""
-    if _flat(optimizer):
-        return _flat(optimizer).template(optimizer, _names(model))
+    if flat := _flat(optimizer):
+        return flat.template(optimizer, _names(model))
     local = optimizer.optim
     if not local.state:
         _init_optim_state(local)  # torch's own: one step with zero gradients at lr 0
@@ -78,8 +80,8 @@ def load_template(model: nn.Module, optimizer) -> dict[str, Any]:
 
 
 def set_owned_state(model: nn.Module, optimizer, loaded: dict[str, Any]) -> None:
-    if _flat(optimizer):
-        return _flat(optimizer).set_state(optimizer, _names(model), loaded)
+    if flat := _flat(optimizer):
+        return flat.set_state(optimizer, _names(model), loaded)
     names, local = _names(model), optimizer.optim
     for p in _owned(optimizer):
         local.state[p].update(loaded["state"][names[id(p)]])
