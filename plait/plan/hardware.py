@@ -135,8 +135,12 @@ class Cluster:
         (dp under tp = 8) gets one NIC."""
         if stride * size <= self.gpus_per_node:
             return 3e-6, self.gpu.nvlink_bytes_per_s
-        k = max(1, min(size, self.gpus_per_node // stride))
+        k = self.per_node(stride, size)
         return self.net.alpha_s, min(self.gpu.nvlink_bytes_per_s, k * self.net.bytes_per_s)
+
+    def per_node(self, stride: int, size: int) -> int:
+        """Members of a group of ``size`` ranks ``stride`` apart that share one node."""
+        return max(1, min(size, self.gpus_per_node // stride))
 
 
 def parse_bytes(text: str) -> int:

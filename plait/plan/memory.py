@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from plait.pipeline.split import stage_ids
 from plait.plan.bubble import inflight_microbatches
-from plait.plan.shapes import Job, Layout, ModelShape, unit_blocks, uses_flat
+from plait.plan.shapes import Job, Layout, ModelShape, microbatch_tokens, unit_blocks, uses_flat
 from plait.plan.stages import RankPart, rank_parts
 from plait.zero import bytes_per_param, zero_formula
 
@@ -166,7 +166,7 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
     and its input gradient: fp32 under an fp32 loss); later, once the head's activations are
     freed, one block's backward: its recomputed activations under checkpointing and the
     gradients it works on. Whichever is larger (the head's activations counted as freed)."""
-    tokens = job.tokens // (layout.dp_cp * layout.microbatches)
+    tokens = microbatch_tokens(layout, job)
     g = layout.sp_saves_gathered
     recompute = loss_grads = head = 0.0
     if layout.activation_checkpoint != "none":
@@ -201,8 +201,7 @@ def transient_activation_bytes(shape: ModelShape, layout: Layout, job: Job, part
 def saved_per_microbatch(shape: ModelShape, layout: Layout, job: Job, part: RankPart) -> float:
     """What one micro-batch's forward through this rank's part (blocks, head, embedding) saves
     for backward."""
-    # this rank's tokens of one micro-batch (T / cp of each sequence under context parallel)
-    tokens = job.tokens // (layout.dp_cp * layout.microbatches)
+    tokens = microbatch_tokens(layout, job)
     tp, sp = layout.tp, layout.sequence_parallel
     ac = layout.activation_checkpoint
     n_ckpt = (
@@ -349,7 +348,7 @@ def zero3_unsharded_bytes(
     mid = cb * gathered * blk + (0.0 if nosync else gb * blk + cb * head)
     freed = 0.0
     if part.head:
-        tokens = job.tokens // (layout.dp_cp * layout.microbatches)
+        tokens = microbatch_tokens(layout, job)
         g = layout.sp_saves_gathered
         freed = head_activation_bytes(
             shape, tokens, job, layout.tp, layout.sequence_parallel, layout.loss_parallel, g
@@ -366,7 +365,7 @@ def pipeline_recv_bytes(shape: ModelShape, layout: Layout, job: Job, part: RankP
     n_stages = layout.pp * layout.v
     ids = stage_ids(layout.schedule, part.rank, layout.pp, layout.v)
     inputs = sum(int(s > 0) + int(s < n_stages - 1) for s in ids)
-    tokens = job.tokens // (layout.dp_cp * layout.microbatches)
+    tokens = microbatch_tokens(layout, job)
     s = layout.tp if layout.sequence_parallel else 1
     return inputs * layout.microbatches * tokens * shape.dim / s * job.act_bytes
 

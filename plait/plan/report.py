@@ -5,7 +5,7 @@ from __future__ import annotations
 from plait.plan.hardware import Cluster
 from plait.plan.memory import RESERVE, Memory, block_activation_bytes
 from plait.plan.search import Candidate
-from plait.plan.shapes import Job, Layout, ModelShape
+from plait.plan.shapes import Job, Layout, ModelShape, microbatch_tokens
 from plait.plan.steptime import StepTime
 
 
@@ -20,7 +20,7 @@ def format_plan(
     shape: ModelShape, layout: Layout, job: Job, cluster: Cluster, mem: Memory, t: StepTime
 ) -> str:
     g = cluster.gpu
-    mb_tokens = job.tokens // (layout.dp_cp * layout.microbatches)
+    mb_tokens = microbatch_tokens(layout, job)
     per_block = [
         block_activation_bytes(
             shape,

@@ -305,3 +305,8 @@ def unit_blocks(shape: ModelShape, layout: Layout, blocks: int) -> tuple[int, in
     g = max(1, int(layout.fsdp_unit_mb * 2**20 // per)) if layout.fsdp_unit_mb > 0 else 1
     g = min(g, blocks)
     return g, blocks % g or g
+
+
+def microbatch_tokens(layout: Layout, job: Job) -> int:
+    """Tokens of one micro-batch on one rank (T / cp of each sequence under context parallel)."""
+    return job.tokens // (layout.dp_cp * layout.microbatches)

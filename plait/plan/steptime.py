@@ -196,7 +196,7 @@ def ep_all_to_all(
     passes = 4 + 2 * recomputed_blocks(layout, part.blocks) / part.blocks
     per = a2a_bytes_per_layer(tokens, shape.top_k, shape.dim, job.act_bytes) / 4
     nvl = cluster.gpu.nvlink_bytes_per_s * COLL_EFF
-    inside = max(1, min(ep, cluster.gpus_per_node // layout.tp))  # ep ranks per node
+    inside = cluster.per_node(layout.tp, ep)  # ep ranks in one node
     if inside == ep:
         t = 3e-6 * (ep - 1) + (ep - 1) / ep * per / nvl
     else:
