@@ -119,14 +119,9 @@ def _thread_env(cfg: Config, nproc: int) -> bool:
     environment rather than by ``torch.set_num_threads`` in the rank, every thread of the rank
     (the data prefetch thread too) starts with it, not only the main one. A user's own value
     wins; returns whether it was set here (to be removed after the launch)."""
-    import torch  # deferred: see run_local
+    from plait.dist import cpu_threads_per_rank, wants_cuda  # deferred: plait.dist imports torch
 
-    from plait.dist import cpu_threads_per_rank  # deferred: plait.dist imports torch
-
-    on_gpu = cfg.train.device == "cuda" or (
-        cfg.train.device == "auto" and torch.cuda.is_available()
-    )
-    if nproc == 1 or on_gpu or "OMP_NUM_THREADS" in os.environ:
+    if nproc == 1 or wants_cuda(cfg.train.device) or "OMP_NUM_THREADS" in os.environ:
         return False
     os.environ["OMP_NUM_THREADS"] = str(cpu_threads_per_rank(nproc))
     return True

@@ -80,8 +80,13 @@ def slurm_master_addr(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0]
 
 
+def wants_cuda(kind: str) -> bool:
+    """Whether ``train.device`` asks for CUDA here (``auto``: if a device is visible)."""
+    return kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
+
+
 def pick_device(kind: str, local_rank: int) -> torch.device:
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+    if wants_cuda(kind):
         if not torch.cuda.is_available():
             raise ConfigError(
                 "train.device: 'cuda' is not allowed here; no CUDA device is visible (use 'cpu' or 'auto')"
