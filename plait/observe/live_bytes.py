@@ -99,6 +99,8 @@ class StepPeaks:
     from the bytes it left live. Frees between two steps (evaluation, logging) happen with the
     profiler off and are not seen, which can only add to later figures."""
 
+    STEP = "plait live step"
+
     def __init__(self, on: bool):
         self.on, self.carried, self._rec, self._span = on, 0, None, None
         if on:
@@ -112,8 +114,7 @@ class StepPeaks:
         if self.on:
             if self._rec is None:
                 self._start()
-            _SPANS.add("plait live step")
-            self._span = record_function("plait live step")
+            self._span = LiveBytes.span(self.STEP)  # entered here, left in end()
             self._span.__enter__()
 
     def end(self) -> int | None:
@@ -124,7 +125,7 @@ class StepPeaks:
         self._span = None
         rec, self._rec = self._rec, None
         rec.__exit__(None, None, None)
-        _, peak = rec.peak("plait live step")
+        _, peak = rec.peak(self.STEP)
         out = self.carried + peak
         self.carried += rec.live[-1] if rec.live else 0
         return out
