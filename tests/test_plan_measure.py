@@ -391,9 +391,19 @@ def test_fsdp_fp32_reduce_accumulates_unsharded_fp32_grads_without_sync(tmp_path
     assert planned == pytest.approx(fp32, rel=0.05), (planned, fp32)
 
 
+def _keep(saved: list):
+    """A pack hook that keeps each tensor autograd saves in ``saved``."""
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    return pack
+
+
 def _saved_bytes_per_token(overrides: list[str], B: int, T: int, op: bool = False) -> float:
     """Bytes autograd saves for one block, per token: a 2-block model minus a 1-block one
-    (``op``: under op-level checkpointing), counted by :func:`_saved_during`."""
+    (``op``: under op-level checkpointing, whose saves happen out of sight of a pack hook)."""
     from plait.parallelize import apply_activation_checkpoint
 
     out = []
@@ -404,9 +414,18 @@ def _saved_bytes_per_token(overrides: list[str], B: int, T: int, op: bool = Fals
         )  # fmt: skip
         torch.manual_seed(0)
         model = build_model(cfg, "cpu")
+        tokens = torch.randint(0, 256, (B, T + 1))
         if op:
             apply_activation_checkpoint(model, "op", 1)
-        out.append(_saved_during(model, torch.randint(0, 256, (B, T + 1)))[0])
+            out.append(_saved_during(model, tokens)[0])
+            continue
+        fixed = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        fixed |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+        saved: list = []
+        with torch.autograd.graph.saved_tensors_hooks(_keep(saved), lambda t: t):
+            logits = model(tokens[:, :-1])
+            model.loss(logits, {"target": tokens[:, 1:]})
+        out.append(_storage_bytes(saved + [logits], skip=fixed))
     return (out[1] - out[0]) / (B * T)
 
 
